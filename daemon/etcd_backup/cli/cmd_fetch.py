@@ -1,0 +1,40 @@
+"""`fetch ID|latest --to FILE`: download and verify a snapshot to a file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from .. import manifest as manifests
+from ..errors import UsageError
+from ..verify import fetch_verified, place
+from .common import Context, add_output, emit_json
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("fetch", help="download and verify a snapshot to a file")
+    p.add_argument("snapshot", metavar="ID|latest")
+    p.add_argument("--to", required=True, metavar="FILE", help="where to write the snapshot file")
+    p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    add_output(p)
+    return p
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    dest = Path(args.to)
+    if dest.exists() and not args.force:
+        raise UsageError(f"{dest} exists; choose another --to or pass --force")
+    if dest.is_dir():
+        raise UsageError(f"{dest} is a directory; --to names the snapshot file to write")
+    manifest = manifests.resolve(ctx.store, args.snapshot)
+    # Download next to the destination so the final step is a rename.
+    verified = fetch_verified(ctx.store, manifest, str(dest.absolute().parent))
+    path = place(verified, dest)
+    if ctx.json:
+        emit_json({"id": manifest.id, "path": str(path), "revision": manifest.revision,
+                   "db_size": manifest.db_size, "sha256": manifest.db_sha256})
+    else:
+        print(f"snapshot {manifest.id} (revision {manifest.revision}) verified and written to {path}")
+        print(f"restore it with: etcdutl snapshot restore {path} --data-dir <DIR> ...")
+    return 0

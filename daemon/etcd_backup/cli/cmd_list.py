@@ -1,0 +1,45 @@
+"""`list`: snapshots in storage, newest first."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from .. import manifest as manifests
+from ..model import Manifest
+from .common import Context, add_output, emit_json, human_size, table
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("list", help="snapshots in storage, newest first")
+    add_output(p)
+    return p
+
+
+def verification_label(m: Manifest) -> str:
+    v = m.verification
+    if not v.ok:
+        return "FAILED"
+    if v.drill is not None:
+        return "drilled"
+    return "verified"
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    listing = manifests.list_snapshots(ctx.store)
+    for problem in listing.problems:
+        print(f"etcd-backup: warning: {problem.key}: {problem.error}", file=sys.stderr)
+    if ctx.json:
+        emit_json([m.to_dict() for m in listing.manifests])
+        return 0
+    if not listing.manifests:
+        print(f"no snapshots in {ctx.store.description}")
+        return 0
+    rows = [
+        [m.id, m.created_at, str(m.revision), str(m.keys), human_size(m.object_size), m.reason,
+         "yes" if m.pinned else "", verification_label(m)]
+        for m in listing.manifests
+    ]  # fmt: skip
+    print(table(rows, ["ID", "CREATED", "REVISION", "KEYS", "SIZE", "REASON", "PINNED", "VERIFICATION"]))
+    return 0

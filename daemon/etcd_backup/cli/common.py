@@ -1,0 +1,69 @@
+"""What every command shares: lazy config and store, and rendering results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from functools import cached_property
+from typing import Any
+
+from .. import config, logsetup
+from ..config import Config
+from ..storage import SnapshotStore, open_store
+
+
+def add_output(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", "-o", choices=["text", "json"], default="text",
+                   help="text for people (default) or exactly one JSON document on stdout")
+
+
+class Context:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+
+    @cached_property
+    def config(self) -> Config:
+        cfg = config.load(getattr(self.args, "config", None))
+        logsetup.register_secrets([
+            cfg.etcd.password.get_secret_value() if cfg.etcd.password else None,
+            os.environ.get("AWS_SECRET_ACCESS_KEY"),
+            os.environ.get("AWS_SESSION_TOKEN"),
+        ])
+        if cfg.server.token_file:
+            try:
+                logsetup.register_secrets([config.token(cfg.server)])
+            except Exception:  # noqa: BLE001 - reported by the command that needs the token
+                pass
+        return cfg
+
+    @cached_property
+    def store(self) -> SnapshotStore:
+        return open_store(self.config.storage)
+
+    @property
+    def json(self) -> bool:
+        return getattr(self.args, "output", "text") == "json"
+
+
+def emit_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=False)).rstrip()]
+    for row in rows:
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
+    return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""Parser root, logging set-up, and the one place errors become exit codes.
+
+Exit codes: 0 success; 1 operational failure (etcd or storage unreachable, upload failed);
+2 usage or configuration error; 3 integrity failure (a snapshot failed verification);
+4 refused as unsafe (non-empty data dir, quorum lost, unhealthy cluster); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from .. import __version__, config, logsetup
+from ..errors import ConfigError, EtcdBackupError, UsageError
+from . import (
+    cmd_doctor,
+    cmd_fetch,
+    cmd_list,
+    cmd_pre_change,
+    cmd_prune,
+    cmd_restore,
+    cmd_run,
+    cmd_snapshot,
+    cmd_verify,
+)
+from .common import Context
+
+COMMANDS = [cmd_run, cmd_snapshot, cmd_pre_change, cmd_list, cmd_verify, cmd_prune, cmd_doctor,
+            cmd_fetch, cmd_restore]  # fmt: skip
+
+EPILOG = """exit codes:
+  0    success
+  1    operational failure (etcd or storage unreachable, upload failed)
+  2    usage or configuration error
+  3    integrity failure (a snapshot failed verification)
+  4    refused as unsafe (non-empty data dir, quorum lost, unhealthy cluster before a change)
+  130  interrupted
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="etcd-backup",
+        description="Snapshot etcd to S3 or a directory, prove the snapshots restorable, and restore.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", metavar="PATH", help="TOML configuration file "
+                        "(default: $ETCD_BACKUP_CONFIG, else /etc/etcd-backup/config.toml if present)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("--version", action="version", version=f"etcd-backup {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for module in COMMANDS:
+        p = module.add_parser(sub)
+        p.formatter_class = argparse.RawDescriptionHelpFormatter
+        p.epilog = EPILOG
+        # Also accepted after the command, where operators tend to type them.
+        p.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        p.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        args = build_parser().parse_args(argv)
+        if not getattr(args, "command", None):
+            raise UsageError("etcd-backup: a command is required (see --help)")
+        ctx = Context(args)
+        cfg = ctx.config
+        logsetup.configure(cfg.log.format, "debug" if args.debug else cfg.log.level)
+        return int(args.handler(args, ctx) or 0)
+    except EtcdBackupError as exc:
+        return _fail(exc, exc.exit_code, debug)
+    except KeyboardInterrupt:
+        print("etcd-backup: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        return _fail(exc, 1, debug, unexpected=True)
+
+
+def _fail(exc: BaseException, code: int, debug: bool, unexpected: bool = False) -> int:
+    if debug:
+        traceback.print_exc()
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if unexpected:
+        text = f"internal error: {type(exc).__name__}: {text} (run with --debug for details)"
+    label = "configuration error" if isinstance(exc, ConfigError) and "configuration" not in text else None
+    prefix = f"etcd-backup: {label}: " if label else "etcd-backup: error: "
+    print(prefix + logsetup.scrub(text), file=sys.stderr)
+    return code
+
+
+def entrypoint() -> None:
+    sys.exit(main())
+
+
+__all__ = ["build_parser", "config", "entrypoint", "main"]

@@ -1,0 +1,432 @@
+"""Typed configuration: TOML file, then `ETCD_BACKUP_<SECTION>__<KEY>` environment overrides.
+
+pydantic-settings does the merging and type checking; this module adds the unit syntax
+(`30s`, `16MiB`), comma-separated lists from the environment, and the checks that need the
+filesystem or a clock (TLS files exist, a cron expression fires). Every failure becomes one
+ConfigError line naming the key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from datetime import UTC, datetime
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+
+ENV_PREFIX = "ETCD_BACKUP_"
+ENV_CONFIG = "ETCD_BACKUP_CONFIG"
+DEFAULT_CONFIG_PATH = Path("/etc/etcd-backup/config.toml")
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+    "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2, "gi": 1024**3, "gib": 1024**3,
+    "ti": 1024**4, "tib": 1024**4,
+}  # fmt: skip
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_MAX_DURATION = 10 * 365 * 86400.0
+
+
+def parse_duration(value: Any) -> float:
+    """'30s', '5m', '1h30m', '7d' -> seconds. Bare numbers are seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like '30s', '5m', '24h' or '7d'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        if not text:
+            raise ValueError("empty duration")
+        if re.fullmatch(r"\d+(\.\d+)?", text):
+            seconds = float(text)
+        else:
+            pos, seconds = 0, 0.0
+            for m in _DURATION_RE.finditer(text):
+                if m.start() != pos:
+                    break
+                seconds += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+                pos = m.end()
+            if pos != len(text):
+                raise ValueError(f"{value!r} is not a duration like '30s', '5m', '24h' or '7d'")
+    else:
+        raise ValueError("expected a duration like '30s', '5m', '24h' or '7d'")
+    if seconds < 0 or seconds > _MAX_DURATION:
+        raise ValueError(f"{value!r} is out of range (0 to 10 years)")
+    return seconds
+
+
+def parse_size(value: Any) -> int:
+    """'16MiB', '64M', 1048576 -> bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size like '16MiB'")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", value)
+        if not m or m.group(2).lower() not in _SIZE_UNITS:
+            raise ValueError(f"{value!r} is not a size like '16MiB'")
+        size = int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    else:
+        raise ValueError("expected a size like '16MiB'")
+    if size < 0 or size > 5 * 1024**4:
+        raise ValueError(f"{value!r} is out of range")
+    return size
+
+
+def _split_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _drill_interval(value: Any) -> float | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in {"off", "false", "0", "never", ""}):
+        return None
+    if value is False:
+        return None
+    return parse_duration(value)
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+StrList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
+
+
+def _existing_file(key: str, value: str | None) -> str | None:
+    if value and not os.path.isfile(value):
+        raise ValueError(f"file not found: {value}")
+    return value or None
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EtcdConfig(_Section):
+    endpoints: StrList = Field(default_factory=lambda: ["http://127.0.0.1:2379"], min_length=1)
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    dial_timeout: Duration = 5.0
+    # A snapshot stream that delivers nothing for this long is abandoned (frozen member).
+    stall_timeout: Duration = 30.0
+    insecure_skip_tls_verify: bool = False
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, value: list[str]) -> list[str]:
+        for ep in value:
+            url = urlparse(ep if "://" in ep else f"http://{ep}")
+            if url.scheme not in {"http", "https"} or not url.hostname:
+                raise ValueError(f"{ep!r} is not an endpoint like https://10.0.0.1:2379")
+            try:
+                url.port  # noqa: B018 - raises on a bad port
+            except ValueError as exc:
+                raise ValueError(f"{ep!r}: {exc}") from None
+        return value
+
+    @field_validator("cacert", "cert", "key")
+    @classmethod
+    def _files(cls, value: str | None) -> str | None:
+        return _existing_file("", value)
+
+    @field_validator("dial_timeout", "stall_timeout")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
+
+    @model_validator(mode="after")
+    def _pairs(self) -> EtcdConfig:
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("cert and key must be set together")
+        if bool(self.username) != bool(self.password and self.password.get_secret_value()):
+            raise ValueError("username and password must be set together")
+        return self
+
+
+class StorageConfig(_Section):
+    url: str = "file://./etcd-backups"
+    endpoint_url: str | None = None
+    region: str | None = None
+    sse: Literal["AES256", "aws:kms"] | None = None
+    kms_key_id: str | None = None
+    storage_class: str | None = None
+    part_size: Size = 8 * 1024 * 1024
+    concurrency: int = Field(default=4, ge=1, le=64)
+    compression: Literal["none", "zstd"] = "none"
+    compression_level: int = Field(default=3, ge=1, le=22)
+    # Where the incoming stream is spooled while it is verified and uploaded.
+    spool_dir: str | None = None
+    insecure_skip_tls_verify: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        url = urlparse(value)
+        if url.scheme == "s3":
+            if not url.netloc:
+                raise ValueError(f"{value!r} names no bucket (expected s3://bucket/prefix)")
+        elif url.scheme == "file":
+            if not (url.netloc + url.path):
+                raise ValueError(f"{value!r} names no directory (expected file:///path)")
+        else:
+            raise ValueError(f"{value!r}: scheme must be s3:// or file://")
+        return value
+
+    @field_validator("part_size")
+    @classmethod
+    def _part_size(cls, value: int) -> int:
+        if not 5 * 1024 * 1024 <= value <= 5 * 1024**3:
+            raise ValueError("must be between 5MiB and 5GiB (S3 multipart limits)")
+        return value
+
+    @model_validator(mode="after")
+    def _kms(self) -> StorageConfig:
+        if self.kms_key_id and self.sse != "aws:kms":
+            raise ValueError("kms_key_id needs sse = \"aws:kms\"")
+        return self
+
+    @property
+    def scheme(self) -> str:
+        return urlparse(self.url).scheme
+
+
+class ScheduleConfig(_Section):
+    interval: Duration = 30 * 60.0
+    cron: str | None = None
+    on_member_change: bool = True
+    jitter: Duration = 0.0
+    # "single": this copy always snapshots (one copy pointed at all members).
+    # "sidecar": one copy per member; only the copy beside the raft leader snapshots and prunes.
+    mode: Literal["single", "sidecar"] = "single"
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, value: float) -> float:
+        if value < 1:
+            raise ValueError("must be at least 1s")
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            trigger = CronTrigger.from_crontab(value, timezone="UTC")
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a cron expression: {exc}") from None
+        if trigger.get_next_fire_time(None, datetime.now(UTC)) is None:
+            raise ValueError(f"{value!r} never fires")
+        return value
+
+    def period(self) -> float:
+        """Seconds between two scheduled runs (for cron: the gap after the next run)."""
+        if not self.cron:
+            return self.interval
+        from apscheduler.triggers.cron import CronTrigger
+
+        trigger = CronTrigger.from_crontab(self.cron, timezone="UTC")
+        first = trigger.get_next_fire_time(None, datetime.now(UTC))
+        second = trigger.get_next_fire_time(first, first) if first else None
+        if first is None or second is None or second <= first:
+            return self.interval
+        return (second - first).total_seconds()
+
+
+class RetentionConfig(_Section):
+    keep_last: int = Field(default=10, ge=1, le=100_000)
+    hourly: int = Field(default=24, ge=0, le=100_000)
+    daily: int = Field(default=7, ge=0, le=100_000)
+    weekly: int = Field(default=4, ge=0, le=100_000)
+    monthly: int = Field(default=12, ge=0, le=100_000)
+    keep_pinned_for: Duration = 30 * 86400.0
+    # Data objects without a manifest and unfinished multipart uploads older than this are debris.
+    debris_age: Duration = 86400.0
+
+
+class VerifyConfig(_Section):
+    restore_drill: Annotated[float | None, BeforeValidator(_drill_interval)] = 86400.0
+
+
+class ToolsConfig(_Section):
+    etcdutl: str = ""
+    etcd: str = ""
+
+
+class ServerConfig(_Section):
+    listen: str = "127.0.0.1:9479"
+    token_file: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"{value!r} is not HOST:PORT")
+        return value
+
+    @field_validator("token_file")
+    @classmethod
+    def _token(cls, value: str | None) -> str | None:
+        return _existing_file("", value)
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+class LogConfig(_Section):
+    format: Literal["json", "console"] = "json"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class Config(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    etcd: EtcdConfig = Field(default_factory=EtcdConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    tools: ToolsConfig = Field(default_factory=ToolsConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values come in as init kwargs; the environment overrides them.
+        return (env_settings, init_settings)
+
+
+def _check_env_names(environ: Mapping[str, str]) -> None:
+    """A misspelt override must not be silently ignored."""
+    sections = Config.model_fields
+    for name in environ:
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper == ENV_CONFIG:
+            continue
+        rest = upper[len(ENV_PREFIX):].lower()
+        section, sep, key = rest.partition("__")
+        if not sep or section not in sections:
+            raise ConfigError(f"{name}: unknown setting (expected {ENV_PREFIX}<SECTION>__<KEY>)")
+        model = sections[section].annotation
+        if key not in model.model_fields:  # type: ignore[union-attr]
+            raise ConfigError(f"{name}: unknown setting {section}.{key}")
+
+
+def resolve_path(cli_path: str | None) -> Path | None:
+    if cli_path:
+        return Path(cli_path)
+    if os.environ.get(ENV_CONFIG):
+        return Path(os.environ[ENV_CONFIG])
+    if DEFAULT_CONFIG_PATH.is_file():
+        return DEFAULT_CONFIG_PATH
+    return None
+
+
+def _format_error(exc: ValidationError, origin: str) -> str:
+    err = exc.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "config"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif err["type"] == "missing":
+        msg = "required"
+    return f"configuration error in {origin}: {loc}: {msg}"
+
+
+def load(cli_path: str | None = None) -> Config:
+    """Load and validate the configuration; raise ConfigError with one line on any problem."""
+    path = resolve_path(cli_path)
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    _check_env_names(os.environ)
+    origin = str(path) if path else "environment"
+    try:
+        return Config(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, origin)) from None
+    except (ValueError, TypeError) as exc:
+        # pydantic-settings raises SettingsError (a ValueError) for undecodable env values.
+        raise ConfigError(f"configuration error in {origin}: {exc}".splitlines()[0]) from None
+
+
+def token(server: ServerConfig) -> str | None:
+    """The bearer token for POST endpoints, read from server.token_file (trailing newline ignored)."""
+    if not server.token_file:
+        return None
+    try:
+        value = Path(server.token_file).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"server.token_file: cannot read {server.token_file}: {exc.strerror}") from None
+    if not value:
+        raise ConfigError(f"server.token_file: {server.token_file} is empty")
+    return value

@@ -1,0 +1,317 @@
+"""etcd access through python3-etcd3's gRPC stubs, one connection per endpoint.
+
+We talk to each member separately (never through a load-balanced channel) because a snapshot,
+a status or a member list must come from a known member. gRPC errors become project errors here.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import grpc
+
+from .config import EtcdConfig
+from .errors import ConfigError, EtcdUnavailable, UnsafeError
+
+T = TypeVar("T")
+
+# Keepalive pings detect a frozen (SIGSTOPped) member whose TCP socket still looks open.
+_CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.enable_retries", 0),
+]
+
+
+def hexid(value: int) -> str:
+    return format(value, "x")
+
+
+@dataclass(frozen=True, slots=True)
+class MemberStatus:
+    endpoint: str
+    member_id: int
+    cluster_id: int
+    version: str
+    db_size: int
+    db_size_in_use: int
+    leader: int
+    raft_index: int
+    raft_term: int
+    is_learner: bool
+    errors: tuple[str, ...]
+    revision: int
+
+    @property
+    def is_leader(self) -> bool:
+        return self.member_id == self.leader and self.leader != 0
+
+
+@dataclass(frozen=True, slots=True)
+class MemberInfo:
+    id: int
+    name: str
+    peer_urls: tuple[str, ...]
+    client_urls: tuple[str, ...]
+    is_learner: bool = False
+
+    @property
+    def started(self) -> bool:
+        # etcd lists a member that was added but never joined with an empty name and no client URLs.
+        return bool(self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class Alarm:
+    member_id: int
+    alarm: str
+
+
+def _endpoint_parts(endpoint: str) -> tuple[str, int, bool]:
+    url = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
+    return url.hostname or "127.0.0.1", url.port or 2379, url.scheme == "https"
+
+
+def _describe(exc: grpc.RpcError) -> str:
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    name = code.name if code is not None else "ERROR"
+    return f"{name}: {(details or '').splitlines()[0] if details else ''}".rstrip(": ")
+
+
+class Member:
+    """A connection to one endpoint."""
+
+    def __init__(self, cfg: EtcdConfig, endpoint: str) -> None:
+        import etcd3
+        from etcd3 import etcdrpc
+        from etcd3.client import Endpoint, MultiEndpointEtcd3Client
+
+        self._rpc = etcdrpc
+        self.endpoint = endpoint
+        self.timeout = cfg.dial_timeout
+        self.stall_timeout = cfg.stall_timeout
+        host, port, secure = _endpoint_parts(endpoint)
+        creds = None
+        options = list(_CHANNEL_OPTIONS)
+        if secure:
+            creds = _credentials(cfg)
+            if cfg.insecure_skip_tls_verify:
+                # gRPC Python cannot skip verification; the closest is trusting the server name.
+                options.append(("grpc.ssl_target_name_override", host))
+        ep = Endpoint(host, port, secure=secure, creds=creds, opts=options)
+        password = cfg.password.get_secret_value() if cfg.password else None
+        try:
+            self.client = MultiEndpointEtcd3Client(
+                endpoints=[ep], timeout=self.timeout, user=cfg.username, password=password
+            )
+        except grpc.RpcError as exc:
+            ep.close()
+            raise EtcdUnavailable(f"etcd {endpoint}: authentication failed: {_describe(exc)}") from None
+        except etcd3.exceptions.Etcd3Exception as exc:
+            ep.close()
+            raise EtcdUnavailable(f"etcd {endpoint}: {type(exc).__name__}") from None
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> Member:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except grpc.RpcError as exc:
+            raise EtcdUnavailable(f"etcd {self.endpoint}: {what} failed: {_describe(exc)}") from None
+
+    def _kw(self, timeout: float | None = None) -> dict[str, Any]:
+        return {
+            "timeout": timeout or self.timeout,
+            "credentials": self.client.call_credentials,
+            "metadata": self.client.metadata,
+        }
+
+    def status(self) -> MemberStatus:
+        r = self._call(
+            "status", lambda: self.client.maintenancestub.Status(self._rpc.StatusRequest(), **self._kw())
+        )
+        return MemberStatus(
+            endpoint=self.endpoint,
+            member_id=r.header.member_id,
+            cluster_id=r.header.cluster_id,
+            version=r.version,
+            db_size=r.dbSize,
+            db_size_in_use=getattr(r, "dbSizeInUse", 0),
+            leader=r.leader,
+            raft_index=r.raftIndex,
+            raft_term=r.raftTerm,
+            is_learner=bool(getattr(r, "isLearner", False)),
+            errors=tuple(getattr(r, "errors", ())),
+            revision=r.header.revision,
+        )
+
+    def members(self) -> list[MemberInfo]:
+        r = self._call(
+            "member list",
+            lambda: self.client.clusterstub.MemberList(self._rpc.MemberListRequest(), **self._kw()),
+        )
+        return [
+            MemberInfo(
+                m.ID, m.name, tuple(m.peerURLs), tuple(m.clientURLs), bool(getattr(m, "isLearner", False))
+            )
+            for m in r.members
+        ]
+
+    def alarms(self) -> list[Alarm]:
+        req = self._rpc.AlarmRequest(action=self._rpc.AlarmRequest.GET, memberID=0, alarm=self._rpc.NONE)
+        r = self._call("alarm list", lambda: self.client.maintenancestub.Alarm(req, **self._kw()))
+        names = {self._rpc.NOSPACE: "NOSPACE", self._rpc.CORRUPT: "CORRUPT"}
+        return [Alarm(a.memberID, names.get(a.alarm, str(a.alarm))) for a in r.alarms]
+
+    def count_keys(self, revision: int = 0) -> int:
+        """Live keys at `revision` (0: now), answered by this member alone (serializable)."""
+        req = self._rpc.RangeRequest(
+            key=b"\0", range_end=b"\0", count_only=True, revision=revision, serializable=True
+        )
+        r = self._call("key count", lambda: self.client.kvstub.Range(req, **self._kw(30.0)))
+        return int(r.count)
+
+    def add_member(self, peer_urls: list[str]) -> MemberInfo:
+        req = self._rpc.MemberAddRequest(peerURLs=peer_urls)
+        r = self._call("member add", lambda: self.client.clusterstub.MemberAdd(req, **self._kw()))
+        m = r.member
+        return MemberInfo(m.ID, m.name, tuple(m.peerURLs), tuple(m.clientURLs))
+
+    def remove_member(self, member_id: int) -> None:
+        req = self._rpc.MemberRemoveRequest(ID=member_id)
+        self._call("member remove", lambda: self.client.clusterstub.MemberRemove(req, **self._kw()))
+
+    def snapshot_chunks(self) -> Iterator[bytes]:
+        """The Maintenance.Snapshot stream, chunk by chunk, abandoned if it stalls."""
+        call = self.client.maintenancestub.Snapshot(
+            self._rpc.SnapshotRequest(),
+            credentials=self.client.call_credentials,
+            metadata=self.client.metadata,
+        )
+        last = [time.monotonic()]
+        done = threading.Event()
+        stalled = threading.Event()
+
+        def watchdog() -> None:
+            while not done.wait(1.0):
+                if time.monotonic() - last[0] > self.stall_timeout:
+                    stalled.set()
+                    call.cancel()
+                    return
+
+        threading.Thread(target=watchdog, name="snapshot-watchdog", daemon=True).start()
+        try:
+            for resp in call:
+                last[0] = time.monotonic()
+                yield resp.blob
+        except grpc.RpcError as exc:
+            if stalled.is_set():
+                raise EtcdUnavailable(
+                    f"etcd {self.endpoint}: snapshot stream stalled for {self.stall_timeout:.0f}s"
+                ) from None
+            raise EtcdUnavailable(f"etcd {self.endpoint}: snapshot stream failed: {_describe(exc)}") from None
+        finally:
+            done.set()
+            call.cancel()
+
+
+def _credentials(cfg: EtcdConfig) -> grpc.ChannelCredentials:
+    def read(path: str | None, key: str) -> bytes | None:
+        if not path:
+            return None
+        try:
+            with open(path, "rb") as fh:
+                return fh.read()
+        except OSError as exc:
+            raise ConfigError(f"etcd.{key}: cannot read {path}: {exc.strerror}") from None
+
+    return grpc.ssl_channel_credentials(
+        read(cfg.cacert, "cacert"), read(cfg.key, "key"), read(cfg.cert, "cert")
+    )
+
+
+@dataclass
+class Probe:
+    """What one endpoint answered (or why it did not)."""
+
+    endpoint: str
+    status: MemberStatus | None = None
+    error: str | None = None
+    members: list[MemberInfo] = field(default_factory=list)
+    alarms: list[Alarm] = field(default_factory=list)
+
+
+def probe(cfg: EtcdConfig, endpoint: str, *, members: bool = False, alarms: bool = False) -> Probe:
+    result = Probe(endpoint)
+    try:
+        with Member(cfg, endpoint) as m:
+            result.status = m.status()
+            if members:
+                result.members = m.members()
+            if alarms:
+                result.alarms = m.alarms()
+    except EtcdUnavailable as exc:
+        result.error = str(exc)
+    return result
+
+
+def probe_all(
+    cfg: EtcdConfig, endpoints: list[str] | None = None, *, members: bool = False, alarms: bool = False
+) -> list[Probe]:
+    """Probe every endpoint in parallel, so one dead host costs one timeout, not one per member."""
+    eps = list(endpoints or cfg.endpoints)
+    if not eps:
+        return []
+    with ThreadPoolExecutor(max_workers=min(16, len(eps))) as pool:
+        return list(pool.map(lambda ep: probe(cfg, ep, members=members, alarms=alarms), eps))
+
+
+def connect_healthy(
+    cfg: EtcdConfig, *, exclude: set[str] | None = None, allow_alarms: bool = False
+) -> tuple[Member, MemberStatus]:
+    """The first endpoint, in configured order, that answers and can serve a snapshot."""
+    problems: list[str] = []
+    for endpoint in cfg.endpoints:
+        if exclude and endpoint in exclude:
+            continue
+        try:
+            member = Member(cfg, endpoint)
+        except EtcdUnavailable as exc:
+            problems.append(str(exc))
+            continue
+        try:
+            status = member.status()
+            if status.is_learner:
+                raise EtcdUnavailable(f"etcd {endpoint}: is a learner, not a voting member")
+            if status.leader == 0:
+                raise EtcdUnavailable(f"etcd {endpoint}: has no leader (quorum lost?)")
+            if not allow_alarms and status.errors:
+                raise EtcdUnavailable(f"etcd {endpoint}: reports {', '.join(status.errors)}")
+            return member, status
+        except EtcdUnavailable as exc:
+            member.close()
+            problems.append(str(exc))
+    detail = "; ".join(problems) if problems else "no endpoints configured"
+    raise EtcdUnavailable(f"no healthy etcd endpoint ({detail})")
+
+
+def require_quorum(probes: list[Probe]) -> None:
+    if not any(p.status and p.status.leader for p in probes):
+        raise UnsafeError("no member reports a leader: quorum is lost")

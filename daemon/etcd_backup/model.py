@@ -1,0 +1,195 @@
+"""Shared data: the manifest and its verification record, with a strict JSON round-trip."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from .errors import IntegrityError
+
+SCHEMA_VERSION = 1
+KIND_FULL = "full"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def rfc3339(ts: datetime) -> str:
+    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> datetime:
+    ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if ts.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone")
+    return ts.astimezone(UTC)
+
+
+def new_snapshot_id(now: datetime) -> str:
+    """Sortable by time (millisecond resolution), unique through a random suffix."""
+    now = now.astimezone(UTC)
+    return f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
+
+
+def id_time(snapshot_id: str) -> datetime | None:
+    try:
+        return datetime.strptime(snapshot_id[:18], "%Y%m%dT%H%M%S%f").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """The outcome of one verification step."""
+
+    ok: bool
+    at: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"ok": self.ok, "at": self.at, **self.detail}
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Check:
+        if not isinstance(data, dict) or not isinstance(data.get("ok"), bool):
+            raise ValueError("verification entry needs a boolean 'ok'")
+        detail = {k: v for k, v in data.items() if k not in {"ok", "at", "error"}}
+        error = data.get("error")
+        return cls(ok=data["ok"], at=str(data.get("at", "")), detail=detail, error=error)
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    hash: Check
+    structure: Check
+    drill: Check | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.hash.ok and self.structure.ok and (self.drill is None or self.drill.ok)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "hash": self.hash.to_dict(),
+            "structure": self.structure.to_dict(),
+            "drill": self.drill.to_dict() if self.drill else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Verification:
+        if not isinstance(data, dict):
+            raise ValueError("verification must be an object")
+        drill = data.get("drill")
+        return cls(
+            hash=Check.from_dict(data.get("hash")),
+            structure=Check.from_dict(data.get("structure")),
+            drill=Check.from_dict(drill) if drill is not None else None,
+        )
+
+
+_INT_FIELDS = ("revision", "keys", "db_size", "object_size")
+_STR_FIELDS = (
+    "id", "created_at", "reason", "cluster_id", "member_id", "endpoint", "etcd_version",
+    "object_key", "object_sha256", "compression",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """What lands beside each data object, and what `snapshot`/`list` print."""
+
+    id: str
+    created_at: str
+    reason: str
+    pinned: bool
+    cluster_id: str
+    member_id: str
+    endpoint: str
+    etcd_version: str
+    revision: int
+    keys: int
+    db_size: int
+    object_key: str
+    object_size: int
+    object_sha256: str
+    compression: str
+    verification: Verification
+    duration_seconds: float = 0.0
+    kind: str = KIND_FULL
+    schema_version: int = SCHEMA_VERSION
+    tool_version: str = ""
+    # The snapshot's own trailer digest (SHA-256 of the db bytes): what etcdutl checks on restore.
+    db_sha256: str = ""
+
+    @property
+    def created(self) -> datetime:
+        return parse_time(self.created_at)
+
+    @property
+    def verified(self) -> bool:
+        return self.verification.ok
+
+    def with_drill(self, drill: Check) -> Manifest:
+        return replace(self, verification=replace(self.verification, drill=drill))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["verification"] = self.verification.to_dict()
+        # Contract order first, extras after: easier to read in `cat`.
+        order = ["schema_version", "kind", "id", "created_at", "reason", "pinned", *_STR_FIELDS[3:7],
+                 "revision", "keys", "db_size", "object_key", "object_size", "object_sha256",
+                 "compression", "db_sha256", "verification", "duration_seconds", "tool_version"]
+        return {k: data[k] for k in order}
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False).encode() + b"\n"
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Manifest:
+        if not isinstance(data, dict):
+            raise IntegrityError("manifest is not a JSON object")
+        try:
+            schema = data.get("schema_version", 1)
+            if not isinstance(schema, int) or schema > SCHEMA_VERSION:
+                raise ValueError(f"schema_version {schema!r} is newer than this tool understands")
+            values: dict[str, Any] = {}
+            for name in _STR_FIELDS:
+                if not isinstance(data.get(name), str):
+                    raise ValueError(f"field {name!r} missing or not a string")
+                values[name] = data[name]
+            for name in _INT_FIELDS:
+                v = data.get(name)
+                if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                    raise ValueError(f"field {name!r} missing or not a non-negative integer")
+                values[name] = v
+            if not isinstance(data.get("pinned"), bool):
+                raise ValueError("field 'pinned' missing or not a boolean")
+            parse_time(values["created_at"])
+            return cls(
+                **values,
+                pinned=data["pinned"],
+                verification=Verification.from_dict(data.get("verification")),
+                duration_seconds=float(data.get("duration_seconds", 0.0)),
+                kind=str(data.get("kind", KIND_FULL)),
+                schema_version=schema,
+                tool_version=str(data.get("tool_version", "")),
+                db_sha256=str(data.get("db_sha256", "")),
+            )
+        except (ValueError, TypeError) as exc:
+            raise IntegrityError(f"manifest {data.get('id', '?')!s}: {exc}") from None
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Manifest:
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise IntegrityError(f"manifest is not valid JSON: {exc}") from None
+        return cls.from_dict(data)

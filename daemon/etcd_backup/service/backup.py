@@ -1,0 +1,254 @@
+"""Take one snapshot: stream it from a healthy member, verify it while it uploads, commit the manifest.
+
+The three stages overlap: the gRPC stream is spooled and hashed as it arrives, the uploader
+reads the spool right behind it, and the structural check runs on the spool as soon as the
+stream ends. The upload completes only after both checks passed; the manifest comes last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, BinaryIO
+
+import structlog
+
+from .. import __version__, bbolt
+from .. import manifest as manifests
+from ..config import Config
+from ..errors import EtcdBackupError, EtcdUnavailable, IntegrityError, OperationalError
+from ..etcdclient import Member, MemberStatus, connect_healthy, hexid
+from ..model import Check, Manifest, Verification, new_snapshot_id, rfc3339, utcnow
+from ..spool import Spool
+from ..storage import SnapshotStore
+
+log = structlog.get_logger(__name__)
+
+TRAILER = 32  # etcd appends the SHA-256 of the db to the snapshot stream
+
+
+class Cancelled(OperationalError):
+    pass
+
+
+@dataclass
+class StreamResult:
+    total: int  # bytes received, trailer included
+    db_sha256: str
+    object_sha256: str  # of the whole stream, as stored uncompressed
+
+
+class TrailerHasher:
+    """Hashes everything but the last 32 bytes seen, which it keeps as the candidate trailer."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._tail = b""
+        self.total = 0
+
+    def update(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        data = self._tail + chunk if self._tail else chunk
+        if len(data) <= TRAILER:
+            self._tail = data
+            return
+        self._hash.update(memoryview(data)[:-TRAILER])
+        self._tail = data[-TRAILER:]
+
+    def result(self, where: str) -> StreamResult:
+        if self.total <= TRAILER:
+            raise IntegrityError(f"snapshot from {where} is truncated ({self.total} bytes)")
+        digest = self._hash.digest()
+        if digest != self._tail:
+            raise IntegrityError(
+                f"snapshot from {where} failed its SHA-256 trailer check: the stream is corrupt or truncated"
+            )
+        whole = self._hash.copy()
+        whole.update(self._tail)
+        return StreamResult(self.total, digest.hex(), whole.hexdigest())
+
+
+def receive(chunks: Iterable[bytes], spool: Spool, cancel: threading.Event | None, where: str) -> StreamResult:
+    hasher = TrailerHasher()
+    for chunk in chunks:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("snapshot cancelled (shutting down)")
+        hasher.update(chunk)
+        spool.append(chunk)
+    return hasher.result(where)
+
+
+def structure_check(path: str, db_size: int) -> tuple[bbolt.BoltStatus, Check]:
+    status = bbolt.check(path, size=db_size)
+    return status, Check(True, rfc3339(utcnow()), _structure_detail(status))
+
+
+def _structure_detail(status: bbolt.BoltStatus) -> dict[str, Any]:
+    return {
+        "hash": status.hash,
+        "revision": status.revision,
+        "total_key": status.total_key,
+        "total_size": status.total_size,
+    }
+
+
+class _Compressing:
+    """zstd-compresses a reader on the fly (file-like read())."""
+
+    def __init__(self, source: Any, level: int) -> None:
+        import zstandard
+
+        self._reader = zstandard.ZstdCompressor(level=level, threads=0).stream_reader(
+            source, read_size=1024 * 1024, closefd=False
+        )
+
+    def read(self, n: int = -1) -> bytes:
+        return self._reader.read(n)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+
+def take_snapshot(
+    cfg: Config,
+    store: SnapshotStore,
+    *,
+    reason: str = "manual",
+    pinned: bool = False,
+    cancel: threading.Event | None = None,
+    now: Callable[[], datetime] = utcnow,
+) -> Manifest:
+    """Snapshot a healthy member, verify, upload, commit the manifest; fail over to the next
+    healthy member if the one streaming dies mid-way."""
+    failed: list[str] = []
+    while True:
+        member = connect_healthy(cfg.etcd, exclude=set(failed))
+        try:
+            return snapshot_member(cfg, store, member, reason=reason, pinned=pinned, cancel=cancel, now=now)
+        except EtcdUnavailable as exc:
+            failed.append(member[0].endpoint)
+            if len(failed) >= len(cfg.etcd.endpoints):
+                raise
+            log.warning("snapshot stream failed; trying the next endpoint", error=str(exc))
+        finally:
+            member[0].close()
+
+
+def snapshot_member(
+    cfg: Config,
+    store: SnapshotStore,
+    member: tuple[Member, MemberStatus],
+    *,
+    reason: str = "manual",
+    pinned: bool = False,
+    cancel: threading.Event | None = None,
+    now: Callable[[], datetime] = utcnow,
+) -> Manifest:
+    """Snapshot one member, verify, upload, and commit the manifest."""
+    started = time.monotonic()
+    created = now()
+    snapshot_id = new_snapshot_id(created)
+    compression = cfg.storage.compression
+    key = manifests.data_key(snapshot_id, compression)
+    conn, status = member
+    bound = log.bind(snapshot=snapshot_id, endpoint=conn.endpoint, backend=store.description)
+    bound.info("snapshot started", stage="stream", reason=reason)
+    spool = Spool(cfg.storage.spool_dir, snapshot_id)
+    upload_result: list[Any] = []
+    upload_error: list[BaseException] = []
+
+    def upload() -> None:
+        reader = spool.reader()
+        try:
+            source: BinaryIO = reader  # type: ignore[assignment]
+            if compression == "zstd":
+                source = _Compressing(reader, cfg.storage.compression_level)  # type: ignore[assignment]
+            upload_result.append(store.put(key, source))
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            upload_error.append(exc)
+            spool.fail(exc)
+        finally:
+            reader.close()
+
+    uploader = threading.Thread(target=upload, name=f"upload-{snapshot_id}", daemon=True)
+    try:
+        uploader.start()
+        stream = receive(conn.snapshot_chunks(), spool, cancel, conn.endpoint)
+        spool.finish()
+        db_size = stream.total - TRAILER
+        stream_at = time.monotonic()
+        bound.info("snapshot received", stage="verify", bytes=stream.total,
+                   seconds=round(stream_at - started, 3))
+        hash_check = Check(True, rfc3339(utcnow()), {"sha256": stream.db_sha256})
+        bolt_status, structure = structure_check(str(spool.path), db_size)
+        keys = _count_keys(conn, bolt_status.revision)
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("snapshot cancelled (shutting down)")
+        spool.release()
+        uploader.join()
+        if upload_error:
+            raise upload_error[0]
+        info = upload_result[0]
+        if compression == "none" and info.sha256 and info.sha256 != stream.object_sha256:
+            store.delete(key)
+            raise IntegrityError(f"{key}: stored bytes differ from the stream received")
+        manifest = Manifest(
+            id=snapshot_id,
+            created_at=rfc3339(created),
+            reason=reason,
+            pinned=pinned,
+            cluster_id=hexid(status.cluster_id),
+            member_id=hexid(status.member_id),
+            endpoint=conn.endpoint,
+            etcd_version=status.version,
+            revision=bolt_status.revision,
+            keys=keys,
+            db_size=db_size,
+            object_key=key,
+            object_size=info.size,
+            object_sha256=info.sha256 or stream.object_sha256,
+            compression=compression,
+            verification=Verification(hash=hash_check, structure=structure, drill=None),
+            duration_seconds=round(time.monotonic() - started, 3),
+            tool_version=__version__,
+            db_sha256=stream.db_sha256,
+        )
+        try:
+            manifests.write(store, manifest)
+        except EtcdBackupError:
+            _delete_quietly(store, key)
+            raise
+        bound.info("snapshot stored", stage="commit", revision=manifest.revision, keys=keys,
+                   db_size=db_size, object_size=info.size, seconds=manifest.duration_seconds)
+        return manifest
+    except BaseException as exc:
+        spool.fail(exc if isinstance(exc, Exception) else Cancelled("interrupted"))
+        uploader.join(timeout=60)
+        if isinstance(exc, EtcdBackupError):
+            bound.error("snapshot failed", error=str(exc))
+        raise
+    finally:
+        spool.close()
+
+
+def _count_keys(conn: Member, revision: int) -> int:
+    try:
+        return conn.count_keys(revision)
+    except EtcdUnavailable as exc:
+        # Compacted past the snapshot already (rare): the live count is the closest we have.
+        log.warning("key count at snapshot revision failed; using current count", error=str(exc))
+        return conn.count_keys(0)
+
+
+def _delete_quietly(store: SnapshotStore, key: str) -> None:
+    try:
+        store.delete(key)
+    except EtcdBackupError as exc:
+        log.warning("could not remove data object after failed commit", key=key, error=str(exc))

@@ -1,0 +1,118 @@
+"""A spool file written by one thread and read, while it grows, by another.
+
+The snapshot stream lands here; the uploader reads behind the writer. The reader does not
+return EOF until the snapshot has been verified (`release`), so an upload can only complete
+for a good snapshot; `fail` makes the reader raise, which aborts the upload.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+from .errors import OperationalError
+
+
+class Spool:
+    def __init__(self, directory: str | None, prefix: str) -> None:
+        directory = directory or tempfile.gettempdir()
+        try:
+            os.makedirs(directory, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{prefix}-", suffix=".spool", dir=directory)
+        except OSError as exc:
+            raise OperationalError(f"cannot create a spool file in {directory}: {exc.strerror}") from exc
+        os.fchmod(fd, 0o600)
+        self.path = Path(name)
+        self._fd = fd
+        self._cond = threading.Condition()
+        self.written = 0
+        self._finished = False
+        self._released = False
+        self._error: BaseException | None = None
+
+    def append(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise OperationalError(
+                    f"spool {self.path.parent} is full after {self.written} bytes: {exc.strerror}"
+                ) from exc
+            raise OperationalError(f"writing spool {self.path}: {exc.strerror}") from exc
+        with self._cond:
+            self.written += len(data)
+            self._cond.notify_all()
+
+    def finish(self) -> None:
+        with self._cond:
+            self._finished = True
+            self._cond.notify_all()
+
+    def release(self) -> None:
+        with self._cond:
+            self._released = True
+            self._cond.notify_all()
+
+    def fail(self, exc: BaseException) -> None:
+        with self._cond:
+            if self._error is None:
+                self._error = exc
+            self._cond.notify_all()
+
+    def reader(self) -> SpoolReader:
+        return SpoolReader(self)
+
+    def _wait_for(self, pos: int) -> int:
+        """Bytes available at `pos`, 0 at a released end; raises the failure if there is one."""
+        with self._cond:
+            while True:
+                if self._error is not None:
+                    raise self._error
+                if self.written > pos:
+                    return self.written - pos
+                if self._finished and self._released:
+                    return 0
+                self._cond.wait()
+
+    def close(self) -> None:
+        try:
+            os.close(self._fd)
+        except OSError:
+            pass
+        self.path.unlink(missing_ok=True)
+
+
+class SpoolReader:
+    """File-like (read only) view of a Spool, following the writer."""
+
+    def __init__(self, spool: Spool) -> None:
+        self._spool = spool
+        self._fd = os.open(spool.path, os.O_RDONLY)
+        self._pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        available = self._spool._wait_for(self._pos)
+        if available == 0:
+            return b""
+        want = available if n is None or n < 0 else min(n, available)
+        data = os.pread(self._fd, want, self._pos)
+        self._pos += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        try:
+            os.close(self._fd)
+        except OSError:
+            pass

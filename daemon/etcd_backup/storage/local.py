@@ -1,0 +1,142 @@
+"""file:// backend: a directory tree. Writes go to a hidden partial file, renamed when complete."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import ObjectNotFound, StorageError
+from .base import Debris, ObjectInfo
+
+_PARTIAL = ".partial-"
+_CHUNK = 1024 * 1024
+
+
+class LocalStore:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).absolute()
+        self.description = f"file://{self.root}"
+
+    def _path(self, key: str) -> Path:
+        parts = [p for p in key.split("/") if p]
+        if not parts or any(p in {".", ".."} for p in parts):
+            raise StorageError(f"invalid object key {key!r}")
+        return self.root.joinpath(*parts)
+
+    def _ensure_root(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"{self.description}: cannot create directory: {exc.strerror}") from exc
+
+    def put(self, key: str, source: BinaryIO) -> ObjectInfo:
+        self._ensure_root()
+        final = self._path(key)
+        tmp = final.with_name(f"{_PARTIAL}{final.name}.{secrets.token_hex(4)}")
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                while chunk := source.read(_CHUNK):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise StorageError(f"{self.description}: writing {key} failed: {exc.strerror or exc}") from exc
+            raise
+        stat = final.stat()
+        if stat.st_size != size:
+            raise StorageError(f"{self.description}: {key} has {stat.st_size} bytes after writing {size}")
+        return ObjectInfo(key, size, datetime.fromtimestamp(stat.st_mtime, UTC), digest.hexdigest())
+
+    def get(self, key: str, dest: BinaryIO) -> int:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as src:
+                n = 0
+                while chunk := src.read(_CHUNK):
+                    dest.write(chunk)
+                    n += len(chunk)
+                return n
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{self.description}: {key} not found") from None
+        except OSError as exc:
+            raise StorageError(f"{self.description}: reading {key} failed: {exc.strerror}") from exc
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        if not self.root.exists():
+            return []
+        out: list[ObjectInfo] = []
+        try:
+            for dirpath, _dirs, files in os.walk(self.root, onerror=_raise):
+                for name in files:
+                    if name.startswith(_PARTIAL):
+                        continue
+                    path = Path(dirpath) / name
+                    key = path.relative_to(self.root).as_posix()
+                    if not key.startswith(prefix):
+                        continue
+                    st = path.stat()
+                    out.append(ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
+        except OSError as exc:
+            raise StorageError(f"{self.description}: listing failed: {exc.strerror or exc}") from exc
+        out.sort(key=lambda o: o.key)
+        return out
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"{self.description}: deleting {key} failed: {exc.strerror}") from exc
+
+    def ping(self) -> None:
+        self._ensure_root()
+        if not os.access(self.root, os.W_OK):
+            raise StorageError(f"{self.description}: directory is not writable")
+
+    def list_debris(self) -> list[Debris]:
+        out: list[Debris] = []
+        if not self.root.exists():
+            return out
+        try:
+            for dirpath, _dirs, files in os.walk(self.root, onerror=_raise):
+                for name in files:
+                    if name.startswith(_PARTIAL):
+                        path = Path(dirpath) / name
+                        started = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+                        out.append(Debris(path.relative_to(self.root).as_posix(), started, str(path)))
+        except OSError as exc:
+            raise StorageError(f"{self.description}: listing failed: {exc.strerror or exc}") from exc
+        return out
+
+    def remove_debris(self, debris: Debris) -> None:
+        Path(debris.handle).unlink(missing_ok=True)
+
+    def free_bytes(self) -> int:
+        self._ensure_root()
+        return shutil.disk_usage(self.root).free
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

