@@ -68,6 +68,17 @@ class Spool:
     def reader(self) -> SpoolReader:
         return SpoolReader(self)
 
+    def wait_complete(self) -> Path:
+        """Block until every byte is written and verified; the path then holds the whole stream."""
+        with self._cond:
+            while not (self._finished and self._released):
+                if self._error is not None:
+                    raise self._error
+                self._cond.wait()
+            if self._error is not None:
+                raise self._error
+        return self.path
+
     def _wait_for(self, pos: int) -> int:
         """Bytes available at `pos`, 0 at a released end; raises the failure if there is one."""
         with self._cond:
@@ -104,6 +115,10 @@ class SpoolReader:
         data = os.pread(self._fd, want, self._pos)
         self._pos += len(data)
         return data
+
+    def complete_file(self) -> Path:
+        """For stores on the same filesystem: the finished spool file, to link instead of copy."""
+        return self._spool.wait_complete()
 
     def readable(self) -> bool:
         return True

@@ -36,7 +36,16 @@ class _PartDigests:
         self.size = 0
 
     def read(self, n: int = -1) -> bytes:
+        # s3transfer takes a short read for the end of the stream (and would upload a truncated
+        # object), so fill the request unless the source is really at EOF.
         data = self._source.read(n)
+        if n is not None and n > 0 and 0 < len(data) < n:
+            parts = [data]
+            got = len(data)
+            while got < n and (more := self._source.read(n - got)):
+                parts.append(more)
+                got += len(more)
+            data = b"".join(parts)
         self._whole.update(data)
         self.size += len(data)
         view = memoryview(data)

@@ -1,0 +1,165 @@
+"""Benchmark: `etcd-backup snapshot` against the manual baseline, at a given database size.
+
+    .venv/bin/python bench/snapshot_bench.py 256 [--storage s3,file] [--runs 1]
+
+Fills a throwaway local etcd 3.5 to SIZE_MB with incompressible values, starts a local S3
+endpoint (moto server), then times, per storage kind:
+  baseline  `etcdctl snapshot save` + `sha256sum` + boto3 `upload_file` (S3) or `cp` (file)
+  ours      `etcd-backup snapshot` (streamed, verified, stored, manifest written)
+and prints wall time, the ratio, each one's peak RSS (largest single process), and the time of
+the structural (bbolt) verification alone. Loopback only; everything is cleaned up on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "daemon"))
+
+from etcd_backup import bbolt  # noqa: E402
+from etcd_backup.etcdproc import find_binary, free_port, start_member, wait_healthy  # noqa: E402
+
+AWS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB) of one child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        err = proc.stderr.read().decode()[-500:] if proc.stderr else ""
+        raise SystemExit(f"{' '.join(cmd[:3])} failed: {err}")
+    return elapsed, usage.ru_maxrss
+
+
+def fill(endpoint: str, size_mb: int) -> None:
+    import etcd3
+
+    host, port = endpoint.split("//")[1].split(":")
+    value_size = 1024 * 1024 - 1024
+    count = size_mb * 1024 * 1024 // value_size
+
+    def put_range(start: int) -> None:
+        client = etcd3.client(host=host, port=int(port), timeout=60)
+        for i in range(start, count, 4):
+            client.put(f"/bench/{i:06d}", os.urandom(value_size))
+        client.close()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(put_range, range(4)))
+
+
+def start_moto(base: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent))
+    log = open(base / "moto.log", "wb")  # noqa: SIM115 - lives as long as the server
+    proc = subprocess.Popen([exe or "moto_server", "-H", "127.0.0.1", "-p", str(port)], stdout=log,
+                            stderr=subprocess.STDOUT)  # fmt: skip
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
+            return proc, endpoint
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("moto server did not start")
+
+
+UPLOAD = """
+import sys, boto3
+from boto3.s3.transfer import TransferConfig
+c = boto3.client("s3", endpoint_url=sys.argv[1])
+c.upload_file(sys.argv[2], sys.argv[3], sys.argv[4], Config=TransferConfig(multipart_chunksize=8*1024*1024))
+"""
+
+
+def baseline(kind: str, endpoint: str, moto: str, bucket: str, work: Path) -> tuple[float, int]:
+    etcdctl = find_binary("etcdctl")
+    snap = work / "baseline.db"
+    snap.unlink(missing_ok=True)
+    env = {**os.environ, "ETCDCTL_API": "3", **AWS}
+    t1, r1 = run_measured([etcdctl, f"--endpoints={endpoint}", "snapshot", "save", str(snap)], env)
+    t2, r2 = run_measured(["sha256sum", str(snap)])
+    if kind == "s3":
+        t3, r3 = run_measured([sys.executable, "-c", UPLOAD, moto, str(snap), bucket, "baseline/snap.db"], env)
+    else:
+        dest = work / "baseline-store"
+        dest.mkdir(exist_ok=True)
+        t3, r3 = run_measured(["cp", str(snap), str(dest / "snap.db")])
+    snap.unlink()
+    return t1 + t2 + t3, max(r1, r2, r3)
+
+
+def ours(kind: str, endpoint: str, moto: str, bucket: str, work: Path) -> tuple[float, int]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_BACKUP_")}
+    env.update(AWS)
+    env.update({"ETCD_BACKUP_ETCD__ENDPOINTS": endpoint, "ETCD_BACKUP_LOG__LEVEL": "warning",
+                "ETCD_BACKUP_STORAGE__SPOOL_DIR": str(work / "spool")})  # fmt: skip
+    if kind == "s3":
+        env.update({"ETCD_BACKUP_STORAGE__URL": f"s3://{bucket}/ours", "ETCD_BACKUP_STORAGE__ENDPOINT_URL": moto})
+    else:
+        env["ETCD_BACKUP_STORAGE__URL"] = f"file://{work}/ours-store"
+    return run_measured([sys.executable, "-m", "etcd_backup", "snapshot"], env)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("size_mb", type=int)
+    ap.add_argument("--storage", default="s3,file")
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--workdir", default=None, help="where etcd data and spool files go (default: a temp dir)")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="etcd-backup-bench-", dir=args.workdir))
+    client_url, peer_url = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+    etcd = start_member(find_binary("etcd"), name="bench", data_dir=work / "etcd", client_url=client_url,
+                        peer_url=peer_url, extra_args=["--quota-backend-bytes=17179869184"],
+                        log_path=work / "etcd.log")  # fmt: skip
+    moto, moto_url = start_moto(work)
+    try:
+        wait_healthy(client_url, 30, etcd)
+        t = time.perf_counter()
+        fill(client_url, args.size_mb)
+        print(f"filled etcd to ~{args.size_mb} MiB in {time.perf_counter() - t:.1f}s")
+        import boto3
+
+        boto3.client("s3", endpoint_url=moto_url, **{k.lower(): v for k, v in AWS.items()
+                     if k != "AWS_DEFAULT_REGION"}, region_name="us-east-1").create_bucket(Bucket="bench")  # fmt: skip
+        print(f"{'storage':8} {'run':>3} {'baseline s':>10} {'ours s':>8} {'ratio':>6} "
+              f"{'base RSS MiB':>12} {'ours RSS MiB':>12}")  # fmt: skip
+        for kind in args.storage.split(","):
+            for run in range(1, args.runs + 1):
+                bt, br = baseline(kind, client_url, moto_url, "bench", work)
+                ot, orss = ours(kind, client_url, moto_url, "bench", work)
+                print(f"{kind:8} {run:>3} {bt:>10.2f} {ot:>8.2f} {ot / bt:>6.2f} {br / 1024:>12.1f} "
+                      f"{orss / 1024:>12.1f}")  # fmt: skip
+                shutil.rmtree(work / "ours-store", ignore_errors=True)
+                shutil.rmtree(work / "baseline-store", ignore_errors=True)
+        snap = work / "verify.db"
+        subprocess.run([find_binary("etcdctl"), f"--endpoints={client_url}", "snapshot", "save", str(snap)],
+                       check=True, capture_output=True, env={**os.environ, "ETCDCTL_API": "3"})  # fmt: skip
+        t = time.perf_counter()
+        status = bbolt.check(snap, size=snap.stat().st_size - 32)
+        print(f"structural verification of {snap.stat().st_size / 2**20:.0f} MiB: "
+              f"{time.perf_counter() - t:.2f}s (revision {status.revision}, {status.total_key} entries)")
+    finally:
+        etcd.stop()
+        moto.terminate()
+        moto.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Creates .venv and installs etcd-backup with what it needs. Sourced by the other scripts.
+# EXTRAS selects the optional dependencies (default: etcd, i.e. the etcd 3.5 binaries).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python3}"
+EXTRAS="${EXTRAS:-etcd}"
+
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "etcd-backup needs Python >= 3.11 (set PYTHON=/path/to/python3.11)" >&2
+    exit 2
+fi
+if [ ! -x "$ROOT/.venv/bin/python" ]; then
+    "$PYTHON" -m venv "$ROOT/.venv"
+fi
+"$ROOT/.venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+"$ROOT/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[$EXTRAS]"
