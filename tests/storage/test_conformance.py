@@ -1,0 +1,116 @@
+"""One suite over every storage backend: file:// and s3:// (a real S3 endpoint over HTTP)."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Bucket
+from etcd_backup.errors import IntegrityError, ObjectNotFound, StorageError
+from etcd_backup.storage import SnapshotStore, get_bytes, put_bytes
+from etcd_backup.storage.local import LocalStore
+from etcd_backup.storage.s3 import S3Store
+
+pytestmark = pytest.mark.timeout(120)
+MiB = 1024 * 1024
+
+
+@pytest.fixture(params=["file", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SnapshotStore]:
+    if request.param == "file":
+        yield LocalStore(tmp_path / "store")
+    else:
+        bucket: Bucket = request.getfixturevalue("s3_bucket")
+        yield S3Store(bucket.name, bucket.prefix, endpoint_url=bucket.server.endpoint, part_size=5 * MiB,
+                      concurrency=2)  # fmt: skip
+
+
+class Trickle(io.RawIOBase):
+    """Returns data in short, uneven reads, like a stream that is still arriving."""
+
+    def __init__(self, data: bytes, fail_after: int | None = None) -> None:
+        self.data = data
+        self.pos = 0
+        self.fail_after = fail_after
+        self.calls = 0
+
+    def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+        if self.fail_after is not None and self.pos >= self.fail_after:
+            raise IntegrityError("source failed verification")
+        self.calls += 1
+        step = 1 + (self.calls * 7919) % 70000
+        want = step if n is None or n < 0 else min(n, step)
+        out = self.data[self.pos : self.pos + want]
+        self.pos += len(out)
+        return out
+
+    def readable(self) -> bool:
+        return True
+
+
+def test_put_get_roundtrip(store: SnapshotStore, tmp_path: Path) -> None:
+    data = os.urandom(3 * MiB + 17)
+    info = store.put("snapshots/a.db", io.BytesIO(data))
+    assert info.size == len(data)
+    out = tmp_path / "out"
+    with open(out, "w+b") as fh:
+        assert store.get("snapshots/a.db", fh) == len(data)
+    assert out.read_bytes() == data
+
+
+def test_short_reads_still_store_the_whole_object(store: SnapshotStore) -> None:
+    data = os.urandom(12 * MiB + 5)  # several parts on S3
+    info = store.put("snapshots/big.db", Trickle(data))  # type: ignore[arg-type]
+    assert info.size == len(data)
+    buf = io.BytesIO()
+    store.get("snapshots/big.db", buf)
+    assert buf.getvalue() == data
+
+
+def test_failing_source_leaves_nothing(store: SnapshotStore) -> None:
+    data = os.urandom(11 * MiB)
+    with pytest.raises(IntegrityError):
+        store.put("snapshots/bad.db", Trickle(data, fail_after=6 * MiB))  # type: ignore[arg-type]
+    assert store.list() == []
+    assert store.list_debris() == []
+
+
+def test_list_is_relative_and_filtered(store: SnapshotStore) -> None:
+    put_bytes(store, "snapshots/one.json", b"{}")
+    put_bytes(store, "snapshots/two.db", b"x")
+    put_bytes(store, "other/three", b"y")
+    assert sorted(o.key for o in store.list("snapshots/")) == ["snapshots/one.json", "snapshots/two.db"]
+    assert len(store.list()) == 3
+
+
+def test_delete_and_missing(store: SnapshotStore) -> None:
+    put_bytes(store, "snapshots/gone.json", b"{}")
+    store.delete("snapshots/gone.json")
+    assert store.list() == []
+    with pytest.raises(ObjectNotFound):
+        get_bytes(store, "snapshots/gone.json")
+    store.delete("snapshots/never-existed")  # deleting nothing is not an error
+
+
+def test_ping(store: SnapshotStore) -> None:
+    store.ping()
+
+
+def test_missing_bucket_is_storage_error(s3_bucket: Bucket) -> None:
+    store = S3Store("bucket-that-does-not-exist", "p", endpoint_url=s3_bucket.server.endpoint)
+    for call in (store.ping, store.list, lambda: put_bytes(store, "k", b"x")):
+        with pytest.raises(StorageError, match="does not exist"):
+            call()
+
+
+def test_unreachable_endpoint_is_storage_error() -> None:
+    from etcd_backup.etcdproc import free_port
+
+    store = S3Store("b", "p", endpoint_url=f"http://127.0.0.1:{free_port()}")
+    store.client.meta.config.retries["max_attempts"] = 1
+    with pytest.raises(StorageError):
+        store.list()

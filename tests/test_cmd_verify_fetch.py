@@ -1,0 +1,89 @@
+"""`verify` and `fetch` on damaged storage: exit 3, nothing left behind, never a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import Cluster, config_env, run_cli
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def stored(etcd_single: Cluster, tmp_path: Path) -> tuple[dict, dict[str, str], Path]:
+    for i in range(30):
+        etcd_single.put(f"/v/{i}", "data" * 40)
+    env = config_env(etcd_single, f"file://{tmp_path}/store")
+    r = run_cli("snapshot", "--output", "json", env=env)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout), env, tmp_path / "store"
+
+
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_verify_good_snapshot(stored: tuple[dict, dict[str, str], Path]) -> None:
+    m, env, _ = stored
+    r = run_cli("verify", m["id"], "--output", "json", env=env)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["ok"] is True and out["structure"]["revision"] == m["revision"]
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_verify_and_fetch_damaged_object_exit_3(stored: tuple[dict, dict[str, str], Path], tmp_path: Path,
+                                                damage: str) -> None:  # fmt: skip
+    m, env, store = stored
+    data = store / m["object_key"]
+    if damage == "flip":
+        _flip(data, 9000)
+    else:
+        data.write_bytes(data.read_bytes()[:-100])
+    r = run_cli("verify", m["id"], env=env)
+    assert r.returncode == 3, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    dest_dir = tmp_path / "out"
+    dest_dir.mkdir()
+    r = run_cli("fetch", m["id"], "--to", str(dest_dir / "snap.db"), env=env)
+    assert r.returncode == 3, r.stderr
+    assert list(dest_dir.iterdir()) == []
+
+
+def test_manifest_not_json(stored: tuple[dict, dict[str, str], Path]) -> None:
+    m, env, store = stored
+    (store / "snapshots" / f"{m['id']}.json").write_text("{not json")
+    r = run_cli("verify", m["id"], env=env)
+    assert r.returncode == 3
+    r = run_cli("list", "--output", "json", env=env)
+    assert r.returncode == 0
+    assert json.loads(r.stdout) == []
+    assert m["id"] in r.stderr
+
+
+def test_verify_latest_with_nothing_stored(etcd_single: Cluster, tmp_path: Path) -> None:
+    env = config_env(etcd_single, f"file://{tmp_path}/empty")
+    r = run_cli("verify", "latest", env=env)
+    assert r.returncode == 1
+    assert "no verified snapshot" in r.stderr
+
+
+def test_unknown_id_is_usage_error(stored: tuple[dict, dict[str, str], Path]) -> None:
+    _, env, _ = stored
+    r = run_cli("fetch", "20200101T000000000Z-abcdef", "--to", "/tmp/never-written.db", env=env)
+    assert r.returncode == 2
+    assert not Path("/tmp/never-written.db").exists()
+
+
+def test_fetch_refuses_to_overwrite(stored: tuple[dict, dict[str, str], Path], tmp_path: Path) -> None:
+    m, env, _ = stored
+    dest = tmp_path / "exists.db"
+    dest.write_text("precious")
+    r = run_cli("fetch", m["id"], "--to", str(dest), env=env)
+    assert r.returncode == 2
+    assert dest.read_text() == "precious"
