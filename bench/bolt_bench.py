@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import random
 import resource
 import subprocess
@@ -51,8 +50,9 @@ def make_snapshot(workdir: Path, gib: float, vmin: int, vmax: int) -> Path:
         written = 0
         n = 0
         while written < target:
-            ops, batch = [], 0
-            while batch < 16 << 20 and written + batch < target:
+            ops: list[dict[str, object]] = []
+            batch = 0
+            while batch < 16 << 20 and len(ops) < 20000 and written + batch < target:
                 size = rng.randint(vmin, vmax)
                 key = f"/registry/bench/{n:09d}".encode()
                 value = rng.randbytes(size)

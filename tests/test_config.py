@@ -155,3 +155,9 @@ def _toml_value(v: object) -> str:
     import json
 
     return json.dumps(v)
+
+
+def test_reference_config_loads_and_matches_defaults() -> None:
+    from conftest import ROOT
+
+    assert config.load(str(ROOT / "config" / "config.toml")) == config.load(None)

@@ -24,6 +24,7 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass
+from itertools import repeat
 
 import crc32c
 
@@ -51,7 +52,7 @@ _VERSION = 2
 _NO_FREELIST = 0xFFFFFFFFFFFFFFFF  # meta.freelist when written with NoFreelistSync (etcd's default)
 _OVERFLOW_COUNT = 0xFFFF  # freelist page count meaning "real count is the first u64"
 
-_MAX_BUCKET_DEPTH = 256  # bolt has no limit; a crafted file must not blow Python's stack
+_MAX_BUCKET_DEPTH = 64  # bolt has no limit; ours keeps a crafted file off Python's recursion limit
 _RELEASE_EVERY = 64 << 20  # drop mapped pages after this many bytes visited
 
 
@@ -101,9 +102,7 @@ def _read_meta(mm: mmap.mmap, limit: int, index: int, page_size: int) -> _Meta |
     if off + _HDR + _META.size > limit:
         return "beyond end of file"
     pid, flags, _, _ = _PAGE_HEADER.unpack_from(mm, off)
-    magic, version, psize, _, root, _, freelist, pgid, txid, checksum = _META.unpack_from(
-        mm, off + _HDR
-    )
+    magic, version, psize, _, root, _, freelist, pgid, txid, checksum = _META.unpack_from(mm, off + _HDR)
     if magic != _MAGIC:
         return "bad magic"
     if version != _VERSION:
@@ -126,9 +125,7 @@ def _choose_meta(mm: mmap.mmap, limit: int) -> _Meta:
         candidates = [m0.page_size]
     else:
         # bolt falls back to the OS page size to find meta 1; try the other common sizes too.
-        candidates = list(
-            dict.fromkeys([mmap.PAGESIZE, 4096, 16384, 65536, 8192, 32768, 2048, 1024])
-        )
+        candidates = list(dict.fromkeys([mmap.PAGESIZE, 4096, 16384, 65536, 8192, 32768, 2048, 1024]))
     m1: _Meta | str = "not found"
     for page_size in candidates:
         found = _read_meta(mm, limit, 1, page_size)
@@ -143,6 +140,19 @@ def _choose_meta(mm: mmap.mmap, limit: int) -> _Meta:
     if isinstance(m1, _Meta):
         return m1
     raise _Corrupt(f"both meta pages invalid: page 0: {m0}; page 1: {m1}")
+
+
+def _where(where: int | str) -> str:
+    """Error locations are built only on failure: an int is a page id."""
+    return f"page {where}" if isinstance(where, int) else where
+
+
+def _check_range(first: bytes, last: bytes, lo: bytes | None, hi: bytes | None, where: int | str) -> None:
+    """A child page's keys must lie in [its separator in the parent, the next separator)."""
+    if lo is not None and first < lo:
+        raise _Corrupt(f"{_where(where)}: first key sorts before its parent's separator")
+    if hi is not None and last >= hi:
+        raise _Corrupt(f"{_where(where)}: last key sorts after the next separator")
 
 
 class _Walker:
@@ -162,9 +172,38 @@ class _Walker:
         self.visited = 0
 
     def close(self) -> None:
-        self.mv.release()
+        # Views still held by an exception's traceback keep it exported; GC releases it then.
+        with contextlib.suppress(BufferError):
+            self.mv.release()
 
-    def _release(self, nbytes: int) -> None:
+    def page(self, pgid: int, referrer: int | str) -> tuple[int, int, int, int]:
+        """Validate and claim page `pgid`; returns (offset, end of its span, flags, count)."""
+        if not 2 <= pgid < self.hw:
+            raise _Corrupt(f"{_where(referrer)}: references page {pgid}, outside 2..{self.hw - 1}")
+        off = pgid * self.ps
+        hid, flags, count, overflow = _PAGE_HEADER.unpack_from(self.mm, off)
+        if hid != pgid:
+            raise _Corrupt(f"page {pgid}: header says page {hid} (overwritten or zero-filled)")
+        if overflow:
+            self._claim_span(pgid, overflow)
+        elif self.state[pgid]:
+            self._claimed_twice(pgid)
+        else:
+            self.state[pgid] = 1
+        end = off + (overflow + 1) * self.ps
+        self._visit(end - off)
+        return off, end, flags, count
+
+    def _claim_span(self, pgid: int, overflow: int) -> None:
+        last = pgid + overflow
+        if last >= self.hw:
+            raise _Corrupt(f"page {pgid}: overflow {overflow} runs past high water {self.hw}")
+        seg = self.state[pgid : last + 1]
+        if seg.count(0) != len(seg):
+            self._claimed_twice(pgid + next(i for i, s in enumerate(seg) if s))
+        self.state[pgid : last + 1] = b"\x01" * (overflow + 1)
+
+    def _visit(self, nbytes: int) -> None:
         # Clean file pages count in RSS while mapped; dropping them keeps memory flat. They stay
         # in the page cache, so touching them again is only a minor fault.
         self.visited += nbytes
@@ -172,31 +211,6 @@ class _Walker:
             self.visited = 0
             if hasattr(mmap, "MADV_DONTNEED"):
                 self.mm.madvise(mmap.MADV_DONTNEED)
-
-    def page(self, pgid: int, referrer: str) -> tuple[int, int, int, int]:
-        """Validate and claim page `pgid`; returns (offset, end of its span, flags, count)."""
-        if not 2 <= pgid < self.hw:
-            raise _Corrupt(f"{referrer}: references page {pgid}, outside 2..{self.hw - 1}")
-        off = pgid * self.ps
-        hid, flags, count, overflow = _PAGE_HEADER.unpack_from(self.mm, off)
-        if hid != pgid:
-            raise _Corrupt(f"page {pgid}: header says page {hid} (overwritten or zero-filled)")
-        last = pgid + overflow
-        if last >= self.hw:
-            raise _Corrupt(f"page {pgid}: overflow {overflow} runs past high water {self.hw}")
-        state = self.state
-        if overflow == 0:
-            if state[pgid]:
-                self._claimed_twice(pgid)
-            state[pgid] = 1
-        else:
-            seg = state[pgid : last + 1]
-            if seg.count(0) != len(seg):
-                self._claimed_twice(pgid + next(i for i, s in enumerate(seg) if s))
-            state[pgid : last + 1] = b"\x01" * (overflow + 1)
-        end = off + (overflow + 1) * self.ps
-        self._release(end - off)
-        return off, end, flags, count
 
     def _claimed_twice(self, pgid: int) -> None:
         if self.state[pgid] == 2:
@@ -244,48 +258,116 @@ class _Walker:
         _, flags, count, _ = _PAGE_HEADER.unpack_from(self.mm, poff)
         if flags != _LEAF:
             raise _Corrupt(f"{where}: inline bucket page has flags {flags:#x}")
-        self.leaf(poff, vend, count, None, None, depth, is_key, f"{where} (inline bucket)")
+        self.leaf(poff, vend, count, None, None, depth=depth, is_key=is_key, where=f"{where} (inline bucket)")
 
-    def tree(self, root: int, depth: int, is_key: bool, where: str) -> None:
+    def tree(self, root: int, depth: int, is_key: bool, where: int | str) -> None:
         """Pages of one bucket, depth first in key order, without recursion."""
-        mm = self.mm
-        stack: list[tuple[int, bytes | None, bytes | None, str]] = [(root, None, None, where)]
+        mm, mv, ps, hw, state = self.mm, self.mv, self.ps, self.hw, self.state
+        unpack_header = _PAGE_HEADER.unpack_from
+        stack: list[tuple[int, bytes | None, bytes | None, int | str]] = [(root, None, None, where)]
+        pop, extend = stack.pop, stack.extend
         while stack:
-            pgid, lo, hi, referrer = stack.pop()
-            off, end, flags, count = self.page(pgid, referrer)
+            pgid, lo, hi, referrer = pop()
+            # self.page() inlined: this loop runs once per page of the database.
+            if not 2 <= pgid < hw:
+                raise _Corrupt(f"{_where(referrer)}: references page {pgid}, outside 2..{hw - 1}")
+            off = pgid * ps
+            hid, flags, count, overflow = unpack_header(mm, off)
+            if hid != pgid:
+                raise _Corrupt(f"page {pgid}: header says page {hid} (overwritten or zero-filled)")
+            if overflow:
+                self._claim_span(pgid, overflow)
+            elif state[pgid]:
+                self._claimed_twice(pgid)
+            else:
+                state[pgid] = 1
+            end = off + (overflow + 1) * ps
+            self.visited += end - off
+            if self.visited >= _RELEASE_EVERY:
+                self._visit(0)
             if flags == _LEAF:
-                self.leaf(off, end, count, lo, hi, depth, is_key, f"page {pgid}")
+                self.leaf(off, end, count, lo, hi, depth=depth, is_key=is_key, where=pgid)
                 continue
             if flags != _BRANCH:
                 raise _Corrupt(f"page {pgid}: flags {flags:#x}, expected a branch or leaf page")
             if count == 0:
                 raise _Corrupt(f"page {pgid}: empty branch page")
-            arr_end = off + _HDR + _ELEM * count
+            arr = off + _HDR
+            arr_end = arr + _ELEM * count
             if arr_end > end:
                 raise _Corrupt(f"page {pgid}: {count} elements overrun the page")
-            children: list[tuple[int, bytes]] = []
+            # bolt writes keys back to back after the elements; a loop that checks exactly that
+            # is the fast path, anything else goes through _scan (precise errors or odd layout).
+            children: list[int] = []
+            keys: list[bytes] = []
+            fast = False
             prev = b""
-            e = off + _HDR
-            for pos, ksize, child in _BRANCH_ELEM.iter_unpack(self.mv[off + _HDR : arr_end]):
+            e = arr
+            expect = arr_end
+            for pos, ksize, child in _BRANCH_ELEM.iter_unpack(mv[arr:arr_end]):
                 k0 = e + pos
-                k1 = k0 + ksize
-                if k0 < arr_end or k1 > end:
-                    raise _Corrupt(f"page {pgid}: element {len(children)} key outside the page")
-                key = mm[k0:k1]
+                if k0 != expect:
+                    break
+                expect = k0 + ksize
+                key = mm[k0:expect]
                 if key <= prev:
-                    raise _Corrupt(f"page {pgid}: keys out of order at element {len(children)}")
-                children.append((child, key))
+                    break
+                children.append(child)
+                keys.append(key)
                 prev = key
                 e += _ELEM
-            if lo is not None and children[0][1] < lo:
-                raise _Corrupt(f"page {pgid}: first key sorts before its parent's separator")
-            if hi is not None and prev >= hi:
-                raise _Corrupt(f"page {pgid}: last key sorts after the next separator")
-            # Each child holds keys in [its separator, next separator); push in reverse for order.
-            nxt = hi
-            for child, key in reversed(children):
-                stack.append((child, key, nxt, f"page {pgid}"))
-                nxt = key
+            else:
+                fast = expect <= end
+            if not fast:
+                scanned = self._scan(arr, end, count, pgid, branch=True)
+                children = [entry[0] for entry in scanned]
+                keys = [entry[4] for entry in scanned]
+            _check_range(keys[0], keys[-1], lo, hi, pgid)
+            # Child i holds keys in [key i, key i+1); pushed in reverse so they pop in order.
+            his: list[bytes | None] = [*keys[1:], hi]
+            extend(zip(reversed(children), reversed(keys), reversed(his), repeat(pgid)))
+
+    def _scan(
+        self,
+        arr: int,
+        end: int,
+        count: int,
+        where: int | str,
+        *,
+        branch: bool = False,
+        min_ksize: int = 1,
+    ) -> list[tuple[int, int, int, int, bytes]]:
+        """Element by element, raising on damage: [(flags or child pgid, k0, k1, v1, key)].
+
+        The slow path, for pages holding buckets, an unusual layout, or to name the element
+        that broke a fast-path check. Offsets are absolute: key mm[k0:k1], value mm[k1:v1].
+        """
+        arr_end = arr + _ELEM * count
+        out: list[tuple[int, int, int, int, bytes]] = []
+        prev = b""
+        e = arr
+        for i in range(count):
+            if branch:
+                pos, ksize, first = _BRANCH_ELEM.unpack_from(self.mm, e)
+                vsize = 0
+            else:
+                first, pos, ksize, vsize = _LEAF_ELEM.unpack_from(self.mm, e)
+                if first not in (0, _BUCKET_LEAF):
+                    raise _Corrupt(f"{_where(where)}: element {i} has flags {first:#x}")
+            k0 = e + pos
+            k1 = k0 + ksize
+            v1 = k1 + vsize
+            if k0 < arr_end or v1 > end:
+                raise _Corrupt(f"{_where(where)}: element {i} lies outside the page")
+            key = self.mm[k0:k1]
+            if ksize < min_ksize:
+                raise _Corrupt(f"{_where(where)}: element {i} has a {ksize}-byte key")
+            if key <= prev:
+                raise _Corrupt(f"{_where(where)}: keys out of order at element {i}")
+            out.append((first, k0, k1, v1, key))
+            prev = key
+            e += _ELEM
+        return out
 
     def leaf(
         self,
@@ -294,101 +376,90 @@ class _Walker:
         count: int,
         lo: bytes | None,
         hi: bytes | None,
+        *,
         depth: int,
         is_key: bool,
-        where: str,
+        where: int | str,
     ) -> None:
         """Check one leaf page (or inline bucket page) and feed it to the hash.
 
-        depth 0 is the root bucket (entries are the top-level buckets), 1 a top-level bucket
-        (hashed and counted, like etcdutl), >= 2 a nested bucket (only checked: ForEach does not
-        descend into it).
+        depth 0 is the root bucket (its entries are the top-level buckets), 1 a top-level bucket
+        (hashed and counted, like etcdutl), >= 2 a nested bucket (checked only: etcdutl's
+        ForEach does not descend into it).
         """
-        mm = self.mm
-        arr_end = off + _HDR + _ELEM * count
-        if arr_end > end:
-            raise _Corrupt(f"{where}: {count} elements overrun the page")
-        elems = self.mv[off + _HDR : arr_end]
-        min_ksize = (
-            8 if is_key else 1
-        )  # etcd reads the revision from k[0:8]; bolt forbids empty keys
-        e = off + _HDR
-        prev = b""
-        expect = arr_end  # bolt writes key/value data back to back right after the elements
-        contiguous = True
-        buckets = plain = False
-        for flags, pos, ksize, vsize in _LEAF_ELEM.iter_unpack(elems):
-            k0 = e + pos
-            k1 = k0 + ksize
-            v1 = k1 + vsize
-            if k0 < arr_end or v1 > end:
-                raise _Corrupt(
-                    f"{where}: element {(e - off - _HDR) // _ELEM} data outside the page"
-                )
-            key = mm[k0:k1]
-            if key <= prev:
-                raise _Corrupt(f"{where}: keys out of order at element {(e - off - _HDR) // _ELEM}")
-            if ksize < min_ksize:
-                raise _Corrupt(f"{where}: element {(e - off - _HDR) // _ELEM}: {ksize}-byte key")
-            if flags:
-                if flags != _BUCKET_LEAF:
-                    raise _Corrupt(f"{where}: element {(e - off - _HDR) // _ELEM} flags {flags:#x}")
-                buckets = True
-            else:
-                plain = True
-            if k0 != expect:
-                contiguous = False
-            expect = v1
-            prev = key
-            e += _ELEM
-        if count:
-            if lo is not None:
-                pos, ksize = _LEAF_ELEM.unpack_from(mm, off + _HDR)[1:3]
-                if mm[off + _HDR + pos : off + _HDR + pos + ksize] < lo:
-                    raise _Corrupt(f"{where}: first key sorts before its parent's separator")
-            if hi is not None and prev >= hi:
-                raise _Corrupt(f"{where}: last key sorts after the next separator")
-        if depth == 0:
-            if plain:
-                raise _Corrupt(f"{where}: a top-level entry is not a bucket")
-        elif depth >= 2 and not buckets:
-            elems.release()
-            return  # nested bucket contents are checked, not hashed
-        elif not buckets:
-            # Fast path: all of a page's keys and values, in order, in one CRC call.
-            if contiguous:
-                self.crc = crc32c.crc32c(self.mv[arr_end:expect], self.crc)
-            else:
-                e = off + _HDR
-                for _, pos, ksize, vsize in _LEAF_ELEM.iter_unpack(elems):
-                    k0 = e + pos
-                    self.crc = crc32c.crc32c(self.mv[k0 : k0 + ksize + vsize], self.crc)
-                    e += _ELEM
-            self.total_key += count
-            if is_key and count:
-                self.revision = int.from_bytes(prev[:8], "big")
-            elems.release()
+        if count == 0:
             return
-        # Pages holding buckets: element by element, descending into each bucket in order.
-        e = off + _HDR
-        for flags, pos, ksize, vsize in _LEAF_ELEM.iter_unpack(elems):
+        mm, mv = self.mm, self.mv
+        arr = off + _HDR
+        arr_end = arr + _ELEM * count
+        if arr_end > end:
+            raise _Corrupt(f"{_where(where)}: {count} elements overrun the page")
+        min_ksize = 8 if is_key else 1  # etcd reads k[0:8] as the revision; bolt forbids b""
+        if depth == 0:
+            self._slow_leaf(arr, end, count, lo, hi, depth=depth, is_key=is_key, where=where)
+            return
+        # Fast path: plain entries laid out as bolt writes them (keys and values back to back
+        # right after the elements), so the whole page is one CRC call.
+        prev = b""
+        e = arr
+        expect = arr_end
+        for flags, pos, ksize, vsize in _LEAF_ELEM.iter_unpack(mv[arr:arr_end]):
             k0 = e + pos
+            if k0 != expect or flags:
+                break
             k1 = k0 + ksize
-            elem_where = f"{where} element {(e - off - _HDR) // _ELEM}"
-            if depth <= 1:
-                self.crc = crc32c.crc32c(self.mv[k0:k1], self.crc)  # key (or bucket name)
-            if flags & _BUCKET_LEAF:
-                # A bucket's value is nil to ForEach: only its name is hashed.
-                child_key = depth == 0 and mm[k0:k1] == b"key"
-                self.bucket(k1, k1 + vsize, depth + 1, child_key, elem_where)
-            elif depth == 1:
-                self.crc = crc32c.crc32c(self.mv[k1 : k1 + vsize], self.crc)
+            key = mm[k0:k1]
+            if key <= prev or ksize < min_ksize:
+                break
+            prev = key
+            expect = k1 + vsize
             e += _ELEM
+        else:
+            if expect <= end:
+                if lo is not None:  # the first key is the first data after the elements
+                    first = mm[arr_end : arr_end + _LEAF_ELEM.unpack_from(mm, arr)[2]]
+                    _check_range(first, prev, lo, hi, where)
+                elif hi is not None:
+                    _check_range(prev, prev, lo, hi, where)
+                if depth == 1:
+                    self.crc = crc32c.crc32c(mv[arr_end:expect], self.crc)
+                    self.total_key += count
+                    if is_key:
+                        self.revision = int.from_bytes(prev[:8], "big")
+                return  # depth >= 2: a nested bucket's contents are checked, not hashed
+        self._slow_leaf(arr, end, count, lo, hi, depth=depth, is_key=is_key, where=where)
+
+    def _slow_leaf(
+        self,
+        arr: int,
+        end: int,
+        count: int,
+        lo: bytes | None,
+        hi: bytes | None,
+        *,
+        depth: int,
+        is_key: bool,
+        where: int | str,
+    ) -> None:
+        """Entry by entry, in key order: pages holding buckets, unusual layouts, damage."""
+        entries = self._scan(arr, end, count, where, min_ksize=8 if is_key else 1)
+        _check_range(entries[0][4], entries[-1][4], lo, hi, where)
+        mv = self.mv
+        for i, (flags, k0, k1, v1, key) in enumerate(entries):
+            if depth <= 1:
+                self.crc = crc32c.crc32c(mv[k0:k1], self.crc)  # key or bucket name
+            if flags:
+                # To ForEach a bucket's value is nil: only its name is hashed.
+                child_is_key = depth == 0 and key == b"key"
+                self.bucket(k1, v1, depth + 1, child_is_key, f"{_where(where)} element {i}")
+            elif depth == 0:
+                raise _Corrupt(f"{_where(where)}: top-level entry {i} is not a bucket")
+            elif depth == 1:
+                self.crc = crc32c.crc32c(mv[k1:v1], self.crc)
         if depth == 1:
             self.total_key += count
-            if is_key and count:
-                self.revision = int.from_bytes(prev[:8], "big")
-        elems.release()
+            if is_key:
+                self.revision = int.from_bytes(entries[-1][4][:8], "big")
 
 
 def check(path: str | os.PathLike[str], size: int | None = None) -> BoltStatus:
@@ -403,9 +474,7 @@ def check(path: str | os.PathLike[str], size: int | None = None) -> BoltStatus:
         file_size = os.fstat(f.fileno()).st_size
         limit = file_size if size is None else size
         if limit > file_size or limit < 0:
-            raise IntegrityError(
-                f"{name}: database size {limit} but the file has {file_size} bytes"
-            )
+            raise IntegrityError(f"{name}: database size {limit} but the file has {file_size} bytes")
         if limit < _HDR + _META.size:
             raise IntegrityError(f"{name}: {limit} bytes is too small for a bbolt database")
         mm = mmap.mmap(f.fileno(), limit, access=mmap.ACCESS_READ)
