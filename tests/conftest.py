@@ -198,11 +198,12 @@ class TLSFiles:
 
 
 def _make_tls(base: Path) -> TLSFiles:
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-    import ipaddress
 
     now = dt.datetime.now(dt.UTC)
 
@@ -371,3 +372,160 @@ def config_env(cluster: Cluster | None = None, store_url: str | None = None, **s
     for k, v in settings.items():
         env[f"ETCD_BACKUP_{k.upper()}"] = v
     return env
+
+
+# --- etcd started from flags a restore command printed ---------------------------------------
+
+
+def flag_value(flags: list[str], name: str) -> str:
+    """The value of `--name=value` in a list of etcd flags."""
+    prefix = f"--{name}="
+    found = [f[len(prefix):] for f in flags if f.startswith(prefix)]
+    if len(found) != 1:
+        raise AssertionError(f"expected exactly one --{name} in {flags}")
+    return found[0]
+
+
+StartEtcd = Callable[..., EtcdProcess]
+
+
+@pytest.fixture
+def start_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartEtcd]:
+    """Factory: start_etcd(binary, flags) runs etcd with exactly `flags` plus a fresh client URL.
+
+    The flags are what an operator copies from a restore command's output; the client URLs are
+    the operator's own. Every member started here is killed at teardown.
+    """
+    started: list[EtcdProcess] = []
+    logs = tmp_path_factory.mktemp("from-flags")
+
+    def start(binary: str, flags: list[str]) -> EtcdProcess:
+        client_url = f"http://{LOOPBACK}:{free_port()}"
+        name = flag_value(flags, "name")
+        args = [*flags, f"--listen-client-urls={client_url}", f"--advertise-client-urls={client_url}"]
+        log = logs / f"{name}-{len(started)}.log"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen([binary, *args], stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)  # fmt: skip
+        member = EtcdProcess(name, Path(flag_value(flags, "data-dir")), client_url,
+                             flag_value(flags, "initial-advertise-peer-urls"), proc, log, args)  # fmt: skip
+        started.append(member)
+        return member
+
+    yield start
+    for m in started:
+        m.kill()
+
+
+# --- the daemon as a subprocess (appended for the daemon's tests) ------------------------------
+
+
+@dataclass
+class DaemonProcess:
+    """`etcd-backup run` in its own process, with its HTTP port and its JSON log on stderr."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, bytes]:  # fmt: skip
+        import urllib.error
+
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def get_json(self, path: str) -> tuple[int, Any]:
+        status, body = self.request("GET", path)
+        return status, json.loads(body)
+
+    def metrics(self) -> dict[str, float]:
+        """`name{labels}` -> value for every sample on /metrics."""
+        status, body = self.request("GET", "/metrics")
+        assert status == 200
+        out: dict[str, float] = {}
+        for line in body.decode().splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    def logs(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                out.append({"event": line})
+        return out
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def wait_until(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+        """Poll `predicate` until it returns something truthy; fail with the log tail otherwise."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            if not self.alive():
+                break
+            time.sleep(0.1)
+        tail = self.log_path.read_text(errors="replace")[-3000:]
+        raise AssertionError(f"timed out waiting for {what} (daemon alive: {self.alive()}):\n{tail}")
+
+    def wait_serving(self, timeout: float = 30) -> None:
+        def up() -> bool:
+            try:
+                return self.request("GET", "/healthz", timeout=2)[0] == 200
+            except OSError:
+                return False
+
+        self.wait_until(up, timeout, "/healthz")
+
+    def terminate(self, timeout: float = 20) -> tuple[int, float]:
+        """SIGTERM; returns (exit code, seconds it took to exit)."""
+        started = time.monotonic()
+        self.process.terminate()
+        rc = self.process.wait(timeout)
+        return rc, time.monotonic() - started
+
+    def kill(self) -> None:
+        if self.alive():
+            self.process.kill()
+            self.process.wait(10)
+
+
+DaemonFactory = Callable[..., DaemonProcess]
+
+
+@pytest.fixture
+def start_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonFactory]:
+    """Factory: start_daemon(env, port=None) -> a running `etcd-backup run` serving HTTP."""
+    started: list[DaemonProcess] = []
+
+    def make(env: dict[str, str], port: int | None = None, wait: bool = True) -> DaemonProcess:
+        port = port or free_port()
+        env = {**env, "ETCD_BACKUP_SERVER__LISTEN": f"{LOOPBACK}:{port}"}
+        log_path = tmp_path_factory.mktemp("daemon") / "daemon.log"
+        with open(log_path, "wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "etcd_backup", "run"], env=env,
+                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
+        daemon = DaemonProcess(proc, port, log_path)
+        started.append(daemon)
+        if wait:
+            daemon.wait_serving()
+        return daemon
+
+    yield make
+    for d in started:
+        d.kill()

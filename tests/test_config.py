@@ -112,7 +112,9 @@ def test_durations(text: str, seconds: float) -> None:
     assert config.parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize(("text", "size"), [("16MiB", 16 * 2**20), ("1GiB", 2**30), ("64M", 64 * 10**6), (1024, 1024)])
+@pytest.mark.parametrize(
+    ("text", "size"), [("16MiB", 16 * 2**20), ("1GiB", 2**30), ("64M", 64 * 10**6), (1024, 1024)]
+)
 def test_sizes(text: str | int, size: int) -> None:
     assert config.parse_size(text) == size
 

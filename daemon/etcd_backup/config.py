@@ -12,8 +12,8 @@ import ipaddress
 import os
 import re
 import tomllib
-from datetime import UTC, datetime
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
@@ -132,6 +132,7 @@ class EtcdConfig(_Section):
     dial_timeout: Duration = 5.0
     # A snapshot stream that delivers nothing for this long is abandoned (frozen member).
     stall_timeout: Duration = 30.0
+    # gRPC Python cannot skip certificate verification: `true` is refused (see _no_skip_verify).
     insecure_skip_tls_verify: bool = False
 
     @field_validator("endpoints")
@@ -159,6 +160,15 @@ class EtcdConfig(_Section):
             raise ValueError("must be greater than 0")
         return value
 
+    @field_validator("insecure_skip_tls_verify")
+    @classmethod
+    def _no_skip_verify(cls, value: bool) -> bool:
+        # Accepting it and verifying anyway would be a lie; silently not verifying is not possible.
+        if value:
+            raise ValueError("not supported: etcd's gRPC client always verifies the server certificate; "
+                             "set etcd.cacert to the CA that signed it")
+        return value
+
     @model_validator(mode="after")
     def _pairs(self) -> EtcdConfig:
         if bool(self.cert) != bool(self.key):
@@ -181,6 +191,8 @@ class StorageConfig(_Section):
     compression_level: int = Field(default=3, ge=1, le=22)
     # Where the incoming stream is spooled while it is verified and uploaded.
     spool_dir: str | None = None
+    # Connect and read timeout of each S3 request; botocore retries (5 attempts, with backoff).
+    timeout: Duration = 60.0
     insecure_skip_tls_verify: bool = False
 
     @field_validator("url")
@@ -195,6 +207,13 @@ class StorageConfig(_Section):
                 raise ValueError(f"{value!r} names no directory (expected file:///path)")
         else:
             raise ValueError(f"{value!r}: scheme must be s3:// or file://")
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
         return value
 
     @field_validator("part_size")

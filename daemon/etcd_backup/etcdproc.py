@@ -152,14 +152,15 @@ def start_member(
     log_path: str | Path | None = None,
 ) -> EtcdProcess:
     data_dir = Path(data_dir)
-    args = member_args(
-        name=name,
-        data_dir=data_dir,
-        peer_url=peer_url,
-        initial_cluster=initial_cluster or f"{name}={peer_url}",
-        state=state,
-        token=token,
-    ) + [
+    args = [
+        *member_args(
+            name=name,
+            data_dir=data_dir,
+            peer_url=peer_url,
+            initial_cluster=initial_cluster or f"{name}={peer_url}",
+            state=state,
+            token=token,
+        ),
         f"--listen-client-urls={client_url}",
         f"--advertise-client-urls={client_url}",
         *extra_args,
