@@ -130,12 +130,16 @@ def test_duration_parser_never_crashes(text: str) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.dictionaries(st.sampled_from(["keep_last", "hourly", "daily", "bogus"]),
-                       st.one_of(st.integers(), st.text(max_size=5), st.booleans(), st.none()), max_size=4))  # fmt: skip
-def test_retention_section_fuzz_gives_config_error_or_config(tmp_path_factory: pytest.TempPathFactory,
-                                                              section: dict[str, object]) -> None:  # fmt: skip
-    import tomllib  # noqa: F401 - documents the format being fuzzed
-
+@given(
+    st.dictionaries(
+        st.sampled_from(["keep_last", "hourly", "daily", "bogus"]),
+        st.one_of(st.integers(), st.text(max_size=5), st.booleans(), st.none()),
+        max_size=4,
+    )
+)
+def test_retention_section_fuzz_gives_config_error_or_config(
+    tmp_path_factory: pytest.TempPathFactory, section: dict[str, object]
+) -> None:
     lines = ["[retention]"]
     for k, v in section.items():
         if v is None:
