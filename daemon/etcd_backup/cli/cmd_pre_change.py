@@ -1,19 +1,50 @@
-"""`pre-change`: not built yet."""
+"""`pre-change --reason TEXT`: health gate, then a pinned, verified snapshot and the rollback command."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from ..errors import UsageError
-from .common import Context, add_output
+from ..service.prechange import PreChange, pre_change
+from .cmd_doctor import add_quota
+from .cmd_snapshot import render as render_manifest
+from .common import Context, add_output, emit_json
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("pre-change", help="(not built yet)")
+    p: argparse.ArgumentParser = sub.add_parser(
+        "pre-change",
+        help="gate before an HA change: health checks, then a pinned, verified snapshot",
+        description="Refuse (exit 4, nothing taken) unless every member answers and has started, a leader "
+        "exists, no alarm is raised and every database is below its quota; then take a pinned snapshot, "
+        "verify it and print its id and the command that rolls the change back.",
+    )
+    p.add_argument("--reason", required=True, help="recorded in the manifest, e.g. 'grow to 3 members'")
+    p.add_argument("--drill", action="store_true",
+                   help="also prove the snapshot restores: restore it into a scratch etcd and query it")
+    add_quota(p)
     add_output(p)
     return p
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    raise UsageError("pre-change is not built yet")
+    result = pre_change(ctx.config, ctx.store, reason=args.reason, drill=args.drill,
+                        quota_bytes=args.quota_bytes)  # fmt: skip
+    if ctx.json:
+        emit_json(result.to_dict())
+    else:
+        print(render(result))
+    return 0
+
+
+def render(r: PreChange) -> str:
+    drill = r.manifest.verification.drill
+    lines = [
+        render_manifest(r.manifest),
+        f"  drill     {'passed' if drill and drill.ok else 'not run (add --drill)'}",
+        "",
+        f"safe to proceed. Pinned snapshot: {r.manifest.id}",
+        "to roll the change back (stop every member first; on each host add --only NAME):",
+        f"  {r.rollback}",
+    ]
+    return "\n".join(lines)

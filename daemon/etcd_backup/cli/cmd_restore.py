@@ -1,19 +1,189 @@
-"""`restore`: not built yet."""
+"""`restore single|replace-member|cluster`: the outage commands of scenarios 3 and 4."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from ..errors import UsageError
-from .common import Context, add_output
+from ..service.doctor import etcdctl_base
+from ..service.restore import (
+    ClusterRestore,
+    RebuiltMember,
+    Replacement,
+    parse_member,
+    replace_member,
+    restore_cluster,
+    restore_single,
+)
+from .common import Context, add_output, emit_json
+
+CLIENT_PLACEHOLDER = "<CLIENT_URLS>"
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("restore", help="(not built yet)")
-    add_output(p)
+    p: argparse.ArgumentParser = sub.add_parser(
+        "restore",
+        help="rebuild etcd from a snapshot (single, cluster) or replace a failed member",
+        description="single: scenario 3, a one-member cluster whose data dir is lost. "
+        "replace-member: scenario 4 with quorum intact. cluster: scenario 4 with quorum lost. "
+        "Snapshots are verified before anything is touched; an existing data dir is never deleted.",
+    )
+    kinds = p.add_subparsers(dest="restore_kind", metavar="KIND", required=True)
+    _add_single(kinds)
+    _add_replace(kinds)
+    _add_cluster(kinds)
     return p
 
 
+def _common(p: argparse.ArgumentParser) -> None:
+    add_output(p)
+    p.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def _snapshot_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--snapshot", required=True, metavar="ID|latest",
+                   help="snapshot id (see `etcd-backup list`), or latest: the newest verified one")
+    p.add_argument("--force", action="store_true",
+                   help="move a non-empty data dir aside to DIR.bak-<UTC time> instead of refusing")
+    p.add_argument("--cluster-token", metavar="TOKEN",
+                   help="initial cluster token (default: etcd-restore-<snapshot id>, the same on every host)")
+    p.add_argument("--bump-revision", type=int, default=0, metavar="N",
+                   help="raise the restored revision by N (etcdutl 3.5.7+; what Kubernetes needs)")
+    p.add_argument("--mark-compacted", action="store_true",
+                   help="mark the restored revisions compacted, with --bump-revision (etcdutl 3.5.7+)")
+
+
+def _add_single(kinds: Any) -> None:
+    p = kinds.add_parser("single", help="scenario 3: rebuild a one-member cluster's data dir from a snapshot")
+    _snapshot_args(p)
+    p.add_argument("--name", required=True, help="the member name etcd runs with (--name)")
+    p.add_argument("--peer-url", required=True, metavar="URL", help="its peer URL, e.g. http://10.0.0.1:2380")
+    p.add_argument("--data-dir", required=True, metavar="DIR", help="where to build the data dir")
+    _common(p)
+
+
+def _add_cluster(kinds: Any) -> None:
+    p = kinds.add_parser("cluster", help="scenario 4, quorum lost: rebuild every member from one snapshot")
+    _snapshot_args(p)
+    p.add_argument("--member", action="append", default=[], metavar="NAME=PEER_URL", required=True,
+                   help="once per member of the new cluster")
+    p.add_argument("--data-dir", required=True, metavar="DIR",
+                   help="data dir; must contain {name} when more than one member is rebuilt here")
+    p.add_argument("--only", action="append", default=[], metavar="NAME",
+                   help="rebuild only this member (the one on this host); repeatable")
+    _common(p)
+
+
+def _add_replace(kinds: Any) -> None:
+    p = kinds.add_parser("replace-member",
+                         help="scenario 4, quorum intact: remove a failed member, add a fresh one")
+    p.add_argument("--failed", required=True, metavar="NAME|ID", help="the failed member (name or hex id)")
+    p.add_argument("--name", required=True, metavar="NEW_NAME", help="name of the new member")
+    p.add_argument("--peer-url", required=True, metavar="URL", help="peer URL of the new member")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="the new member's data dir, checked to be empty (default: NEW_NAME.etcd in etcd's "
+                   "working directory, as etcd itself does)")
+    p.add_argument("--force", action="store_true",
+                   help="replace a member that still answers; move a non-empty --data-dir aside")
+    p.add_argument("--cluster-token", default="etcd-cluster", metavar="TOKEN",
+                   help="printed in the flags; a member joining an existing cluster does not use it")
+    _common(p)
+
+
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    raise UsageError("restore is not built yet")
+    if args.restore_kind == "replace-member":
+        return _run_replace(args, ctx)
+    common = {"snapshot": args.snapshot, "force": args.force, "token": args.cluster_token,
+              "bump_revision": args.bump_revision, "mark_compacted": args.mark_compacted}  # fmt: skip
+    if args.restore_kind == "single":
+        result = restore_single(ctx.config, ctx.store, name=args.name, peer_url=args.peer_url,
+                                data_dir=args.data_dir, **common)  # fmt: skip
+    else:
+        members = [parse_member(text) for text in args.member]
+        result = restore_cluster(ctx.config, ctx.store, members=members, data_dir=args.data_dir,
+                                 only=args.only, **common)  # fmt: skip
+    if ctx.json:
+        doc = result.to_dict()
+        if args.restore_kind == "single":
+            doc = {**doc, **result.rebuilt[0].to_dict()}
+        emit_json(doc)
+    else:
+        print(render_restore(result, bumped=bool(args.bump_revision)))
+    return 0
+
+
+def _run_replace(args: argparse.Namespace, ctx: Context) -> int:
+    result = replace_member(ctx.config, failed=args.failed, name=args.name, peer_url=args.peer_url,
+                            data_dir=args.data_dir, force=args.force, token=args.cluster_token,
+                            open_store=lambda: ctx.store)  # fmt: skip
+    if ctx.json:
+        emit_json(result.to_dict())
+    else:
+        print(render_replacement(result, ctx))
+    return 0
+
+
+def etcd_command(flags: tuple[str, ...], client_urls: str = CLIENT_PLACEHOLDER) -> str:
+    lines = ["etcd", *flags, f"--listen-client-urls={client_urls}", f"--advertise-client-urls={client_urls}"]
+    return " \\\n      ".join(lines)
+
+
+def _member_block(r: RebuiltMember) -> list[str]:
+    moved = f" (its previous contents were moved to {r.moved_aside})" if r.moved_aside else ""
+    return [
+        f"member {r.name}: data dir {r.data_dir} restored{moved}",
+        f"  on {r.name}'s host start etcd with these flags, plus your own client URLs, TLS and tuning flags:",
+        f"    {etcd_command(r.etcd_flags)}",
+        "",
+    ]
+
+
+def render_restore(r: ClusterRestore, bumped: bool) -> str:
+    m = r.manifest
+    lines = [f"snapshot {m.id} verified (revision {m.revision}, {m.keys} keys) and restored with {r.tool}",
+             f"cluster token {r.cluster_token}; initial cluster {r.initial_cluster}", ""]  # fmt: skip
+    for member in r.rebuilt:
+        lines += _member_block(member)
+    others = r.others()
+    if others:
+        lines.append("rebuild the other members on their own hosts with the same snapshot id:")
+        lines += [f"  {o.name}: {r.command_for(o.name)}" for o in others]
+        lines.append("")
+    lines += [
+        "then:",
+        "  start every member; the cluster forms once a majority of them runs" if len(r.members) > 1
+        else "  start etcd",
+        f"  check: etcdctl --endpoints={CLIENT_PLACEHOLDER} endpoint health --cluster",
+        f"         etcdctl --endpoints={CLIENT_PLACEHOLDER} member list -w table",
+        "         etcd-backup doctor",
+        "  once healthy, take a fresh snapshot: etcd-backup snapshot --reason after-restore",
+    ]  # fmt: skip
+    if not bumped:
+        lines.append("  Kubernetes: restart kube-apiserver (its watch caches are ahead of the restored "
+                     "revision); with etcdutl 3.5.7+ restore with --bump-revision 1000000000 "
+                     "--mark-compacted")
+    return "\n".join(lines)
+
+
+def render_replacement(r: Replacement, ctx: Context) -> str:
+    removed = f"removed member {r.removed_name} ({r.removed_id})" if r.removed_id else \
+        f"member {r.removed_name} was removed already"  # fmt: skip
+    endpoints = list(r.client_urls) or [CLIENT_PLACEHOLDER]
+    check = " ".join(etcdctl_base(ctx.config.etcd, endpoints))
+    lines = [
+        f"{removed}; added member {r.name} ({r.added_id}, {r.peer_url}). etcd's member list now:",
+        *(f"  {m.name or '(not started yet)':<20} {m.id:x}  {','.join(m.peer_urls)}" for m in r.member_list),
+        "",
+        f"on {r.name}'s host start etcd with an EMPTY data dir and these flags, plus your own client URLs, "
+        "TLS and tuning flags:",
+        f"    {etcd_command(r.etcd_flags)}",
+        "",
+        "start it soon: until it runs, the cluster counts a member that is not there.",
+        f"check: {check} endpoint health --cluster",
+        f"       {check} member list -w table",
+        "       etcd-backup doctor",
+    ]  # fmt: skip
+    if r.moved_aside:
+        lines.insert(1, f"(the previous contents of {r.data_dir} were moved to {r.moved_aside})")
+    return "\n".join(lines)

@@ -1,0 +1,124 @@
+"""`doctor` on real clusters: the table, the contract's JSON, dead and frozen hosts, broken storage."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Cluster, ClusterFactory, config_env, run_cli
+from etcd_backup.etcdproc import EtcdProcess, free_port
+
+pytestmark = pytest.mark.timeout(180)
+
+CONTRACT_FIELDS = {"scenario", "quorum", "members", "leader", "alarms", "newest_backup", "recommendation"}
+MEMBER_FIELDS = {"name", "id", "peer_urls", "client_urls", "reachable", "started"}
+
+
+def doctor_json(env: dict[str, str], expect: int) -> dict:
+    r = run_cli("doctor", "--output", "json", env=env)
+    assert r.returncode == expect, r.stderr
+    return json.loads(r.stdout)
+
+
+def add_member_without_starting(cluster: Cluster, peer_url: str, timeout: float = 30) -> str:
+    """`etcdctl member add`, retried while etcd says it is too soon after start; returns the hex id."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = cluster.etcdctl("member", "add", "extra", f"--peer-urls={peer_url}", "-w", "json", check=False)
+        if out.strip():
+            return format(json.loads(out)["member"]["ID"], "x")
+        if time.monotonic() > deadline:
+            raise AssertionError("etcd kept refusing member add")
+        time.sleep(0.3)
+
+
+def follower(cluster: Cluster, exclude: str) -> EtcdProcess:
+    status = json.loads(cluster.etcdctl("endpoint", "status", "-w", "json"))
+    leader = status[0]["Status"]["leader"]
+    by_url = {s["Endpoint"]: s["Status"]["header"]["member_id"] for s in status}
+    return next(m for m in cluster.members if m.name != exclude and by_url[m.client_url] != leader)
+
+
+def test_healthy_cluster_table_and_json(etcd_cluster: ClusterFactory, tmp_path: Path) -> None:
+    cluster = etcd_cluster(3)
+    cluster.put("a", "1")
+    env = config_env(cluster, f"file://{tmp_path}/store")
+    snap = json.loads(run_cli("snapshot", "--output", "json", env=env).stdout)
+    cluster.put("b", "2")
+
+    text = run_cli("doctor", env=env)
+    assert text.returncode == 0, text.stderr
+    assert "scenario: healthy" in text.stdout
+    for m in cluster.members:
+        assert m.name in text.stdout and m.client_url in text.stdout
+    assert snap["id"] in text.stdout
+
+    d = doctor_json(env, expect=0)
+    assert d.keys() >= CONTRACT_FIELDS
+    assert d["scenario"] == "healthy" and d["quorum"] is True and d["alarms"] == []
+    assert d["leader"] in {m.name for m in cluster.members}
+    assert {m["name"] for m in d["members"]} == {"m1", "m2", "m3"}
+    for m in d["members"]:
+        assert m.keys() >= MEMBER_FIELDS and m["reachable"] and m["started"]
+        assert int(m["id"], 16) > 0
+    backup = d["newest_backup"]
+    assert backup["id"] == snap["id"] and backup["revision"] == snap["revision"]
+    assert backup["revision_gap"] >= 1 and backup["age_seconds"] >= 0
+
+
+def test_frozen_member_and_dead_endpoint_cost_one_timeout(etcd_cluster: ClusterFactory,
+                                                          tmp_path: Path) -> None:  # fmt: skip
+    cluster = etcd_cluster(3)
+    dial_timeout = 3.0
+    # Only m1 and an address nobody listens on are configured: the frozen member is found through
+    # the member list, and probed in parallel with everything else.
+    dead = f"http://127.0.0.9:{free_port()}"
+    env = config_env(cluster, f"file://{tmp_path}/store", etcd__dial_timeout=f"{dial_timeout:.0f}s",
+                     etcd__endpoints=f"{cluster.member('m1').client_url},{dead}")  # fmt: skip
+    frozen = follower(cluster, exclude="m1")
+    os.kill(frozen.process.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        d = doctor_json(env, expect=1)
+        elapsed = time.monotonic() - started
+    finally:
+        os.kill(frozen.process.pid, signal.SIGCONT)
+    print(f"doctor with a frozen member and a dead endpoint: {elapsed:.2f}s (dial timeout {dial_timeout}s)")
+    assert d["scenario"] == "member-down" and d["quorum"] is True
+    by_name = {m["name"]: m for m in d["members"]}
+    assert by_name[frozen.name]["reachable"] is False
+    assert f"--failed {frozen.name}" in d["recommendation"]
+    assert any(dead in p for p in d["problems"])
+    # Two timeouts in a row would take 2 * dial_timeout plus the CLI's start.
+    assert elapsed < 2 * dial_timeout - 0.5
+
+
+def test_storage_failure_is_reported_not_fatal(etcd_single: Cluster, tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    d = doctor_json(config_env(etcd_single, f"file://{not_a_dir}"), expect=0)
+    assert d["scenario"] == "healthy" and d["newest_backup"] is None
+    assert d["storage_error"] and any("storage" in p for p in d["problems"])
+
+
+def test_added_member_that_never_started_in_one_member_cluster(etcd_cluster: ClusterFactory,
+                                                               tmp_path: Path) -> None:  # fmt: skip
+    """Scenario 2 growing 1 -> 2: the added member never starts, and the original loses quorum."""
+    cluster = etcd_cluster(1)
+    cluster.put("k", "v")
+    env = config_env(cluster, f"file://{tmp_path}/store", etcd__dial_timeout="2s")
+    snap = json.loads(run_cli("snapshot", "--output", "json", env=env).stdout)
+    member_id = add_member_without_starting(cluster, f"http://127.0.0.1:{free_port()}")
+
+    d = doctor_json(env, expect=1)
+    assert d["scenario"] == "unstarted-member" and d["quorum"] is False
+    unstarted = next(m for m in d["members"] if not m["started"])
+    assert unstarted["id"] == member_id and unstarted["name"] == "" and unstarted["client_urls"] == []
+    m1 = cluster.members[0]
+    assert (f"restore single --snapshot {snap['id']} --name m1 --peer-url {m1.peer_url}"
+            in d["recommendation"])  # fmt: skip
