@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("etcd-backup: a command is required (see --help)")
         ctx = Context(args)
         cfg = ctx.config
-        logsetup.configure(cfg.log.format, "debug" if args.debug else cfg.log.level)
+        logsetup.configure(cfg.log.format, _log_level(args, cfg))
         return int(args.handler(args, ctx) or 0)
     except EtcdBackupError as exc:
         return _fail(exc, exc.exit_code, debug)
@@ -104,6 +104,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         return _fail(exc, 1, debug, unexpected=True)
+
+
+def _log_level(args: argparse.Namespace, cfg: config.Config) -> str:
+    """The daemon logs at the configured level. One-shot commands stay quiet unless asked
+    (--debug, or log.level set explicitly): their result goes to stdout and a failure is the
+    one error line on stderr, which is what scripts and operators at a prompt rely on."""
+    if args.debug:
+        return "debug"
+    if args.command == "run" or "level" in cfg.log.model_fields_set:
+        return cfg.log.level
+    return "critical"
 
 
 def _fail(exc: BaseException, code: int, debug: bool, unexpected: bool = False) -> int:
