@@ -1,19 +1,62 @@
-"""`prune`: not built yet."""
+"""`prune [--dry-run]`: apply retention now; print what is (or would be) deleted and why."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
-from ..errors import UsageError
-from .common import Context, add_output
+from ..errors import OperationalError
+from ..model import utcnow
+from ..service.prune import PruneReport, policy_from_config, prune
+from .common import Context, add_output, emit_json
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("prune", help="(not built yet)")
+    p = sub.add_parser(
+        "prune",
+        help="apply retention now; print what is deleted and why",
+        description="Delete the snapshots the retention policy drops (never the newest verified one, "
+        "nothing at all if the listing fails) and debris older than retention.debris_age.",
+    )
+    p.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
     add_output(p)
     return p
 
 
+def render(report: PruneReport) -> str:
+    verb = "would delete" if report.dry_run else "deleted"
+    lines = [f"{verb} {d.id}  ({d.reason})" for d in report.deleted]
+    lines += [f"{verb} debris {d.key}  ({d.kind}, {d.age_seconds / 3600:.1f}h old)" for d in report.debris]
+    summary = "to delete" if report.dry_run else "deleted"
+    lines.append(
+        f"{len(report.deleted)} snapshot(s) {summary}, {len(report.kept)} kept, "
+        f"{len(report.debris)} debris object(s) {summary}"
+    )
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    raise UsageError("prune is not built yet")
+    cfg = ctx.config
+    report = prune(
+        ctx.store,
+        policy_from_config(cfg.retention),
+        debris_age=cfg.retention.debris_age,
+        now=utcnow(),
+        dry_run=args.dry_run,
+    )
+    for problem in report.problems:
+        print(
+            f"etcd-backup: warning: left alone (fix or delete by hand): {problem.key}: {problem.error}",
+            file=sys.stderr,
+        )
+    if ctx.json:
+        emit_json(report.to_dict())
+    else:
+        print(render(report))
+    if report.errors:
+        raise OperationalError(
+            f"prune incomplete: {report.errors[0]}"
+            + (f" (and {len(report.errors) - 1} more)" if len(report.errors) > 1 else "")
+        )
+    return 0
