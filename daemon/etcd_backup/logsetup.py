@@ -47,6 +47,7 @@ def configure(fmt: str = "json", level: str = "info") -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
         _redact,
     ]
     structlog.configure(
