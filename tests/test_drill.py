@@ -80,3 +80,13 @@ def test_daemon_drills_on_schedule_and_records_failure(
     rc, took = d.terminate()
     assert rc == 0 and took < 15
     assert list(store.glob("**/etcd-backup-drill-*")) == []
+
+
+def test_drill_of_an_empty_keyspace_passes(etcd_single: Cluster, tmp_path: Path) -> None:
+    # A db file with no keys records revision 0, while a member restored from it serves 1.
+    env = config_env(etcd_single, f"file://{tmp_path / 'store'}")
+    m = _snapshot(env)
+    assert m["keys"] == 0
+    r = run_cli("verify", "latest", "--drill", "--output", "json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["drill"]["ok"] is True
