@@ -6,6 +6,7 @@ Only for the default endpoint: when endpoints are configured, nothing is started
 
 from __future__ import annotations
 
+import os
 import sys
 import urllib.request
 from collections.abc import Sequence
@@ -62,6 +63,9 @@ def _seed(cfg: config.Config) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if sys.stderr.isatty():
+        # A person is watching: readable lines unless they chose a format.
+        os.environ.setdefault("ETCD_BACKUP_LOG__FORMAT", "console")
     try:
         cfg = config.load(None)
     except EtcdBackupError as exc:
