@@ -410,7 +410,8 @@ def _format_error(exc: ValidationError, origin: str) -> str:
         msg = "unknown key"
     elif err["type"] == "missing":
         msg = "required"
-    return f"configuration error in {origin}: {loc}: {msg}"
+    # A value quoted in the message may hold line breaks: the error stays one line.
+    return f"configuration error in {origin}: {loc}: {msg}".replace("\r", "\\r").replace("\n", "\\n")
 
 
 def load(cli_path: str | None = None) -> Config:
@@ -432,10 +433,23 @@ def load(cli_path: str | None = None) -> Config:
     try:
         return Config(**data)
     except ValidationError as exc:
-        raise ConfigError(_format_error(exc, origin)) from None
+        raise ConfigError(_without_secrets(_format_error(exc, origin), data)) from None
     except (ValueError, TypeError) as exc:
         # pydantic-settings raises SettingsError (a ValueError) for undecodable env values.
-        raise ConfigError(f"configuration error in {origin}: {exc}".splitlines()[0]) from None
+        raise ConfigError(_without_secrets(f"configuration error in {origin}: {exc}".splitlines()[0], data)) from None
+
+
+def _without_secrets(message: str, data: dict[str, Any]) -> str:
+    """Error messages quote bad values; a secret pasted into the wrong key must not be echoed."""
+    values = [v for k, v in os.environ.items()
+              if k.upper() in {f"{ENV_PREFIX}ETCD__PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}]
+    etcd = data.get("etcd")
+    if isinstance(etcd, dict) and isinstance(etcd.get("password"), str):
+        values.append(etcd["password"])
+    for value in values:
+        if len(value) >= 4:
+            message = message.replace(value, "***")
+    return message
 
 
 def token(server: ServerConfig) -> str | None:

@@ -15,11 +15,13 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import grpc
+import structlog
 
 from .config import EtcdConfig
 from .errors import ConfigError, EtcdUnavailable, UnsafeError
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
 
 # Keepalive pings detect a frozen (SIGSTOPped) member whose TCP socket still looks open.
 _CHANNEL_OPTIONS = [
@@ -104,10 +106,8 @@ class Member:
         creds = None
         options = list(_CHANNEL_OPTIONS)
         if secure:
+            # Always verified: config refuses etcd.insecure_skip_tls_verify (gRPC cannot honour it).
             creds = _credentials(cfg)
-            if cfg.insecure_skip_tls_verify:
-                # gRPC Python cannot skip verification; the closest is trusting the server name.
-                options.append(("grpc.ssl_target_name_override", host))
         ep = Endpoint(host, port, secure=secure, creds=creds, opts=options)
         password = cfg.password.get_secret_value() if cfg.password else None
         try:
@@ -120,6 +120,11 @@ class Member:
         except etcd3.exceptions.Etcd3Exception as exc:
             ep.close()
             raise EtcdUnavailable(f"etcd {endpoint}: {type(exc).__name__}") from None
+        if password and not secure:
+            # gRPC refuses call credentials on a plaintext channel ("insufficient security level");
+            # the token also travels as plain metadata, which is what etcdctl does over http://.
+            self.client.call_credentials = None
+            _warn_plaintext_auth(endpoint)
 
     def close(self) -> None:
         self.client.close()
@@ -134,7 +139,10 @@ class Member:
         try:
             return fn()
         except grpc.RpcError as exc:
-            raise EtcdUnavailable(f"etcd {self.endpoint}: {what} failed: {_describe(exc)}") from None
+            text = _describe(exc)
+            if "handshake" in text.lower():
+                text += " (check etcd.cacert, etcd.cert and etcd.key: wrong CA, expired or mismatched certificate?)"
+            raise EtcdUnavailable(f"etcd {self.endpoint}: {what} failed: {text}") from None
 
     def _kw(self, timeout: float | None = None) -> dict[str, Any]:
         return {
@@ -177,7 +185,8 @@ class Member:
     def alarms(self) -> list[Alarm]:
         req = self._rpc.AlarmRequest(action=self._rpc.AlarmRequest.GET, memberID=0, alarm=self._rpc.NONE)
         r = self._call("alarm list", lambda: self.client.maintenancestub.Alarm(req, **self._kw()))
-        names = {self._rpc.NOSPACE: "NOSPACE", self._rpc.CORRUPT: "CORRUPT"}
+        # python3-etcd3's stubs predate CORRUPT (2); etcd sends it all the same.
+        names = {self._rpc.NOSPACE: "NOSPACE", getattr(self._rpc, "CORRUPT", 2): "CORRUPT"}
         return [Alarm(a.memberID, names.get(a.alarm, str(a.alarm))) for a in r.alarms]
 
     def count_keys(self, revision: int = 0) -> int:
@@ -232,6 +241,15 @@ class Member:
             call.cancel()
 
 
+_warned_plaintext: set[str] = set()
+
+
+def _warn_plaintext_auth(endpoint: str) -> None:
+    if endpoint not in _warned_plaintext:
+        _warned_plaintext.add(endpoint)
+        log.warning("etcd password and auth token sent without TLS (http:// endpoint)", endpoint=endpoint)
+
+
 def _credentials(cfg: EtcdConfig) -> grpc.ChannelCredentials:
     def read(path: str | None, key: str) -> bytes | None:
         if not path:
@@ -283,6 +301,12 @@ def probe_all(
         return list(pool.map(lambda ep: probe(cfg, ep, members=members, alarms=alarms), eps))
 
 
+def cluster_id_of(cfg: EtcdConfig) -> str | None:
+    """The cluster id (hex) the answering endpoints agree on; None if none answers or they disagree."""
+    ids = {hexid(p.status.cluster_id) for p in probe_all(cfg) if p.status is not None}
+    return ids.pop() if len(ids) == 1 else None
+
+
 def connect_healthy(
     cfg: EtcdConfig, *, exclude: set[str] | None = None, allow_alarms: bool = False
 ) -> tuple[Member, MemberStatus]:
@@ -302,14 +326,35 @@ def connect_healthy(
                 raise EtcdUnavailable(f"etcd {endpoint}: is a learner, not a voting member")
             if status.leader == 0:
                 raise EtcdUnavailable(f"etcd {endpoint}: has no leader (quorum lost?)")
-            if not allow_alarms and status.errors:
-                raise EtcdUnavailable(f"etcd {endpoint}: reports {', '.join(status.errors)}")
+            if not allow_alarms:
+                _refuse_own_alarms(member, status)
             return member, status
         except EtcdUnavailable as exc:
             member.close()
             problems.append(str(exc))
+            log.warning("etcd endpoint skipped", endpoint=endpoint, reason=str(exc))
     detail = "; ".join(problems) if problems else "no endpoints configured"
     raise EtcdUnavailable(f"no healthy etcd endpoint ({detail})")
+
+
+_ALARM_HINTS = {
+    "NOSPACE": "its database reached the quota: compact, defragment, then `etcdctl alarm disarm`",
+    "CORRUPT": "its data differs from the other members'",
+}
+
+
+def _refuse_own_alarms(member: Member, status: MemberStatus) -> None:
+    """A member that raised an alarm itself is not snapshotted; an alarm raised by another member
+    is cluster-wide in etcd (every member reports it) but says nothing about this member's data.
+
+    Uses the Alarm RPC: python3-etcd3's StatusResponse predates the `errors` field.
+    """
+    own = sorted({a.alarm for a in member.alarms() if a.member_id == status.member_id})
+    if own:
+        hints = "; ".join(_ALARM_HINTS.get(a, a) for a in own)
+        raise EtcdUnavailable(
+            f"etcd {member.endpoint}: member {hexid(status.member_id)} raised the {', '.join(own)} alarm ({hints})"
+        )
 
 
 def require_quorum(probes: list[Probe]) -> None:

@@ -8,7 +8,9 @@ Later kinds of object (delta snapshots) get their own folder beside `snapshots/`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from .errors import EtcdBackupError, IntegrityError, ObjectNotFound, UsageError
 from .model import Manifest
@@ -59,6 +61,10 @@ class Problem:
     error: str
 
 
+# The live cluster's id (hex), or a function asked for it only when it matters; None: unknown.
+LiveCluster = str | Callable[[], str | None] | None
+
+
 @dataclass
 class Listing:
     """Every snapshot under the prefix, newest first, plus what is wrong with the rest."""
@@ -74,10 +80,82 @@ class Listing:
                 return m
         return None
 
+    def clusters(self) -> dict[str, list[Manifest]]:
+        """Verified snapshots by cluster id, each list newest first; the newest cluster first."""
+        out: dict[str, list[Manifest]] = {}
+        for m in self.manifests:
+            if m.verified:
+                out.setdefault(m.cluster_id, []).append(m)
+        return out
 
-def list_snapshots(store: SnapshotStore) -> Listing:
-    """Read every manifest. A listing failure raises; a bad manifest becomes a Problem."""
+    def latest(self, where: str, live_cluster: LiveCluster = None) -> Manifest:
+        """What `latest` means: the newest verified snapshot, of one cluster.
+
+        Snapshots of several clusters under one prefix (a misconfigured copy writing here, or the
+        new cluster after a `restore cluster`) make "newest" ambiguous. Then only the cluster the
+        configured etcd endpoints belong to counts (`live_cluster`, asked only in that case); if
+        etcd cannot tell, `latest` is refused rather than guessing whose data to restore.
+        """
+        clusters = self.clusters()
+        if not clusters:
+            raise EtcdBackupError(f"no verified snapshot in {where}")
+        if len(clusters) == 1:
+            return next(iter(clusters.values()))[0]
+        live = live_cluster() if callable(live_cluster) else live_cluster
+        if live is not None and live in clusters:
+            return clusters[live][0]
+        summary = ", ".join(f"cluster {cid} ({len(ms)} snapshot(s), newest {ms[0].id})" for cid, ms in clusters.items())
+        if live is not None:
+            raise EtcdBackupError(f"no verified snapshot of the live cluster {live} in {where}, only of "
+                                  f"other clusters: {summary}; name the snapshot by id")  # fmt: skip
+        raise UsageError(f"snapshots of {len(clusters)} etcd clusters in {where} ({summary}) and etcd does not "
+                         "answer to tell which one is this cluster: name the snapshot by id")  # fmt: skip
+
+    def warnings(self) -> list[str]:
+        """What `list` tells the operator on stderr besides the unreadable manifests."""
+        out = [f"{FOLDER}{m.id}{MANIFEST_SUFFIX}: snapshot failed verification: {_failure(m)}"
+               for m in self.manifests if not m.verified]  # fmt: skip
+        clusters = self.clusters()
+        if len(clusters) > 1:
+            summary = ", ".join(f"{cid} ({len(ms)} snapshot(s), newest {ms[0].id})" for cid, ms in clusters.items())
+            out.append(f"snapshots of {len(clusters)} etcd clusters under this prefix: {summary}; "
+                       "`latest` means the newest of the cluster the configured endpoints belong to")  # fmt: skip
+        return out
+
+
+def _failure(m: Manifest) -> str:
+    v = m.verification
+    for check in (v.hash, v.structure, v.drill):
+        if check is not None and not check.ok:
+            return check.error or "failed"
+    return "failed"
+
+
+# key -> (size, modified, manifest): lets a long-running process skip re-reading unchanged manifests.
+ManifestCache = dict[str, tuple[int, datetime, Manifest]]
+
+
+def _read_listed(store: SnapshotStore, info: ObjectInfo, cache: ManifestCache | None) -> Manifest:
+    if cache is not None:
+        hit = cache.get(info.key)
+        if hit is not None and hit[0] == info.size and hit[1] == info.modified:
+            return hit[2]
+    manifest = Manifest.from_json(get_bytes(store, info.key))
+    if cache is not None:
+        cache[info.key] = (info.size, info.modified, manifest)
+    return manifest
+
+
+def list_snapshots(store: SnapshotStore, cache: ManifestCache | None = None) -> Listing:
+    """Read every manifest. A listing failure raises; a bad manifest becomes a Problem.
+
+    With `cache` (owned by the caller, updated here), manifests unchanged since the last listing
+    (same size and modification time) are not downloaded again.
+    """
     objects = {o.key: o for o in store.list(FOLDER)}
+    if cache is not None:
+        for gone in [k for k in cache if k not in objects]:
+            del cache[gone]
     listing = Listing(objects=objects)
     claimed: set[str] = set()
     for key in sorted(objects):
@@ -85,7 +163,7 @@ def list_snapshots(store: SnapshotStore) -> Listing:
             continue
         snapshot_id = id_of(key)
         try:
-            manifest = Manifest.from_json(get_bytes(store, key))
+            manifest = _read_listed(store, objects[key], cache)
             _check_consistent(manifest, snapshot_id)
         except IntegrityError as exc:
             listing.problems.append(Problem(key, str(exc)))
@@ -109,12 +187,8 @@ def list_snapshots(store: SnapshotStore) -> Listing:
     return listing
 
 
-def resolve(store: SnapshotStore, ref: str) -> Manifest:
-    """`latest` (the newest verified snapshot) or an explicit id."""
+def resolve(store: SnapshotStore, ref: str, live_cluster: LiveCluster = None) -> Manifest:
+    """`latest` (the newest verified snapshot, see Listing.latest) or an explicit id."""
     if ref != "latest":
         return read(store, ref)
-    listing = list_snapshots(store)
-    newest = listing.newest_verified()
-    if newest is None:
-        raise EtcdBackupError(f"no verified snapshot in {store.description}")
-    return newest
+    return list_snapshots(store).latest(store.description, live_cluster)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import secrets
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -102,6 +103,13 @@ _STR_FIELDS = (
 )  # fmt: skip
 
 
+def _finite(value: Any, name: str) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"field {name!r} is not a finite number")
+    return number
+
+
 @dataclass(frozen=True, slots=True)
 class Manifest:
     """What lands beside each data object, and what `snapshot`/`list` print."""
@@ -177,19 +185,19 @@ class Manifest:
                 **values,
                 pinned=data["pinned"],
                 verification=Verification.from_dict(data.get("verification")),
-                duration_seconds=float(data.get("duration_seconds", 0.0)),
+                duration_seconds=_finite(data.get("duration_seconds", 0.0), "duration_seconds"),
                 kind=str(data.get("kind", KIND_FULL)),
                 schema_version=schema,
                 tool_version=str(data.get("tool_version", "")),
                 db_sha256=str(data.get("db_sha256", "")),
             )
-        except (ValueError, TypeError) as exc:
-            raise IntegrityError(f"manifest {data.get('id', '?')!s}: {exc}") from None
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise IntegrityError(f"manifest {str(data.get('id', '?'))[:80]}: {exc}".splitlines()[0]) from None
 
     @classmethod
     def from_json(cls, raw: bytes) -> Manifest:
         try:
             data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
             raise IntegrityError(f"manifest is not valid JSON: {exc}") from None
         return cls.from_dict(data)

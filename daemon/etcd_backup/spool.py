@@ -20,7 +20,7 @@ class Spool:
     def __init__(self, directory: str | None, prefix: str) -> None:
         directory = directory or tempfile.gettempdir()
         try:
-            os.makedirs(directory, exist_ok=True)
+            os.makedirs(directory, mode=0o700, exist_ok=True)  # new directories only: ours alone
             fd, name = tempfile.mkstemp(prefix=f".{prefix}-", suffix=".spool", dir=directory)
         except OSError as exc:
             raise OperationalError(f"cannot create a spool file in {directory}: {exc.strerror}") from exc
@@ -34,6 +34,9 @@ class Spool:
         self._error: BaseException | None = None
 
     def append(self, data: bytes | memoryview) -> None:
+        if self._error is not None:
+            # The upload failed already: stop receiving a snapshot nobody will store.
+            raise self._error
         view = memoryview(data)
         try:
             while view:
@@ -42,7 +45,8 @@ class Spool:
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise OperationalError(
-                    f"spool {self.path.parent} is full after {self.written} bytes: {exc.strerror}"
+                    f"spool {self.path.parent} is full after {self.written} bytes: {exc.strerror}; "
+                    "free space there or point storage.spool_dir at a larger filesystem"
                 ) from exc
             raise OperationalError(f"writing spool {self.path}: {exc.strerror}") from exc
         with self._cond:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import structlog
 
 from . import bbolt
+from . import manifest as manifests
 from .errors import EtcdBackupError, IntegrityError, ObjectNotFound
 from .model import Check, Manifest, rfc3339, utcnow
 from .storage import SnapshotStore
@@ -83,10 +84,17 @@ def _decompress(src: Path, dest_fd: int) -> None:
             raise IntegrityError(f"data object does not decompress: {exc}") from None
 
 
-def fetch_verified(store: SnapshotStore, manifest: Manifest, work_dir: str | None = None) -> Verified:
-    """Download the data object and check it against the manifest. IntegrityError on any mismatch."""
+def fetch_verified(
+    store: SnapshotStore, manifest: Manifest, work_dir: str | None = None, *, record: bool = False
+) -> Verified:
+    """Download the data object and check it against the manifest. IntegrityError on any mismatch.
+
+    With `record`, a failure is also written into the manifest (the failed check, its time and
+    error), so `list` shows it FAILED and neither `latest` nor retention counts it as verified.
+    """
     fd, raw = _private_temp(work_dir, f"{manifest.id}-download")
     out: Path | None = None
+    stage = "hash"
     try:
         with os.fdopen(fd, "w+b") as fh:
             try:
@@ -115,6 +123,7 @@ def fetch_verified(store: SnapshotStore, manifest: Manifest, work_dir: str | Non
         if manifest.db_sha256 and db_sha != manifest.db_sha256:
             raise IntegrityError(f"snapshot {manifest.id}: database digest differs from the manifest")
         hash_check = Check(True, rfc3339(utcnow()), {"sha256": db_sha})
+        stage = "structure"
         try:
             status = bbolt.check(out, size=out.stat().st_size - TRAILER)
         except IntegrityError as exc:
@@ -132,15 +141,31 @@ def fetch_verified(store: SnapshotStore, manifest: Manifest, work_dir: str | Non
             "total_key": status.total_key, "total_size": status.total_size,
         })  # fmt: skip
         return Verified(manifest, out, status, hash_check, structure)
-    except BaseException:
+    except BaseException as exc:
         raw.unlink(missing_ok=True)
         if out is not None:
             out.unlink(missing_ok=True)
+        if record and isinstance(exc, IntegrityError):
+            record_failure(store, manifest, stage, str(exc))
         raise
 
 
+def record_failure(store: SnapshotStore, manifest: Manifest, stage: str, error: str) -> None:
+    """Mark `stage` ("hash" or "structure") failed in the stored manifest. Best effort: the caller
+    reports the failure anyway, and a manifest deleted meanwhile (prune) is not brought back."""
+    previous: Check = getattr(manifest.verification, stage)
+    failed = Check(False, rfc3339(utcnow()), dict(previous.detail), error)
+    updated = replace(manifest, verification=replace(manifest.verification, **{stage: failed}))
+    try:
+        manifests.read(store, manifest.id)
+        manifests.write(store, updated)
+        log.warning("snapshot marked as failed verification", snapshot=manifest.id, check=stage, error=error)
+    except EtcdBackupError as exc:
+        log.warning("could not record the failed verification", snapshot=manifest.id, error=str(exc))
+
+
 def verify_stored(store: SnapshotStore, manifest: Manifest, work_dir: str | None = None) -> Verified:
-    verified = fetch_verified(store, manifest, work_dir)
+    verified = fetch_verified(store, manifest, work_dir, record=True)
     log.info("snapshot verified", snapshot=manifest.id, revision=manifest.revision, db_size=manifest.db_size)
     return verified
 

@@ -30,6 +30,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     listing = manifests.list_snapshots(ctx.store)
     for problem in listing.problems:
         print(f"etcd-backup: warning: {problem.key}: {problem.error}", file=sys.stderr)
+    for warning in listing.warnings():
+        print(f"etcd-backup: warning: {warning}", file=sys.stderr)
     if ctx.json:
         emit_json([m.to_dict() for m in listing.manifests])
         return 0

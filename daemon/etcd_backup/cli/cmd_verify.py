@@ -20,7 +20,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     cfg = ctx.config
-    manifest = manifests.resolve(ctx.store, args.snapshot)
+    manifest = manifests.resolve(ctx.store, args.snapshot, ctx.live_cluster_id)
     verified = verify_stored(ctx.store, manifest, cfg.storage.spool_dir)
     result: dict[str, Any] = {
         "id": manifest.id,

@@ -40,7 +40,19 @@ class Context:
 
     @cached_property
     def store(self) -> SnapshotStore:
-        return open_store(self.config.storage)
+        storage = self.config.storage
+        if storage.insecure_skip_tls_verify and storage.scheme == "s3" and self.args.command != "run":
+            # One-shot commands log nothing by default; this must be seen all the same.
+            print("etcd-backup: warning: TLS verification of the S3 endpoint is OFF "
+                  "(storage.insecure_skip_tls_verify)", file=sys.stderr)  # fmt: skip
+        return open_store(storage)
+
+    def live_cluster_id(self) -> str | None:
+        """The cluster id the configured etcd endpoints agree on (None if none answers): asked only
+        when `latest` is ambiguous between clusters."""
+        from ..etcdclient import cluster_id_of
+
+        return cluster_id_of(self.config.etcd)
 
     @property
     def json(self) -> bool:

@@ -141,7 +141,7 @@ def take_snapshot(
     healthy member if the one streaming dies mid-way."""
     failed: list[str] = []
     while True:
-        member = connect_healthy(cfg.etcd, exclude=set(failed))
+        member = _connect(cfg, failed)
         try:
             return snapshot_member(cfg, store, member, reason=reason, pinned=pinned, cancel=cancel, now=now)
         except EtcdUnavailable as exc:
@@ -151,6 +151,24 @@ def take_snapshot(
             log.warning("snapshot stream failed; trying the next endpoint", error=str(exc))
         finally:
             member[0].close()
+
+
+FAILOVER_WAIT = 15.0  # seconds for the remaining members to elect a leader after one died mid-stream
+
+
+def _connect(cfg: Config, failed: list[str]) -> tuple[Member, MemberStatus]:
+    """A healthy member not tried yet. After a failure, wait (bounded) for one: if the member that
+    died was the leader, the others answer "no leader" until they have elected a new one."""
+    if not failed:
+        return connect_healthy(cfg.etcd)
+    deadline = time.monotonic() + FAILOVER_WAIT
+    while True:
+        try:
+            return connect_healthy(cfg.etcd, exclude=set(failed))
+        except EtcdUnavailable:
+            if time.monotonic() + 0.5 >= deadline:
+                raise
+            time.sleep(0.5)
 
 
 def snapshot_member(

@@ -29,6 +29,7 @@ def open_store(cfg: StorageConfig) -> SnapshotStore:
         part_size=cfg.part_size,
         concurrency=cfg.concurrency,
         verify_tls=not cfg.insecure_skip_tls_verify,
+        timeout=cfg.timeout,
     )
 
 

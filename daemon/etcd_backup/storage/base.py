@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import io
 from dataclasses import dataclass
 from datetime import datetime
@@ -46,7 +47,7 @@ class SnapshotStore(Protocol):
 
     def ping(self) -> None: ...
 
-    def list_debris(self) -> list[Debris]: ...
+    def list_debris(self) -> builtins.list[Debris]: ...  # `list` is a method here
 
     def remove_debris(self, debris: Debris) -> None: ...
 

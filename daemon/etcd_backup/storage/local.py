@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import os
 import secrets
@@ -135,7 +136,7 @@ class LocalStore:
         if not os.access(self.root, os.W_OK):
             raise StorageError(f"{self.description}: directory is not writable")
 
-    def list_debris(self) -> list[Debris]:
+    def list_debris(self) -> builtins.list[Debris]:  # `list` is a method here
         out: list[Debris] = []
         if not self.root.exists():
             return out

@@ -6,6 +6,7 @@ botocore errors are translated here; nothing above this module sees a vendor exc
 from __future__ import annotations
 
 import base64
+import builtins
 import hashlib
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
@@ -13,10 +14,15 @@ from typing import Any, BinaryIO
 import boto3
 import botocore.config
 import botocore.exceptions
+import structlog
 from boto3.s3.transfer import TransferConfig
 
 from ..errors import ObjectNotFound, StorageError
 from .base import Debris, ObjectInfo
+
+log = structlog.get_logger(__name__)
+
+_ATTEMPTS = 5  # per request, with botocore's exponential backoff (standard retry mode)
 
 
 class _PartDigests:
@@ -88,12 +94,14 @@ class S3Store:
         part_size: int = 8 * 1024 * 1024,
         concurrency: int = 4,
         verify_tls: bool = True,
+        timeout: float = 60.0,
         client: Any = None,
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.description = f"s3://{bucket}/{self.prefix}".rstrip("/")
         self.part_size = part_size
+        self.timeout = timeout
         self._extra: dict[str, str] = {"ChecksumAlgorithm": "SHA256"}
         if sse:
             self._extra["ServerSideEncryption"] = sse
@@ -111,10 +119,13 @@ class S3Store:
         )
         self._transfer.max_in_memory_upload_chunks = concurrency + 1
         if client is None:
+            if not verify_tls:
+                log.warning("TLS verification of the S3 endpoint is OFF (storage.insecure_skip_tls_verify)",
+                            endpoint=endpoint_url, bucket=bucket)
             cfg = botocore.config.Config(
-                retries={"mode": "standard", "max_attempts": 5},
-                connect_timeout=10,
-                read_timeout=60,
+                retries={"mode": "standard", "max_attempts": _ATTEMPTS},
+                connect_timeout=min(10.0, timeout),
+                read_timeout=timeout,
                 max_pool_connections=max(10, concurrency * 2),
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
@@ -144,11 +155,31 @@ class S3Store:
             return StorageError(f"{action} {where} failed: {code}: {err.get('Message', '')}".rstrip(": "))
         if isinstance(exc, botocore.exceptions.NoCredentialsError):
             return StorageError(f"{action} {where} failed: no AWS credentials found")
+        network = self._network_problem(exc)
+        if network:
+            # botocore's own text repeats the whole request URL (upload ids and all): say it shorter.
+            return StorageError(f"{action} {where} failed: {network} (after {_ATTEMPTS} attempts); "
+                                "check storage.endpoint_url and the network")
         if isinstance(exc, botocore.exceptions.BotoCoreError):
             return StorageError(f"{action} {where} failed: {exc}")
         return StorageError(f"{action} {where} failed: {exc}")
 
+    def _network_problem(self, exc: Exception) -> str | None:
+        endpoint = getattr(self.client.meta, "endpoint_url", "the S3 endpoint")
+        if isinstance(exc, botocore.exceptions.ReadTimeoutError):
+            return f"{endpoint} did not answer within {self.timeout:g}s (storage.timeout)"
+        if isinstance(exc, botocore.exceptions.ConnectTimeoutError):
+            return f"cannot connect to {endpoint}: timed out"
+        if isinstance(exc, botocore.exceptions.EndpointConnectionError):
+            return f"cannot connect to {endpoint}"
+        if isinstance(exc, botocore.exceptions.ConnectionClosedError):
+            return f"{endpoint} closed the connection before answering"
+        return None
+
     def put(self, key: str, source: BinaryIO) -> ObjectInfo:
+        """Upload `source` (multipart above part_size). On any failure s3transfer aborts the
+        multipart upload; if S3 cannot be reached for the abort either, the unfinished upload stays
+        behind, invisible to `list`, and is reported by `list_debris` (prune removes it)."""
         full = self._key(key)
         reader = _PartDigests(source, self.part_size)
         try:
@@ -234,7 +265,7 @@ class S3Store:
         except botocore.exceptions.BotoCoreError as exc:
             raise self._error("access to", exc) from exc
 
-    def list_debris(self) -> list[Debris]:
+    def list_debris(self) -> builtins.list[Debris]:  # `list` is a method here
         out: list[Debris] = []
         prefix = f"{self.prefix}/" if self.prefix else ""
         try:
