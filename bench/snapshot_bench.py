@@ -141,7 +141,10 @@ def main() -> None:
               f"{'base RSS MiB':>12} {'ours RSS MiB':>12}")  # fmt: skip
         for kind in args.storage.split(","):
             for run in range(1, args.runs + 1):
+                # Flush dirty pages first so neither side pays for the other's writeback.
+                os.sync()
                 bt, br = baseline(kind, client_url, moto_url, "bench", work)
+                os.sync()
                 ot, orss = ours(kind, client_url, moto_url, "bench", work)
                 print(f"{kind:8} {run:>3} {bt:>10.2f} {ot:>8.2f} {ot / bt:>6.2f} {br / 1024:>12.1f} "
                       f"{orss / 1024:>12.1f}")  # fmt: skip

@@ -190,7 +190,11 @@ def snapshot_member(
     conn, status = member
     bound = log.bind(snapshot=snapshot_id, endpoint=conn.endpoint, backend=store.description)
     bound.info("snapshot started", stage="stream", reason=reason)
-    spool = Spool(cfg.storage.spool_dir or getattr(store, "spool_dir", None), snapshot_id)
+    spool = Spool(
+        cfg.storage.spool_dir or getattr(store, "spool_dir", None),
+        snapshot_id,
+        durable=getattr(store, "links_spool", False),
+    )
     upload_result: list[Any] = []
     upload_error: list[BaseException] = []
 

@@ -35,6 +35,9 @@ class LocalStore:
         except OSError as exc:
             raise StorageError(f"{self.description}: cannot create directory: {exc.strerror}") from exc
 
+    # The finished spool file becomes the object (hard link): worth writing it back early.
+    links_spool = True
+
     @property
     def spool_dir(self) -> str:
         """Spool here, on the store's filesystem, so a finished snapshot is linked, not copied."""
