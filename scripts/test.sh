@@ -21,4 +21,5 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
 fi
 
 .venv/bin/ruff check daemon tests bench
+.venv/bin/mypy daemon/etcd_backup
 exec .venv/bin/pytest "$@"
