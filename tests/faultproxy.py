@@ -112,6 +112,10 @@ class FaultProxy:
         """Let held requests through."""
         self._released.set()
 
+    def rearm(self) -> None:
+        """Hold again: "hold" rules added from now on block until the next `release()`."""
+        self._released.clear()
+
     def go_away(self) -> None:
         """Refuse connections (nothing listens on the port) and reset every open one."""
         self.gone.set()

@@ -140,6 +140,26 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.connection.settimeout(self.server.request_timeout)  # per read: a silent client cannot hold a thread
+        # The per-read timeout never fires for a client trickling its request a byte at a time:
+        # the request line and headers must arrive within the budget too, or we hang up. (The
+        # body has its own deadline in _body, which answers 408.)
+        self._read_deadline = threading.Timer(self.server.request_timeout, self._hang_up)
+        self._read_deadline.daemon = True
+        self._read_deadline.start()
+
+    def _hang_up(self) -> None:
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)  # wakes the blocked read with EOF
+        except OSError:
+            pass
+
+    def _request_read(self) -> None:
+        """Request line and headers are in: the rest is bounded by _body or takes what it takes."""
+        self._read_deadline.cancel()
+
+    def finish(self) -> None:
+        self._read_deadline.cancel()
+        super().finish()
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http request", client=self.client_address[0], line=format % args)
@@ -147,6 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
     # --- routing ---------------------------------------------------------------------------------
 
     def do_GET(self) -> None:
+        self._request_read()
         path = urlsplit(self.path).path
         if path == "/healthz":
             self._json(HTTPStatus.OK, {"status": "ok"})
@@ -172,6 +193,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.NOT_FOUND, f"no such endpoint: {path}")
 
     def do_POST(self) -> None:
+        self._request_read()
         path = urlsplit(self.path).path
         if path != SNAPSHOTS:
             if path in {"/healthz", "/readyz", "/metrics"}:

@@ -100,7 +100,11 @@ class Daemon:
     # --- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        clean_local_debris(self.cfg.storage.spool_dir, self.cfg.retention.debris_age)
+        # Snapshots spool beside a file:// store unless storage.spool_dir is set; downloads and
+        # drills use spool_dir or the temp dir. A killed run may have left files in either.
+        spool_dirs = {self.cfg.storage.spool_dir, getattr(self.store, "spool_dir", None) or None}
+        for directory in spool_dirs:
+            clean_local_debris(directory, self.cfg.retention.debris_age)
         self.refresh()
         self._schedule_jobs()
         self._scheduler.start()
@@ -320,12 +324,21 @@ class Daemon:
         """Debris a killed previous run left in storage (unfinished uploads, data without manifest)."""
         if not self._acting().acting:
             return
-        with self._maintenance:
-            try:
+        # Not while our own first snapshot uploads: with a short debris_age its unfinished upload
+        # would look like a killed run's.
+        try:
+            if not self._acquire(self._snapshot_lock, None):
+                return
+        except ShuttingDown:
+            return
+        try:
+            with self._maintenance:
                 clean_debris(self.store, debris_age=self.cfg.retention.debris_age, now=utcnow())
-            except EtcdBackupError as exc:
-                self.metrics.failure("retention")
-                log.warning("debris clean-up skipped", error=str(exc), stage="retention")
+        except EtcdBackupError as exc:
+            self.metrics.failure("retention")
+            log.warning("debris clean-up skipped", error=str(exc), stage="retention")
+        finally:
+            self._snapshot_lock.release()
 
     def _drill_cycle(self) -> None:
         if not self._acting().acting:

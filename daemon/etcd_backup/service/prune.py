@@ -21,7 +21,7 @@ from .. import manifest as manifests
 from ..config import RetentionConfig
 from ..errors import EtcdBackupError
 from ..manifest import Listing, Problem
-from ..model import rfc3339
+from ..model import id_time, rfc3339
 from ..retention import Decision, Policy, apply_policy
 from ..storage import Debris, ObjectInfo, SnapshotStore
 
@@ -156,19 +156,31 @@ def _delete_snapshots(store: SnapshotStore, listing: Listing, decision: Decision
 def stale_debris(
     orphans: list[ObjectInfo], partials: list[Debris], now: datetime, max_age: float
 ) -> list[tuple[DebrisItem, ObjectInfo | Debris]]:
-    """Orphans and unfinished uploads older than `max_age`: younger ones may still be in flight."""
+    """Orphans and unfinished uploads older than `max_age`: younger ones may still be in flight.
+
+    The age counts from the later of the store's timestamp and the time in the snapshot id of
+    the key: some S3-compatible stores report a bogus `Initiated` for multipart uploads (moto
+    says 2010), and an upload still in flight must never look old.
+    """
     out: list[tuple[DebrisItem, ObjectInfo | Debris]] = []
     for o in orphans:
-        age = (now - o.modified).total_seconds()
+        age = _age(o.key, o.modified, now)
         if age > max_age:
             out.append((DebrisItem(o.key, "orphan", age), o))
     for d in partials:
-        age = (now - d.started).total_seconds()
+        age = _age(d.key, d.started, now)
         if age > max_age:
             out.append((DebrisItem(d.key, "partial", age), d))
     return out
 
 
+def _age(key: str, stamp: datetime, now: datetime) -> float:
+    started = id_time(manifests.id_of(key.rsplit("/", 1)[-1].removeprefix(_PARTIAL_PREFIX)))
+    newest = max(stamp, started) if started is not None else stamp
+    return (now - newest).total_seconds()
+
+
+_PARTIAL_PREFIX = ".partial-"  # file:// partial objects: .partial-<id>.db.<random>
 _LOCAL_PATTERNS = (".*.spool", ".*-download-*.part", ".*-db-*.part", "etcd-backup-drill-*")
 
 
