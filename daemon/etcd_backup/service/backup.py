@@ -139,6 +139,8 @@ def take_snapshot(
 ) -> Manifest:
     """Snapshot a healthy member, verify, upload, commit the manifest; fail over to the next
     healthy member if the one streaming dies mid-way."""
+    # Fail before streaming a large snapshot when the bucket is missing or access is denied.
+    store.ping()
     failed: list[str] = []
     while True:
         member = _connect(cfg, failed)
