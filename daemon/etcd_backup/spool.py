@@ -124,6 +124,16 @@ class Spool:
                 raise self._error
         return self.path
 
+    def wait_bytes(self, target: int) -> tuple[int, bool]:
+        """Block until `target` bytes are spooled or the stream ended: (bytes spooled, ended)."""
+        with self._cond:
+            while True:
+                if self._error is not None:
+                    raise self._error
+                if self.written >= target or self._finished:
+                    return self.written, self._finished
+                self._cond.wait()
+
     def _wait_for(self, pos: int) -> int:
         """Bytes available at `pos`, 0 at a released end; raises the failure if there is one."""
         with self._cond:
@@ -166,6 +176,14 @@ class SpoolReader:
     def complete_file(self) -> Path:
         """For stores on the same filesystem: the finished spool file, to link instead of copy."""
         return self._spool.wait_complete()
+
+    @property
+    def path(self) -> Path:
+        return self._spool.path
+
+    def wait_bytes(self, target: int) -> tuple[int, bool]:
+        """For stores that upload ranges of the spool file as soon as they are written."""
+        return self._spool.wait_bytes(target)
 
     def readable(self) -> bool:
         return True

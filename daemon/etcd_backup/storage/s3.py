@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import base64
 import builtins
+import concurrent.futures
 import hashlib
+import io
+import os
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
@@ -80,6 +83,43 @@ class _PartDigests:
         return self._whole.hexdigest()
 
 
+class _FileRange(io.RawIOBase):
+    """A seekable window [start, start+length) of an open file: one part's body."""
+
+    def __init__(self, fh: BinaryIO, start: int, length: int) -> None:
+        super().__init__()
+        self._fd = fh.fileno()
+        self._start = start
+        self._length = length
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
+        self._pos = max(0, min(self._length, base + pos))
+        return self._pos
+
+    def read(self, n: int | None = -1) -> bytes:
+        remaining = self._length - self._pos
+        want = remaining if n is None or n < 0 else min(n, remaining)
+        if want <= 0:
+            return b""
+        data = os.pread(self._fd, want, self._start + self._pos)
+        self._pos += len(data)
+        return data
+
+    def __len__(self) -> int:
+        return self._length
+
+
 class S3Store:
     def __init__(
         self,
@@ -101,6 +141,7 @@ class S3Store:
         self.prefix = prefix.strip("/")
         self.description = f"s3://{bucket}/{self.prefix}".rstrip("/")
         self.part_size = part_size
+        self.concurrency = concurrency
         self.timeout = timeout
         self._extra: dict[str, str] = {"ChecksumAlgorithm": "SHA256"}
         if sse:
@@ -180,6 +221,8 @@ class S3Store:
         """Upload `source` (multipart above part_size). On any failure s3transfer aborts the
         multipart upload; if S3 cannot be reached for the abort either, the unfinished upload stays
         behind, invisible to `list`, and is reported by `list_debris` (prune removes it)."""
+        if callable(getattr(source, "wait_bytes", None)):
+            return self._put_following(key, source)
         full = self._key(key)
         reader = _PartDigests(source, self.part_size)
         try:
@@ -198,20 +241,113 @@ class S3Store:
             if isinstance(exc, botocore.exceptions.BotoCoreError | OSError):
                 raise self._error("upload", exc, key) from exc
             raise
+        return self._read_back(key, reader.size, reader.expected_checksums(), reader.hexdigest)
+
+    def _read_back(self, key: str, sent: int, checksums: set[str], sha256: str | None) -> ObjectInfo:
+        """Size and SHA-256 checksum as S3 reports them must match what was sent."""
+        full = self._key(key)
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=full, ChecksumMode="ENABLED")
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._error("read-back of", exc, key) from exc
         size = int(head["ContentLength"])
         reported = head.get("ChecksumSHA256")
-        if size != reader.size or (reported and reported not in reader.expected_checksums()):
+        if size != sent or (reported and reported not in checksums):
             self._delete_quietly(full)
             raise StorageError(
                 f"read-back of {self.description}/{key} does not match what was sent "
-                f"(size {size} vs {reader.size}, checksum {reported}); object removed"
+                f"(size {size} vs {sent}, checksum {reported}); object removed"
             )
         modified = head.get("LastModified") or datetime.now(UTC)
-        return ObjectInfo(key, size, modified, reader.hexdigest)
+        return ObjectInfo(key, size, modified, sha256)
+
+    def _put_following(self, key: str, source: Any) -> ObjectInfo:
+        """Multipart upload of a spool file that is still being written, each part sent as a range
+        of the file as soon as it is complete.
+
+        Why not the transfer manager here: for a stream of unknown size it buffers every part in
+        memory (memory grows with concurrency) and re-hashes what we hash anyway. Ranges of the
+        spool file keep memory flat at any concurrency, and a retried part is simply re-read.
+        The upload is completed only after the source is released (the snapshot verified);
+        any failure aborts it.
+        """
+        full = self._key(key)
+        try:
+            upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=full, **self._extra)["UploadId"]
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise self._error("upload", exc, key) from exc
+        try:
+            parts, size = self._send_parts(full, upload_id, source)
+            source.complete_file()  # verified, or raises: then nothing is completed
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=full, UploadId=upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etag, "ChecksumSHA256": c}
+                                           for n, etag, c in parts]},
+            )  # fmt: skip
+        except BaseException as exc:
+            self._abort_quietly(full, upload_id)
+            if isinstance(exc, botocore.exceptions.ClientError | botocore.exceptions.BotoCoreError):
+                raise self._error("upload", exc, key) from exc
+            raise
+        digests = b"".join(base64.b64decode(c) for _, _, c in parts)
+        composite = base64.b64encode(hashlib.sha256(digests).digest()).decode()
+        return self._read_back(key, size, {composite, f"{composite}-{len(parts)}"}, None)
+
+    def _send_parts(self, full: str, upload_id: str, source: Any) -> tuple[list[tuple[int, str, str]], int]:
+        pending: dict[concurrent.futures.Future[tuple[int, str, str]], int] = {}
+        done: list[tuple[int, str, str]] = []
+        offset, number = 0, 1
+        with concurrent.futures.ThreadPoolExecutor(self.concurrency, thread_name_prefix="s3-part") as pool:
+            try:
+                while True:
+                    written, ended = source.wait_bytes(offset + self.part_size)
+                    length = min(self.part_size, written - offset)
+                    if length > 0:
+                        fut = pool.submit(
+                            self._send_part, full, upload_id, number, source.path, offset=offset, length=length
+                        )
+                        pending[fut] = number
+                        offset += length
+                        number += 1
+                    if ended and offset >= written:
+                        break
+                    # Bound the parts in flight; surface a failed part without waiting for the end.
+                    while len(pending) >= self.concurrency * 2:
+                        finished, _ = concurrent.futures.wait(pending, return_when="FIRST_COMPLETED")
+                        for f in finished:
+                            pending.pop(f)
+                            done.append(f.result())
+                    for f in [f for f in pending if f.done()]:
+                        pending.pop(f)
+                        done.append(f.result())
+                for f in concurrent.futures.as_completed(list(pending)):
+                    done.append(f.result())
+                pending.clear()
+            finally:
+                for f in pending:
+                    f.cancel()
+        if not done:
+            raise StorageError(f"upload of {full}: the stream was empty")
+        done.sort()
+        return done, offset
+
+    def _send_part(
+        self, full: str, upload_id: str, number: int, path: str, *, offset: int, length: int
+    ) -> tuple[int, str, str]:
+        with open(path, "rb") as fh:
+            body = _FileRange(fh, offset, length)
+            r = self.client.upload_part(
+                Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=body,
+                ContentLength=length, ChecksumAlgorithm="SHA256",
+            )  # fmt: skip
+        return number, r["ETag"], r["ChecksumSHA256"]
+
+    def _abort_quietly(self, full: str, upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
+            # S3 unreachable: the upload stays behind as debris for prune (list_debris).
+            log.warning("could not abort multipart upload; prune will remove it", key=full)
 
     def _delete_quietly(self, full: str) -> None:
         try:
