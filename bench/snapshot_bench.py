@@ -102,11 +102,12 @@ def baseline(kind: str, endpoint: str, moto: str, bucket: str, work: Path) -> tu
     return t1 + t2 + t3, max(r1, r2, r3)
 
 
-def ours(kind: str, endpoint: str, moto: str, bucket: str, work: Path) -> tuple[float, int]:
+def ours(kind: str, endpoint: str, moto: str, bucket: str, work: Path, *, concurrency: int) -> tuple[float, int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_BACKUP_")}
     env.update(AWS)
     env.update({"ETCD_BACKUP_ETCD__ENDPOINTS": endpoint, "ETCD_BACKUP_LOG__LEVEL": "warning",
-                "ETCD_BACKUP_STORAGE__SPOOL_DIR": str(work / "spool")})  # fmt: skip
+                "ETCD_BACKUP_STORAGE__SPOOL_DIR": str(work / "spool"),
+                "ETCD_BACKUP_STORAGE__CONCURRENCY": str(concurrency)})  # fmt: skip
     if kind == "s3":
         env.update({"ETCD_BACKUP_STORAGE__URL": f"s3://{bucket}/ours", "ETCD_BACKUP_STORAGE__ENDPOINT_URL": moto})
     else:
@@ -119,6 +120,7 @@ def main() -> None:
     ap.add_argument("size_mb", type=int)
     ap.add_argument("--storage", default="s3,file")
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--concurrency", type=int, default=4, help="storage.concurrency for etcd-backup (default 4)")
     ap.add_argument("--workdir", default=None, help="where etcd data and spool files go (default: a temp dir)")
     args = ap.parse_args()
 
@@ -145,7 +147,7 @@ def main() -> None:
                 os.sync()
                 bt, br = baseline(kind, client_url, moto_url, "bench", work)
                 os.sync()
-                ot, orss = ours(kind, client_url, moto_url, "bench", work)
+                ot, orss = ours(kind, client_url, moto_url, "bench", work, concurrency=args.concurrency)
                 print(f"{kind:8} {run:>3} {bt:>10.2f} {ot:>8.2f} {ot / bt:>6.2f} {br / 1024:>12.1f} "
                       f"{orss / 1024:>12.1f}")  # fmt: skip
                 shutil.rmtree(work / "ours-store", ignore_errors=True)
