@@ -32,12 +32,16 @@ from etcd_backup.etcdproc import find_binary, free_port, start_member, wait_heal
 AWS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
+CPU: dict[str, float] = {}  # CPU seconds (user + system) of the last measured command, by its first word
+
+
 def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of one child process."""
+    """Wall seconds and peak RSS (KiB) of one child process; its CPU seconds go to CPU."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
+    CPU[Path(cmd[0]).name] = usage.ru_utime + usage.ru_stime
     if os.waitstatus_to_exitcode(status) != 0:
         err = proc.stderr.read().decode()[-500:] if proc.stderr else ""
         raise SystemExit(f"{' '.join(cmd[:3])} failed: {err}")
@@ -99,6 +103,8 @@ def baseline(kind: str, endpoint: str, moto: str, bucket: str, work: Path) -> tu
         dest.mkdir(exist_ok=True)
         t3, r3 = run_measured(["cp", str(snap), str(dest / "snap.db")])
     snap.unlink()
+    print(f"  baseline parts: save {t1:.2f}s  sha256sum {t2:.2f}s  {'upload' if kind == 's3' else 'cp'} {t3:.2f}s",
+          flush=True)  # fmt: skip
     return t1 + t2 + t3, max(r1, r2, r3)
 
 
@@ -148,8 +154,9 @@ def main() -> None:
                 bt, br = baseline(kind, client_url, moto_url, "bench", work)
                 os.sync()
                 ot, orss = ours(kind, client_url, moto_url, "bench", work, concurrency=args.concurrency)
+                cpu = CPU[Path(sys.executable).name]
                 print(f"{kind:8} {run:>3} {bt:>10.2f} {ot:>8.2f} {ot / bt:>6.2f} {br / 1024:>12.1f} "
-                      f"{orss / 1024:>12.1f}")  # fmt: skip
+                      f"{orss / 1024:>12.1f}   (etcd-backup used {cpu:.1f} CPU s)")  # fmt: skip
                 shutil.rmtree(work / "ours-store", ignore_errors=True)
                 shutil.rmtree(work / "baseline-store", ignore_errors=True)
         snap = work / "verify.db"

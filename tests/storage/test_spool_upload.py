@@ -81,3 +81,14 @@ def test_failed_spool_leaves_nothing(store: SnapshotStore, tmp_path: Path) -> No
         assert store.list_debris() == []
     finally:
         spool.close()
+
+
+def test_spool_vectored_append_keeps_order_across_many_buffers(tmp_path: Path) -> None:
+    # More buffers than one writev takes, of uneven sizes, some empty: the file is their concatenation.
+    buffers = [os.urandom(n % 97) for n in range(2500)]
+    spool = Spool(str(tmp_path), prefix="t")
+    spool.append_all(buffers, sum(len(b) for b in buffers))
+    spool.append(b"end")
+    assert spool.written == sum(len(b) for b in buffers) + 3
+    assert spool.path.read_bytes() == b"".join(buffers) + b"end"
+    spool.close()

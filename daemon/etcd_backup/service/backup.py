@@ -52,11 +52,16 @@ class TrailerHasher:
 
     def update(self, chunk: bytes) -> None:
         self.total += len(chunk)
-        data = self._tail + chunk if self._tail else chunk
-        if len(data) <= TRAILER:
-            self._tail = data
+        if len(chunk) >= TRAILER:
+            # The common case: no copy of the chunk, only the 32 held-back bytes move.
+            if self._tail:
+                self._hash.update(self._tail)
+            self._hash.update(memoryview(chunk)[:-TRAILER])
+            self._tail = chunk[-TRAILER:]
             return
-        self._hash.update(memoryview(data)[:-TRAILER])
+        data = self._tail + chunk
+        if len(data) > TRAILER:
+            self._hash.update(data[:-TRAILER])
         self._tail = data[-TRAILER:]
 
     def result(self, where: str) -> StreamResult:
@@ -77,20 +82,18 @@ def receive(chunks: Iterable[bytes], spool: Spool, cancel: threading.Event | Non
     batch: list[bytes] = []
     pending = 0
     for chunk in chunks:
+        hasher.update(chunk)
         batch.append(chunk)
         pending += len(chunk)
-        # Coalesce the 32 KiB messages into ~1 MiB writes: fewer syscalls and hash calls.
+        # Gather the 32 KiB messages into ~1 MiB vectored writes: fewer syscalls, and no joined
+        # copy (a fresh 1 MiB buffer per write costs more in page faults than the write itself).
         if pending >= 1024 * 1024:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("snapshot cancelled (shutting down)")
-            data = b"".join(batch)
-            hasher.update(data)
-            spool.append(data)
+            spool.append_all(batch, pending)
             batch, pending = [], 0
     if batch:
-        data = b"".join(batch)
-        hasher.update(data)
-        spool.append(data)
+        spool.append_all(batch, pending)
     return hasher.result(where)
 
 

@@ -83,6 +83,9 @@ class _PartDigests:
         return self._whole.hexdigest()
 
 
+_READ_MAX = 256 * 1024
+
+
 class _FileRange(io.RawIOBase):
     """A seekable window [start, start+length) of an open file: one part's body."""
 
@@ -109,7 +112,9 @@ class _FileRange(io.RawIOBase):
 
     def read(self, n: int | None = -1) -> bytes:
         remaining = self._length - self._pos
-        want = remaining if n is None or n < 0 else min(n, remaining)
+        # Short reads are allowed (raw I/O) and every consumer loops. Capped below the malloc mmap
+        # threshold (cli.main) so each read reuses heap memory instead of faulting in fresh pages.
+        want = min(remaining if n is None or n < 0 else n, remaining, _READ_MAX)
         if want <= 0:
             return b""
         data = os.pread(self._fd, want, self._start + self._pos)
@@ -170,6 +175,10 @@ class S3Store:
                 max_pool_connections=max(10, concurrency * 2),
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
+                # Every upload carries its own SHA-256 checksum header, which is signed: hashing the
+                # body a second time for the signature (botocore does so only over http://) adds
+                # nothing. Over https:// this is botocore's default anyway.
+                s3={"payload_signing_enabled": False},
             )
             client = boto3.session.Session().client(
                 "s3", endpoint_url=endpoint_url, region_name=region, config=cfg, verify=verify_tls
