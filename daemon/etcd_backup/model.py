@@ -13,6 +13,7 @@ from .errors import IntegrityError
 
 SCHEMA_VERSION = 1
 KIND_FULL = "full"
+TRAILER = 32  # etcd ends every snapshot stream with the SHA-256 of the db before it
 
 
 def utcnow() -> datetime:

@@ -17,12 +17,11 @@ import structlog
 from . import bbolt
 from . import manifest as manifests
 from .errors import EtcdBackupError, IntegrityError, ObjectNotFound
-from .model import Check, Manifest, rfc3339, utcnow
+from .model import TRAILER, Check, Manifest, rfc3339, utcnow
 from .storage import SnapshotStore
 
 log = structlog.get_logger(__name__)
 
-TRAILER = 32
 _CHUNK = 1024 * 1024
 
 

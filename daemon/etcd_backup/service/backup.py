@@ -22,13 +22,11 @@ from .. import manifest as manifests
 from ..config import Config
 from ..errors import EtcdBackupError, EtcdUnavailable, IntegrityError, OperationalError
 from ..etcdclient import Member, MemberStatus, connect_healthy, hexid
-from ..model import Check, Manifest, Verification, new_snapshot_id, rfc3339, utcnow
+from ..model import TRAILER, Check, Manifest, Verification, new_snapshot_id, rfc3339, utcnow
 from ..spool import Spool
 from ..storage import SnapshotStore
 
 log = structlog.get_logger(__name__)
-
-TRAILER = 32  # etcd appends the SHA-256 of the db to the snapshot stream
 
 
 class Cancelled(OperationalError):
