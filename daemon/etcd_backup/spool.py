@@ -3,14 +3,20 @@
 The snapshot stream lands here; the uploader reads behind the writer. The reader does not
 return EOF until the snapshot has been verified (`release`), so an upload can only complete
 for a good snapshot; `fail` makes the reader raise, which aborts the upload.
+
+A live spool file is flock'ed by its writer, so a killed run's file is recognisably abandoned
+(`remove_abandoned`) and goes at the next run instead of after `retention.debris_age`.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import stat
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +24,32 @@ from .errors import OperationalError
 
 _FLUSH_EVERY = 32 * 1024 * 1024
 _IOV_MAX = 1024  # buffers per writev (Linux's IOV_MAX)
+_PATTERN = ".*.spool"
+# Between mkstemp and flock a new spool is briefly unlocked: only older files count as abandoned.
+_GRACE = 60.0
+
+
+def remove_abandoned(directory: str | None, grace: float = _GRACE) -> list[str]:
+    """Delete spool files in `directory` that no live writer holds (left by a killed run)."""
+    removed: list[str] = []
+    for path in Path(directory or tempfile.gettempdir()).glob(_PATTERN):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode) or time.time() - os.fstat(fd).st_mtime < grace:
+                continue
+            # Busy: a writer holds it. Any other failure (no locks on this filesystem): leave the
+            # file to the age-based sweep.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(path)
+            removed.append(str(path))
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return removed
 
 
 class _Flusher:
@@ -65,6 +97,10 @@ class Spool:
         except OSError as exc:
             raise OperationalError(f"cannot create a spool file in {directory}: {exc.strerror}") from exc
         os.fchmod(fd, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pass  # no locks on this filesystem: only the age-based sweep will remove a leftover
         self.path = Path(name)
         self._fd = fd
         self._cond = threading.Condition()

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from conftest import Bucket
 from etcd_backup.errors import IntegrityError
-from etcd_backup.spool import Spool
+from etcd_backup.spool import Spool, remove_abandoned
 from etcd_backup.storage import SnapshotStore
 from etcd_backup.storage.local import LocalStore
 from etcd_backup.storage.s3 import S3Store
@@ -92,3 +95,38 @@ def test_spool_vectored_append_keeps_order_across_many_buffers(tmp_path: Path) -
     assert spool.written == sum(len(b) for b in buffers) + 3
     assert spool.path.read_bytes() == b"".join(buffers) + b"end"
     spool.close()
+
+
+_WRITER = """
+import sys, time
+from etcd_backup.spool import Spool
+spool = Spool(sys.argv[1], "killed")
+spool.append(b"x" * 4096)
+print(spool.path, flush=True)
+time.sleep(120)
+"""
+
+
+def test_abandoned_spool_of_a_killed_writer_is_removed_and_a_live_one_kept(tmp_path: Path) -> None:
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None
+        killed = Path(writer.stdout.readline().strip())
+        live = Spool(str(tmp_path), prefix="live")
+        live.append(b"y")
+        an_hour_ago = time.time() - 3600
+        for path in (killed, live.path):
+            os.utime(path, (an_hour_ago, an_hour_ago))
+        assert remove_abandoned(str(tmp_path)) == [], "a file whose writer is alive was removed"
+    finally:
+        writer.kill()
+        writer.wait()
+    assert remove_abandoned(str(tmp_path)) == [str(killed)]
+    assert not killed.exists()
+    assert live.path.exists(), "this process still writes it"
+    # A fresh file without a lock may be a spool between creation and locking: left alone.
+    fresh = tmp_path / ".fresh-0.spool"
+    fresh.write_bytes(b"z")
+    assert remove_abandoned(str(tmp_path)) == []
+    live.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".fresh-0.spool"]

@@ -23,7 +23,7 @@ from ..config import Config
 from ..errors import EtcdBackupError, EtcdUnavailable, IntegrityError, OperationalError
 from ..etcdclient import Member, MemberStatus, connect_healthy, hexid
 from ..model import TRAILER, Check, Manifest, Verification, new_snapshot_id, rfc3339, utcnow
-from ..spool import Spool
+from ..spool import Spool, remove_abandoned
 from ..storage import SnapshotStore
 
 log = structlog.get_logger(__name__)
@@ -193,8 +193,12 @@ def snapshot_member(
     conn, status = member
     bound = log.bind(snapshot=snapshot_id, endpoint=conn.endpoint, backend=store.description)
     bound.info("snapshot started", stage="stream", reason=reason)
+    spool_dir = cfg.storage.spool_dir or getattr(store, "spool_dir", None)
+    leftovers = remove_abandoned(spool_dir)
+    if leftovers:
+        bound.info("abandoned spool files removed", paths=leftovers)
     spool = Spool(
-        cfg.storage.spool_dir or getattr(store, "spool_dir", None),
+        spool_dir,
         snapshot_id,
         durable=getattr(store, "links_spool", False),
     )

@@ -23,6 +23,7 @@ from ..errors import EtcdBackupError
 from ..manifest import Listing, Problem
 from ..model import id_time, rfc3339
 from ..retention import Decision, Policy, apply_policy
+from ..spool import remove_abandoned
 from ..storage import Debris, ObjectInfo, SnapshotStore
 
 log = structlog.get_logger(__name__)
@@ -185,10 +186,11 @@ _LOCAL_PATTERNS = (".*.spool", ".*-download-*.part", ".*-db-*.part", "etcd-backu
 
 
 def clean_local_debris(directory: str | None, max_age: float, now: datetime | None = None) -> list[str]:
-    """Spool files and drill dirs a killed run left in the spool directory, older than `max_age`."""
+    """What a killed run left in the spool directory: abandoned spool files at once, download
+    files and drill dirs once older than `max_age`."""
     root = Path(directory or tempfile.gettempdir())
     now_ts = (now or datetime.now(UTC)).timestamp()
-    removed: list[str] = []
+    removed = remove_abandoned(directory)  # whatever their age
     for pattern in _LOCAL_PATTERNS:
         for path in root.glob(pattern):
             try:
