@@ -25,11 +25,13 @@ def doctor_json(env: dict[str, str], expect: int) -> dict:
     return json.loads(r.stdout)
 
 
-def add_member_without_starting(cluster: Cluster, peer_url: str, timeout: float = 30) -> str:
+def add_member_without_starting(cluster: Cluster, peer_url: str, timeout: float = 30, *, learner: bool = False) -> str:
     """`etcdctl member add`, retried while etcd says it is too soon after start; returns the hex id."""
     deadline = time.monotonic() + timeout
+    extra = ["--learner"] if learner else []
     while True:
-        out = cluster.etcdctl("member", "add", "extra", f"--peer-urls={peer_url}", "-w", "json", check=False)
+        out = cluster.etcdctl("member", "add", "extra", f"--peer-urls={peer_url}", *extra, "-w", "json",
+                              check=False)  # fmt: skip
         if out.strip():
             return format(json.loads(out)["member"]["ID"], "x")
         if time.monotonic() > deadline:
@@ -122,3 +124,20 @@ def test_added_member_that_never_started_in_one_member_cluster(etcd_cluster: Clu
     m1 = cluster.members[0]
     assert (f"restore single --snapshot {snap['id']} --name m1 --peer-url {m1.peer_url}"
             in d["recommendation"])  # fmt: skip
+
+
+@pytest.mark.parametrize("version", ["3.5", "3.4"])
+def test_unstarted_learner_does_not_count_against_quorum(etcd_cluster: ClusterFactory, tmp_path: Path,
+                                                          version: str) -> None:  # fmt: skip
+    """Scenario 2 done the recommended way (a learner first): a learner that never starts is not a
+    voter, so the one-member cluster keeps quorum and the advice is to remove it, not to restore."""
+    cluster = etcd_cluster(1, version=version)
+    env = config_env(cluster, f"file://{tmp_path}/store", etcd__dial_timeout="2s")
+    member_id = add_member_without_starting(cluster, f"http://127.0.0.1:{free_port()}", learner=True)
+
+    d = doctor_json(env, expect=1)
+    assert d["scenario"] == "unstarted-member" and d["quorum"] is True, d
+    learner = next(m for m in d["members"] if m["id"] == member_id)
+    assert learner["learner"] is True and learner["started"] is False
+    assert next(m for m in d["members"] if m["id"] != member_id)["learner"] is False
+    assert f"member remove {member_id}" in d["recommendation"]

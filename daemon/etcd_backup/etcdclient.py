@@ -94,6 +94,19 @@ def _describe(exc: grpc.RpcError) -> str:
     return f"{name}: {(details or '').splitlines()[0] if details else ''}".rstrip(": ")
 
 
+def _newer_fields(msg: Any, number: int) -> list[Any]:
+    """Values of field `number` that python3-etcd3's protos (older than etcd 3.4) do not declare:
+    protobuf keeps them as unknown fields. Varints come back as int, strings as bytes."""
+    from google.protobuf.unknown_fields import UnknownFieldSet
+
+    return [f.data for f in UnknownFieldSet(msg) if f.field_number == number]
+
+
+def _newer_field(msg: Any, number: int, default: Any) -> Any:
+    values = _newer_fields(msg, number)
+    return values[-1] if values else default
+
+
 class Member:
     """A connection to one endpoint."""
 
@@ -165,12 +178,12 @@ class Member:
             cluster_id=r.header.cluster_id,
             version=r.version,
             db_size=r.dbSize,
-            db_size_in_use=getattr(r, "dbSizeInUse", 0),
+            db_size_in_use=int(_newer_field(r, 9, 0)),
             leader=r.leader,
             raft_index=r.raftIndex,
             raft_term=r.raftTerm,
-            is_learner=bool(getattr(r, "isLearner", False)),
-            errors=tuple(getattr(r, "errors", ())),
+            is_learner=bool(_newer_field(r, 10, 0)),
+            errors=tuple(bytes(e).decode(errors="replace") for e in _newer_fields(r, 8)),
             revision=r.header.revision,
         )
 
@@ -180,9 +193,7 @@ class Member:
             lambda: self.client.clusterstub.MemberList(self._rpc.MemberListRequest(), **self._kw()),
         )
         return [
-            MemberInfo(
-                m.ID, m.name, tuple(m.peerURLs), tuple(m.clientURLs), bool(getattr(m, "isLearner", False))
-            )
+            MemberInfo(m.ID, m.name, tuple(m.peerURLs), tuple(m.clientURLs), bool(_newer_field(m, 5, 0)))
             for m in r.members
         ]
 
