@@ -143,8 +143,9 @@ def main() -> None:
         print(f"filled etcd to ~{args.size_mb} MiB in {time.perf_counter() - t:.1f}s")
         import boto3
 
-        boto3.client("s3", endpoint_url=moto_url, **{k.lower(): v for k, v in AWS.items()
-                     if k != "AWS_DEFAULT_REGION"}, region_name="us-east-1").create_bucket(Bucket="bench")  # fmt: skip
+        s3 = boto3.client("s3", endpoint_url=moto_url, **{k.lower(): v for k, v in AWS.items()
+                          if k != "AWS_DEFAULT_REGION"}, region_name="us-east-1")  # fmt: skip
+        s3.create_bucket(Bucket="bench")
         print(f"{'storage':8} {'run':>3} {'baseline s':>10} {'ours s':>8} {'ratio':>6} "
               f"{'base RSS MiB':>12} {'ours RSS MiB':>12}")  # fmt: skip
         for kind in args.storage.split(","):
@@ -159,6 +160,11 @@ def main() -> None:
                       f"{orss / 1024:>12.1f}   (etcd-backup used {cpu:.1f} CPU s)")  # fmt: skip
                 shutil.rmtree(work / "ours-store", ignore_errors=True)
                 shutil.rmtree(work / "baseline-store", ignore_errors=True)
+                # Every run starts from the same store: moto keeps objects in its own process, so
+                # each kept 1 GiB snapshot would make the next run's S3 slower than the one before.
+                for page in s3.get_paginator("list_objects_v2").paginate(Bucket="bench"):
+                    for obj in page.get("Contents", []):
+                        s3.delete_object(Bucket="bench", Key=obj["Key"])
         snap = work / "verify.db"
         subprocess.run([find_binary("etcdctl"), f"--endpoints={client_url}", "snapshot", "save", str(snap)],
                        check=True, capture_output=True, env={**os.environ, "ETCDCTL_API": "3"})  # fmt: skip
