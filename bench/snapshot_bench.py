@@ -22,6 +22,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "daemon"))
@@ -32,20 +33,22 @@ from etcd_backup.etcdproc import find_binary, free_port, start_member, wait_heal
 AWS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-CPU: dict[str, float] = {}  # CPU seconds (user + system) of the last measured command, by its first word
+class Measured(NamedTuple):
+    seconds: float  # wall time
+    rss_kib: int  # peak RSS
+    cpu: float  # user + system seconds
 
 
-def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of one child process; its CPU seconds go to CPU."""
+def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> Measured:
+    """Wall seconds, peak RSS and CPU seconds of one child process."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
-    CPU[Path(cmd[0]).name] = usage.ru_utime + usage.ru_stime
     if os.waitstatus_to_exitcode(status) != 0:
         err = proc.stderr.read().decode()[-500:] if proc.stderr else ""
         raise SystemExit(f"{' '.join(cmd[:3])} failed: {err}")
-    return elapsed, usage.ru_maxrss
+    return Measured(elapsed, usage.ru_maxrss, usage.ru_utime + usage.ru_stime)
 
 
 def fill(endpoint: str, size_mb: int) -> None:
@@ -94,21 +97,21 @@ def baseline(kind: str, endpoint: str, moto: str, bucket: str, work: Path) -> tu
     snap = work / "baseline.db"
     snap.unlink(missing_ok=True)
     env = {**os.environ, "ETCDCTL_API": "3", **AWS}
-    t1, r1 = run_measured([etcdctl, f"--endpoints={endpoint}", "snapshot", "save", str(snap)], env)
-    t2, r2 = run_measured(["sha256sum", str(snap)])
+    t1, r1, _ = run_measured([etcdctl, f"--endpoints={endpoint}", "snapshot", "save", str(snap)], env)
+    t2, r2, _ = run_measured(["sha256sum", str(snap)])
     if kind == "s3":
-        t3, r3 = run_measured([sys.executable, "-c", UPLOAD, moto, str(snap), bucket, "baseline/snap.db"], env)
+        t3, r3, _ = run_measured([sys.executable, "-c", UPLOAD, moto, str(snap), bucket, "baseline/snap.db"], env)
     else:
         dest = work / "baseline-store"
         dest.mkdir(exist_ok=True)
-        t3, r3 = run_measured(["cp", str(snap), str(dest / "snap.db")])
+        t3, r3, _ = run_measured(["cp", str(snap), str(dest / "snap.db")])
     snap.unlink()
     print(f"  baseline parts: save {t1:.2f}s  sha256sum {t2:.2f}s  {'upload' if kind == 's3' else 'cp'} {t3:.2f}s",
           flush=True)  # fmt: skip
     return t1 + t2 + t3, max(r1, r2, r3)
 
 
-def ours(kind: str, endpoint: str, moto: str, bucket: str, work: Path, *, concurrency: int) -> tuple[float, int]:
+def ours(kind: str, endpoint: str, moto: str, bucket: str, work: Path, *, concurrency: int) -> Measured:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_BACKUP_")}
     env.update(AWS)
     env.update({"ETCD_BACKUP_ETCD__ENDPOINTS": endpoint, "ETCD_BACKUP_LOG__LEVEL": "warning",
@@ -154,8 +157,7 @@ def main() -> None:
                 os.sync()
                 bt, br = baseline(kind, client_url, moto_url, "bench", work)
                 os.sync()
-                ot, orss = ours(kind, client_url, moto_url, "bench", work, concurrency=args.concurrency)
-                cpu = CPU[Path(sys.executable).name]
+                ot, orss, cpu = ours(kind, client_url, moto_url, "bench", work, concurrency=args.concurrency)
                 print(f"{kind:8} {run:>3} {bt:>10.2f} {ot:>8.2f} {ot / bt:>6.2f} {br / 1024:>12.1f} "
                       f"{orss / 1024:>12.1f}   (etcd-backup used {cpu:.1f} CPU s)")  # fmt: skip
                 shutil.rmtree(work / "ours-store", ignore_errors=True)

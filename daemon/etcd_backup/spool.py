@@ -38,7 +38,8 @@ def remove_abandoned(directory: str | None, grace: float = _GRACE) -> list[str]:
         except OSError:
             continue
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode) or time.time() - os.fstat(fd).st_mtime < grace:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or time.time() - st.st_mtime < grace:
                 continue
             # Busy: a writer holds it. Any other failure (no locks on this filesystem): leave the
             # file to the age-based sweep.
