@@ -25,9 +25,7 @@ from etcd_backup.etcdproc import find_binary, scratch_member
 
 
 def _post(endpoint: str, path: str, body: object) -> dict[str, object]:
-    req = urllib.request.Request(
-        endpoint + path, json.dumps(body).encode(), {"Content-Type": "application/json"}
-    )
+    req = urllib.request.Request(endpoint + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=120) as resp:
         result: dict[str, object] = json.loads(resp.read())
         return result
@@ -57,9 +55,8 @@ def make_snapshot(workdir: Path, gib: float, vmin: int, vmax: int) -> Path:
                 key = f"/registry/bench/{n:09d}".encode()
                 value = rng.randbytes(size)
                 ops.append(
-                    {"requestPut": {"key": base64.b64encode(key).decode(),
-                                    "value": base64.b64encode(value).decode()}}
-                )  # fmt: skip
+                    {"requestPut": {"key": base64.b64encode(key).decode(), "value": base64.b64encode(value).decode()}}
+                )
                 batch += size + len(key)
                 n += 1
             _post(member.client_url, "/v3/kv/txn", {"success": ops})
@@ -115,8 +112,12 @@ def main() -> None:
     ).stdout
     print(f"etcdutl snapshot status: {time.perf_counter() - t0:.2f}s {out.strip()}")
     ref = json.loads(out)
-    ours = {"hash": status.hash, "revision": status.revision, "totalKey": status.total_key,
-            "totalSize": status.total_size}  # fmt: skip
+    ours = {
+        "hash": status.hash,
+        "revision": status.revision,
+        "totalKey": status.total_key,
+        "totalSize": status.total_size,
+    }
     print("parity:", "OK" if ours == ref else f"MISMATCH ours={ours}")
     if not args.keep and not args.snapshot:
         subprocess.run(["rm", "-rf", str(snap.parent)], check=False)

@@ -47,8 +47,14 @@ def fill(endpoint: str, mib: int) -> int:
 
 
 def cli(env: dict[str, str], *args: str) -> dict:
-    r = subprocess.run([sys.executable, "-m", "etcd_backup", *args, "--output", "json"], env=env,
-                       capture_output=True, text=True, timeout=3600, check=False)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "etcd_backup", *args, "--output", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+    )
     if r.returncode != 0:
         raise SystemExit(f"etcd-backup {' '.join(args)} failed ({r.returncode}): {r.stderr.strip()}")
     result: dict = json.loads(r.stdout)
@@ -98,8 +104,10 @@ def main() -> None:
             env["ETCD_BACKUP_ETCD__ENDPOINTS"] = source.client_url
             t = time.monotonic()
             snap = cli(env, "snapshot")
-            print(f"snapshot {snap['id']}: {snap['db_size'] / MIB:.0f} MiB, {snap['keys']} keys, "
-                  f"{time.monotonic() - t:.1f}s")  # fmt: skip
+            print(
+                f"snapshot {snap['id']}: {snap['db_size'] / MIB:.0f} MiB, {snap['keys']} keys, "
+                f"{time.monotonic() - t:.1f}s"
+            )
         shutil.rmtree(work / "source")
         members = {f"m{i}": f"http://{LOOPBACK}:{free_port()}" for i in (1, 2, 3)}
         base = ["restore", "cluster", "--snapshot", snap["id"], "--data-dir", str(work / "{name}")]
@@ -120,8 +128,10 @@ def main() -> None:
         finally:
             keys.close()
         print(f"start to 3 healthy started members: {t2 - t1:.1f}s")
-        print(f"TOTAL restore cluster -> healthy 3-member cluster: {t2 - t0:.1f}s "
-              f"({snap['db_size'] / MIB:.0f} MiB snapshot)")  # fmt: skip
+        print(
+            f"TOTAL restore cluster -> healthy 3-member cluster: {t2 - t0:.1f}s "
+            f"({snap['db_size'] / MIB:.0f} MiB snapshot)"
+        )
     finally:
         for p in started:
             p.stop()

@@ -72,8 +72,9 @@ def start_moto(base: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     exe = shutil.which("moto_server", path=str(Path(sys.executable).parent))
     log = open(base / "moto.log", "wb")  # noqa: SIM115 - lives as long as the server
-    proc = subprocess.Popen([exe or "moto_server", "-H", "127.0.0.1", "-p", str(port)], stdout=log,
-                            stderr=subprocess.STDOUT)  # fmt: skip
+    proc = subprocess.Popen(
+        [exe or "moto_server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
     endpoint = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
@@ -106,17 +107,24 @@ def baseline(kind: str, endpoint: str, moto: str, bucket: str, work: Path) -> tu
         dest.mkdir(exist_ok=True)
         t3, r3, _ = run_measured(["cp", str(snap), str(dest / "snap.db")])
     snap.unlink()
-    print(f"  baseline parts: save {t1:.2f}s  sha256sum {t2:.2f}s  {'upload' if kind == 's3' else 'cp'} {t3:.2f}s",
-          flush=True)  # fmt: skip
+    print(
+        f"  baseline parts: save {t1:.2f}s  sha256sum {t2:.2f}s  {'upload' if kind == 's3' else 'cp'} {t3:.2f}s",
+        flush=True,
+    )
     return t1 + t2 + t3, max(r1, r2, r3)
 
 
 def ours(kind: str, endpoint: str, moto: str, bucket: str, work: Path, *, concurrency: int) -> Measured:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_BACKUP_")}
     env.update(AWS)
-    env.update({"ETCD_BACKUP_ETCD__ENDPOINTS": endpoint, "ETCD_BACKUP_LOG__LEVEL": "warning",
-                "ETCD_BACKUP_STORAGE__SPOOL_DIR": str(work / "spool"),
-                "ETCD_BACKUP_STORAGE__CONCURRENCY": str(concurrency)})  # fmt: skip
+    env.update(
+        {
+            "ETCD_BACKUP_ETCD__ENDPOINTS": endpoint,
+            "ETCD_BACKUP_LOG__LEVEL": "warning",
+            "ETCD_BACKUP_STORAGE__SPOOL_DIR": str(work / "spool"),
+            "ETCD_BACKUP_STORAGE__CONCURRENCY": str(concurrency),
+        }
+    )
     if kind == "s3":
         env.update({"ETCD_BACKUP_STORAGE__URL": f"s3://{bucket}/ours", "ETCD_BACKUP_STORAGE__ENDPOINT_URL": moto})
     else:
@@ -135,9 +143,15 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="etcd-backup-bench-", dir=args.workdir))
     client_url, peer_url = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
-    etcd = start_member(find_binary("etcd"), name="bench", data_dir=work / "etcd", client_url=client_url,
-                        peer_url=peer_url, extra_args=["--quota-backend-bytes=17179869184"],
-                        log_path=work / "etcd.log")  # fmt: skip
+    etcd = start_member(
+        find_binary("etcd"),
+        name="bench",
+        data_dir=work / "etcd",
+        client_url=client_url,
+        peer_url=peer_url,
+        extra_args=["--quota-backend-bytes=17179869184"],
+        log_path=work / "etcd.log",
+    )
     moto, moto_url = start_moto(work)
     try:
         wait_healthy(client_url, 30, etcd)
@@ -146,11 +160,17 @@ def main() -> None:
         print(f"filled etcd to ~{args.size_mb} MiB in {time.perf_counter() - t:.1f}s")
         import boto3
 
-        s3 = boto3.client("s3", endpoint_url=moto_url, **{k.lower(): v for k, v in AWS.items()
-                          if k != "AWS_DEFAULT_REGION"}, region_name="us-east-1")  # fmt: skip
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=moto_url,
+            **{k.lower(): v for k, v in AWS.items() if k != "AWS_DEFAULT_REGION"},
+            region_name="us-east-1",
+        )
         s3.create_bucket(Bucket="bench")
-        print(f"{'storage':8} {'run':>3} {'baseline s':>10} {'ours s':>8} {'ratio':>6} "
-              f"{'base RSS MiB':>12} {'ours RSS MiB':>12}")  # fmt: skip
+        print(
+            f"{'storage':8} {'run':>3} {'baseline s':>10} {'ours s':>8} {'ratio':>6} "
+            f"{'base RSS MiB':>12} {'ours RSS MiB':>12}"
+        )
         for kind in args.storage.split(","):
             for run in range(1, args.runs + 1):
                 # Flush dirty pages first so neither side pays for the other's writeback.
@@ -158,8 +178,10 @@ def main() -> None:
                 bt, br = baseline(kind, client_url, moto_url, "bench", work)
                 os.sync()
                 ot, orss, cpu = ours(kind, client_url, moto_url, "bench", work, concurrency=args.concurrency)
-                print(f"{kind:8} {run:>3} {bt:>10.2f} {ot:>8.2f} {ot / bt:>6.2f} {br / 1024:>12.1f} "
-                      f"{orss / 1024:>12.1f}   (etcd-backup used {cpu:.1f} CPU s)")  # fmt: skip
+                print(
+                    f"{kind:8} {run:>3} {bt:>10.2f} {ot:>8.2f} {ot / bt:>6.2f} {br / 1024:>12.1f} "
+                    f"{orss / 1024:>12.1f}   (etcd-backup used {cpu:.1f} CPU s)"
+                )
                 shutil.rmtree(work / "ours-store", ignore_errors=True)
                 shutil.rmtree(work / "baseline-store", ignore_errors=True)
                 # Every run starts from the same store: moto keeps objects in its own process, so
@@ -168,12 +190,18 @@ def main() -> None:
                     for obj in page.get("Contents", []):
                         s3.delete_object(Bucket="bench", Key=obj["Key"])
         snap = work / "verify.db"
-        subprocess.run([find_binary("etcdctl"), f"--endpoints={client_url}", "snapshot", "save", str(snap)],
-                       check=True, capture_output=True, env={**os.environ, "ETCDCTL_API": "3"})  # fmt: skip
+        subprocess.run(
+            [find_binary("etcdctl"), f"--endpoints={client_url}", "snapshot", "save", str(snap)],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "ETCDCTL_API": "3"},
+        )
         t = time.perf_counter()
         status = bbolt.check(snap, size=snap.stat().st_size - 32)
-        print(f"structural verification of {snap.stat().st_size / 2**20:.0f} MiB: "
-              f"{time.perf_counter() - t:.2f}s (revision {status.revision}, {status.total_key} entries)")
+        print(
+            f"structural verification of {snap.stat().st_size / 2**20:.0f} MiB: "
+            f"{time.perf_counter() - t:.2f}s (revision {status.revision}, {status.total_key} entries)"
+        )
     finally:
         etcd.stop()
         moto.terminate()

@@ -21,5 +21,6 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
 fi
 
 .venv/bin/ruff check daemon tests bench
+.venv/bin/ruff format --check daemon tests bench
 .venv/bin/mypy daemon/etcd_backup
 exec .venv/bin/pytest "$@"

@@ -91,12 +91,12 @@ class Cluster:
 
     def etcdctl(self, *args: str, endpoints: list[str] | None = None, check: bool = True) -> str:
         eps = endpoints or [m.client_url for m in self.members if m.alive()]
-        cmd = [self.tools.etcdctl, f"--endpoints={','.join(eps)}", "--dial-timeout=3s",
-               "--command-timeout=10s"]  # fmt: skip
+        cmd = [self.tools.etcdctl, f"--endpoints={','.join(eps)}", "--dial-timeout=3s", "--command-timeout=10s"]
         if self.tls:
             cmd += [f"--cacert={self.tls.ca}", f"--cert={self.tls.client_cert}", f"--key={self.tls.client_key}"]
-        proc = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=60,
-                              env={**os.environ, "ETCDCTL_API": "3"})  # fmt: skip
+        proc = subprocess.run(
+            [*cmd, *args], capture_output=True, text=True, timeout=60, env={**os.environ, "ETCDCTL_API": "3"}
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"etcdctl {' '.join(args)} failed: {proc.stderr.strip()}")
         return proc.stdout
@@ -130,11 +130,20 @@ def _wait_tls(cluster: Cluster, m: EtcdProcess, timeout: float) -> None:
         if not m.alive():
             raise AssertionError(f"etcd {m.name} exited: {m.log_tail()}")
         r = subprocess.run(
-            [cluster.tools.etcdctl, f"--endpoints={m.client_url}", f"--cacert={cluster.tls.ca}",  # type: ignore[union-attr]
-             f"--cert={cluster.tls.client_cert}", f"--key={cluster.tls.client_key}",  # type: ignore[union-attr]
-             "endpoint", "health"],
-            capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"}, timeout=30,
-        )  # fmt: skip
+            [
+                cluster.tools.etcdctl,
+                f"--endpoints={m.client_url}",
+                f"--cacert={cluster.tls.ca}",  # type: ignore[union-attr]
+                f"--cert={cluster.tls.client_cert}",
+                f"--key={cluster.tls.client_key}",  # type: ignore[union-attr]
+                "endpoint",
+                "health",
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "ETCDCTL_API": "3"},
+            timeout=30,
+        )
         if r.returncode == 0:
             return
         time.sleep(0.2)
@@ -149,8 +158,9 @@ def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterFa
     """Factory: etcd_cluster(size=1, version="3.5", tls=None, extra_args=[]) -> a running Cluster."""
     clusters: list[Cluster] = []
 
-    def make(size: int = 1, version: str = "3.5", tls: TLSFiles | None = None,
-             extra_args: list[str] | None = None) -> Cluster:  # fmt: skip
+    def make(
+        size: int = 1, version: str = "3.5", tls: TLSFiles | None = None, extra_args: list[str] | None = None
+    ) -> Cluster:
         tools = tools_35() if version == "3.5" else tools_34()
         base = tmp_path_factory.mktemp(f"etcd{version.replace('.', '')}-")
         scheme = "https" if tls else "http"
@@ -160,15 +170,27 @@ def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterFa
         token = f"test-{secrets.token_hex(4)}"
         args = list(extra_args or [])
         if tls:
-            args += [f"--cert-file={tls.server_cert}", f"--key-file={tls.server_key}",
-                     f"--trusted-ca-file={tls.ca}", "--client-cert-auth"]  # fmt: skip
+            args += [
+                f"--cert-file={tls.server_cert}",
+                f"--key-file={tls.server_key}",
+                f"--trusted-ca-file={tls.ca}",
+                "--client-cert-auth",
+            ]
         members = []
         for n in names:
-            members.append(start_member(
-                tools.etcd, name=n, data_dir=base / n, client_url=f"{scheme}://{LOOPBACK}:{free_port()}",
-                peer_url=peers[n], initial_cluster=initial, token=token, extra_args=args,
-                log_path=base / f"{n}.log",
-            ))  # fmt: skip
+            members.append(
+                start_member(
+                    tools.etcd,
+                    name=n,
+                    data_dir=base / n,
+                    client_url=f"{scheme}://{LOOPBACK}:{free_port()}",
+                    peer_url=peers[n],
+                    initial_cluster=initial,
+                    token=token,
+                    extra_args=args,
+                    log_path=base / f"{n}.log",
+                )
+            )
         cluster = Cluster(tools, base, members, token, tls, list(extra_args or []))
         clusters.append(cluster)
         _wait_cluster(cluster)
@@ -211,8 +233,9 @@ def _make_tls(base: Path) -> TLSFiles:
         return ec.generate_private_key(ec.SECP256R1())
 
     def write_key(k: ec.EllipticCurvePrivateKey, path: Path) -> str:
-        path.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                         serialization.NoEncryption()))  # fmt: skip
+        path.write_bytes(
+            k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        )
         return str(path)
 
     def write_cert(c: x509.Certificate, path: Path) -> str:
@@ -222,29 +245,47 @@ def _make_tls(base: Path) -> TLSFiles:
     def ca(name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         k = key()
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(k.public_key())
-                .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-                .not_valid_after(now + dt.timedelta(days=2))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                .sign(k, hashes.SHA256()))  # fmt: skip
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(k.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(k, hashes.SHA256())
+        )
         return cert, k
 
-    def leaf(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, cn: str,
-             usage: list[x509.ObjectIdentifier]) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:  # fmt: skip
+    def leaf(
+        ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, cn: str, usage: list[x509.ObjectIdentifier]
+    ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         k = key()
-        cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-                .issuer_name(ca_cert.subject).public_key(k.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-                .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(LOOPBACK)),
-                                                            x509.DNSName("localhost")]), critical=False)
-                .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
-                .sign(ca_key, hashes.SHA256()))  # fmt: skip
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+            .issuer_name(ca_cert.subject)
+            .public_key(k.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.IPAddress(ipaddress.ip_address(LOOPBACK)), x509.DNSName("localhost")]
+                ),
+                critical=False,
+            )
+            .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
         return cert, k
 
     ca_cert, ca_key = ca("etcd-test-ca")
     other_cert, _ = ca("some-other-ca")
-    s_cert, s_key = leaf(ca_cert, ca_key, "etcd-server",
-                         [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
+    s_cert, s_key = leaf(
+        ca_cert, ca_key, "etcd-server", [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    )
     c_cert, c_key = leaf(ca_cert, ca_key, "etcd-backup", [ExtendedKeyUsageOID.CLIENT_AUTH])
     return TLSFiles(
         ca=write_cert(ca_cert, base / "ca.crt"),
@@ -272,9 +313,13 @@ class S3Server:
     def client(self) -> Any:
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                            aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
-                            aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+        )
 
 
 @pytest.fixture(scope="session")
@@ -312,8 +357,11 @@ class Bucket:
         return f"s3://{self.name}/{self.prefix}"
 
     def env(self) -> dict[str, str]:
-        return {**AWS_ENV, "ETCD_BACKUP_STORAGE__URL": self.url,
-                "ETCD_BACKUP_STORAGE__ENDPOINT_URL": self.server.endpoint}  # fmt: skip
+        return {
+            **AWS_ENV,
+            "ETCD_BACKUP_STORAGE__URL": self.url,
+            "ETCD_BACKUP_STORAGE__ENDPOINT_URL": self.server.endpoint,
+        }
 
     def keys(self) -> list[str]:
         c = self.server.client()
@@ -345,11 +393,18 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-            timeout: float = 180) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
     """Run `etcd-backup ARGS` exactly as an operator would (a fresh process)."""
-    return subprocess.run([sys.executable, "-m", "etcd_backup", *args], capture_output=True, text=True,
-                          env=env if env is not None else clean_env(), cwd=cwd, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "etcd_backup", *args],
+        capture_output=True,
+        text=True,
+        env=env if env is not None else clean_env(),
+        cwd=cwd,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -380,7 +435,7 @@ def config_env(cluster: Cluster | None = None, store_url: str | None = None, **s
 def flag_value(flags: list[str], name: str) -> str:
     """The value of `--name=value` in a list of etcd flags."""
     prefix = f"--{name}="
-    found = [f[len(prefix):] for f in flags if f.startswith(prefix)]
+    found = [f[len(prefix) :] for f in flags if f.startswith(prefix)]
     if len(found) != 1:
         raise AssertionError(f"expected exactly one --{name} in {flags}")
     return found[0]
@@ -405,10 +460,16 @@ def start_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartEtcd]:
         args = [*flags, f"--listen-client-urls={client_url}", f"--advertise-client-urls={client_url}"]
         log = logs / f"{name}-{len(started)}.log"
         with open(log, "ab") as out:
-            proc = subprocess.Popen([binary, *args], stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)  # fmt: skip
-        member = EtcdProcess(name, Path(flag_value(flags, "data-dir")), client_url,
-                             flag_value(flags, "initial-advertise-peer-urls"), proc, log, args)  # fmt: skip
+            proc = subprocess.Popen([binary, *args], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        member = EtcdProcess(
+            name,
+            Path(flag_value(flags, "data-dir")),
+            client_url,
+            flag_value(flags, "initial-advertise-peer-urls"),
+            proc,
+            log,
+            args,
+        )
         started.append(member)
         return member
 
@@ -432,8 +493,14 @@ class DaemonProcess:
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
 
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, bytes]:  # fmt: skip
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 60,
+    ) -> tuple[int, bytes]:
         import urllib.error
 
         req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
@@ -518,8 +585,13 @@ def start_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonFac
         env = {**env, "ETCD_BACKUP_SERVER__LISTEN": f"{LOOPBACK}:{port}"}
         log_path = tmp_path_factory.mktemp("daemon") / "daemon.log"
         with open(log_path, "wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "etcd_backup", "run"], env=env,
-                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "etcd_backup", "run"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         daemon = DaemonProcess(proc, port, log_path)
         started.append(daemon)
         if wait:
@@ -539,8 +611,9 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs (we run as root in CI); skipped only where mounting is refused."""
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True,
-                       text=True, check=False)  # fmt: skip
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True, check=False
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.strip()}")
     try:

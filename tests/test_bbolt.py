@@ -488,9 +488,7 @@ class BoltWriter:
         for pgid, page in self.pages.items():
             out[pgid * self.ps : pgid * self.ps + len(page)] = page
         for index, txid in ((0, 7), (1, 6)):
-            meta = struct.pack(
-                "<IIIIQQQQQ", 0xED0CDAED, 2, self.ps, 0, root, 0, freelist_pgid, self.next, txid
-            )
+            meta = struct.pack("<IIIIQQQQQ", 0xED0CDAED, 2, self.ps, 0, root, 0, freelist_pgid, self.next, txid)
             head = struct.pack("<QHHI", index, 0x04, 0, 0)
             out[index * self.ps : index * self.ps + 80] = head + meta + struct.pack("<Q", _fnv1a64(meta))
         path.write_bytes(out)

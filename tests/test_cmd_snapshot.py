@@ -58,8 +58,9 @@ def test_dead_first_endpoint_does_not_matter(etcd_single: Cluster, tmp_path: Pat
 def test_all_endpoints_down_is_operational_failure(tmp_path: Path) -> None:
     from etcd_backup.etcdproc import free_port
 
-    env = config_env(None, f"file://{tmp_path}/store", etcd__endpoints=f"http://127.0.0.1:{free_port()}",
-                     etcd__dial_timeout="1s")
+    env = config_env(
+        None, f"file://{tmp_path}/store", etcd__endpoints=f"http://127.0.0.1:{free_port()}", etcd__dial_timeout="1s"
+    )
     r = run_cli("snapshot", env=env)
     assert r.returncode == 1
     assert "etcd" in r.stderr and "Traceback" not in r.stderr
@@ -93,8 +94,12 @@ def test_s3_snapshot_list_verify_fetch(etcd_single: Cluster, s3_bucket: Bucket, 
     r = run_cli("fetch", first["id"], "--to", str(dest), env=env)
     assert r.returncode == 0, r.stderr
     assert dest.stat().st_mode & 0o777 == 0o600
-    status = subprocess.run([etcd_single.tools.etcdutl, "snapshot", "status", str(dest), "-w", "json"],
-                            capture_output=True, text=True, check=True)  # fmt: skip
+    status = subprocess.run(
+        [etcd_single.tools.etcdutl, "snapshot", "status", str(dest), "-w", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(status.stdout)["revision"] == first["revision"]
     for secret in AWS_ENV.values():
         if "secret" in secret:

@@ -37,8 +37,9 @@ def test_verify_good_snapshot(stored: tuple[dict, dict[str, str], Path]) -> None
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
-def test_verify_and_fetch_damaged_object_exit_3(stored: tuple[dict, dict[str, str], Path], tmp_path: Path,
-                                                damage: str) -> None:  # fmt: skip
+def test_verify_and_fetch_damaged_object_exit_3(
+    stored: tuple[dict, dict[str, str], Path], tmp_path: Path, damage: str
+) -> None:
     m, env, store = stored
     data = store / m["object_key"]
     if damage == "flip":

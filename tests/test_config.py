@@ -33,8 +33,10 @@ def test_defaults_work_on_a_laptop() -> None:
 
 def test_file_then_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     f = tmp_path / "c.toml"
-    f.write_text('[etcd]\nendpoints = ["http://a:1", "http://b:2"]\n[retention]\nkeep_last = 3\ndaily = 2\n'
-                 '[storage]\nurl = "s3://bkt/pre"\npart_size = "16MiB"\n[verify]\nrestore_drill = "off"\n')  # fmt: skip
+    f.write_text(
+        '[etcd]\nendpoints = ["http://a:1", "http://b:2"]\n[retention]\nkeep_last = 3\ndaily = 2\n'
+        '[storage]\nurl = "s3://bkt/pre"\npart_size = "16MiB"\n[verify]\nrestore_drill = "off"\n'
+    )
     monkeypatch.setenv("ETCD_BACKUP_RETENTION__DAILY", "9")
     monkeypatch.setenv("ETCD_BACKUP_SCHEDULE__INTERVAL", "1h30m")
     cfg = config.load(str(f))
@@ -70,7 +72,7 @@ def test_config_path_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
         ('[etcd]\ncert = "/etc/hostname"\n', "cert and key"),
         ('[storage]\nurl = "ftp://x"\n', "storage.url"),
         ('[storage]\npart_size = "1KiB"\n', "storage.part_size"),
-        ("[storage]\nconcurrency = \"lots\"\n", "storage.concurrency"),
+        ('[storage]\nconcurrency = "lots"\n', "storage.concurrency"),
         ('[server]\ntoken_file = "/no/token"\n', "/no/token"),
         ('[log]\nlevel = "verbose"\n', "log.level"),
         ("[retention\n", "not valid TOML"),
@@ -106,15 +108,15 @@ def test_usage_error_is_exit_2() -> None:
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("5m", 300), ("24h", 86400), ("7d", 604800),
-                                                ("1h30m", 5400), ("250ms", 0.25), ("45", 45)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30), ("5m", 300), ("24h", 86400), ("7d", 604800), ("1h30m", 5400), ("250ms", 0.25), ("45", 45)],
+)
 def test_durations(text: str, seconds: float) -> None:
     assert config.parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize(
-    ("text", "size"), [("16MiB", 16 * 2**20), ("1GiB", 2**30), ("64M", 64 * 10**6), (1024, 1024)]
-)
+@pytest.mark.parametrize(("text", "size"), [("16MiB", 16 * 2**20), ("1GiB", 2**30), ("64M", 64 * 10**6), (1024, 1024)])
 def test_sizes(text: str | int, size: int) -> None:
     assert config.parse_size(text) == size
 

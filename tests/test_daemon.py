@@ -73,18 +73,28 @@ def test_daemon_schedule_retention_http_and_sigterm(
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")  # a trailing newline is fine
     notify = NotifySocket()
-    env = config_env(etcd_single, f"file://{store}", schedule__interval="2s", verify__restore_drill="off",
-                     server__token_file=str(token_file), **KEEP_ONLY_LAST_3)  # fmt: skip
+    env = config_env(
+        etcd_single,
+        f"file://{store}",
+        schedule__interval="2s",
+        verify__restore_drill="off",
+        server__token_file=str(token_file),
+        **KEEP_ONLY_LAST_3,
+    )
     env.update(NOTIFY_SOCKET=notify.name, WATCHDOG_USEC="1000000")
     d = start_daemon(env)
 
     # Several scheduled snapshots, and retention after each keeps exactly the newest three.
-    d.wait_until(lambda: d.metrics().get('etcd_backup_snapshots_total{reason="schedule"}', 0) >= 5, 40,
-                 "five scheduled snapshots")  # fmt: skip
+    d.wait_until(
+        lambda: d.metrics().get('etcd_backup_snapshots_total{reason="schedule"}', 0) >= 5,
+        40,
+        "five scheduled snapshots",
+    )
     d.wait_until(lambda: len(manifests_in(store)) == 3, 10, "retention down to keep_last 3")
     assert {m["reason"] for m in manifests_in(store)} == {"schedule"}
-    assert any(e.get("event") == "snapshot deleted" and e.get("reason", "").startswith("outside policy")
-               for e in d.logs())  # fmt: skip
+    assert any(
+        e.get("event") == "snapshot deleted" and e.get("reason", "").startswith("outside policy") for e in d.logs()
+    )
 
     assert d.request("GET", "/healthz")[0] == 200
     d.wait_until(lambda: d.request("GET", "/readyz")[0] == 200, 10, "/readyz 200")
@@ -121,8 +131,7 @@ def test_daemon_schedule_retention_http_and_sigterm(
 
     # A member-list change triggers a "member-change" snapshot soon after.
     etcd_single.etcdctl("member", "add", "learner1", "--learner", f"--peer-urls=http://127.0.0.1:{free_port()}")
-    d.wait_until(lambda: any(m["reason"] == "member-change" for m in manifests_in(store)), 20,
-                 "member-change snapshot")  # fmt: skip
+    d.wait_until(lambda: any(m["reason"] == "member-change" for m in manifests_in(store)), 20, "member-change snapshot")
 
     # Every log line of a snapshot names it and its stage; durations are recorded.
     stored = [e for e in d.logs() if e.get("event") == "snapshot stored"]
@@ -148,8 +157,16 @@ def test_sigterm_during_upload_leaves_nothing_half_done(
         client.put(f"/big/{i:03d}", blob)
     client.close()
     # No snapshot in storage yet: the daemon takes one right at start (catch-up).
-    env = {**config_env(etcd_single, schedule__interval="1h", verify__restore_drill="off",
-                        storage__part_size="5MiB", storage__concurrency="2"), **s3_bucket.env()}  # fmt: skip
+    env = {
+        **config_env(
+            etcd_single,
+            schedule__interval="1h",
+            verify__restore_drill="off",
+            storage__part_size="5MiB",
+            storage__concurrency="2",
+        ),
+        **s3_bucket.env(),
+    }
     d = start_daemon(env)
     # Stop it while the multipart upload is under way.
     d.wait_until(s3_bucket.uploads, 30, "multipart upload in progress")
@@ -162,8 +179,14 @@ def test_sigterm_during_upload_leaves_nothing_half_done(
 
 
 def test_unreachable_etcd_is_live_but_not_ready(tmp_path: Path, start_daemon: DaemonFactory) -> None:
-    env = config_env(None, f"file://{tmp_path}/store", etcd__endpoints=f"http://127.0.0.1:{free_port()}",
-                     etcd__dial_timeout="1s", schedule__interval="4s", verify__restore_drill="off")  # fmt: skip
+    env = config_env(
+        None,
+        f"file://{tmp_path}/store",
+        etcd__endpoints=f"http://127.0.0.1:{free_port()}",
+        etcd__dial_timeout="1s",
+        schedule__interval="4s",
+        verify__restore_drill="off",
+    )
     d = start_daemon(env)
     assert d.request("GET", "/healthz")[0] == 200
     status, body = d.get_json("/readyz")
@@ -194,8 +217,13 @@ def test_missing_token_file_is_config_error(tmp_path: Path) -> None:
 
 def test_cron_schedule_catches_up_at_start(etcd_single: Cluster, tmp_path: Path, start_daemon: DaemonFactory) -> None:
     store = tmp_path / "store"
-    env = config_env(etcd_single, f"file://{store}", schedule__cron="0 */6 * * *", schedule__jitter="30s",
-                     verify__restore_drill="off")  # fmt: skip
+    env = config_env(
+        etcd_single,
+        f"file://{store}",
+        schedule__cron="0 */6 * * *",
+        schedule__jitter="30s",
+        verify__restore_drill="off",
+    )
     d = start_daemon(env)
     # Nothing in storage is younger than a period (6 h), so the first snapshot does not wait for 00/06/12/18h.
     d.wait_until(lambda: len(manifests_in(store)) == 1, 20, "catch-up snapshot")

@@ -50,9 +50,15 @@ def test_only_the_leaders_sidecar_snapshots_and_another_takes_over(
     keys_before = cluster.get_all()
     daemons: dict[str, DaemonProcess] = {}
     for member in cluster.members:
-        env = config_env(cluster, f"file://{store}", schedule__mode="sidecar", schedule__interval=f"{PERIOD:.0f}s",
-                         verify__restore_drill="off", etcd__endpoints=member.client_url,
-                         etcd__dial_timeout="1s")  # fmt: skip
+        env = config_env(
+            cluster,
+            f"file://{store}",
+            schedule__mode="sidecar",
+            schedule__interval=f"{PERIOD:.0f}s",
+            verify__restore_drill="off",
+            etcd__endpoints=member.client_url,
+            etcd__dial_timeout="1s",
+        )
         daemons[member.client_url] = start_daemon(env, wait=False)
     for d in daemons.values():
         d.wait_serving()

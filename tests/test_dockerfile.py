@@ -47,7 +47,7 @@ def test_image_recipe() -> None:
     ins = instructions()
     froms = [args for word, args in ins if word == "FROM"]
     assert all(f.startswith("python:3.11-slim") for f in froms)
-    final = ins[max(i for i, (word, _) in enumerate(ins) if word == "FROM"):]
+    final = ins[max(i for i, (word, _) in enumerate(ins) if word == "FROM") :]
     users = [args for word, args in final if word == "USER"]
     assert users and users[-1].split(":")[0] not in {"root", "0"}
     assert ("ENTRYPOINT", '["etcd-backup"]') in final
@@ -67,8 +67,13 @@ def healthcheck_command() -> list[str]:
 def test_healthcheck_command_probes_a_live_daemon(tmp_path: Path, start_daemon: DaemonFactory) -> None:
     cmd = healthcheck_command()
     assert cmd[0] == "python"
-    env = config_env(None, f"file://{tmp_path}/store", etcd__endpoints=f"http://127.0.0.1:{free_port()}",
-                     etcd__dial_timeout="1s", verify__restore_drill="off")  # fmt: skip
+    env = config_env(
+        None,
+        f"file://{tmp_path}/store",
+        etcd__endpoints=f"http://127.0.0.1:{free_port()}",
+        etcd__dial_timeout="1s",
+        verify__restore_drill="off",
+    )
     d = start_daemon(env)
     probe_env = {**os.environ, "ETCD_BACKUP_SERVER__LISTEN": f"0.0.0.0:{d.port}"}
     ok = subprocess.run([sys.executable, *cmd[1:]], env=probe_env, capture_output=True, timeout=30)
@@ -95,8 +100,12 @@ def test_sidecar_example_is_valid_configuration() -> None:
     listen = ServerConfig(listen=env["ETCD_BACKUP_SERVER__LISTEN"])
     assert listen.is_loopback() or env.get("ETCD_BACKUP_SERVER__TOKEN_FILE")
     # The values parse (files that exist only on a node are left out).
-    node_files = {"ETCD_BACKUP_ETCD__CACERT", "ETCD_BACKUP_ETCD__CERT", "ETCD_BACKUP_ETCD__KEY",
-                  "ETCD_BACKUP_SERVER__TOKEN_FILE"}  # fmt: skip
+    node_files = {
+        "ETCD_BACKUP_ETCD__CACERT",
+        "ETCD_BACKUP_ETCD__CERT",
+        "ETCD_BACKUP_ETCD__KEY",
+        "ETCD_BACKUP_SERVER__TOKEN_FILE",
+    }
     sections: dict[str, dict[str, str]] = {}
     for name, value in env.items():
         if name.startswith("ETCD_BACKUP_") and name not in node_files:

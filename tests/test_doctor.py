@@ -30,8 +30,7 @@ def add_member_without_starting(cluster: Cluster, peer_url: str, timeout: float 
     deadline = time.monotonic() + timeout
     extra = ["--learner"] if learner else []
     while True:
-        out = cluster.etcdctl("member", "add", "extra", f"--peer-urls={peer_url}", *extra, "-w", "json",
-                              check=False)  # fmt: skip
+        out = cluster.etcdctl("member", "add", "extra", f"--peer-urls={peer_url}", *extra, "-w", "json", check=False)
         if out.strip():
             return format(json.loads(out)["member"]["ID"], "x")
         if time.monotonic() > deadline:
@@ -73,15 +72,18 @@ def test_healthy_cluster_table_and_json(etcd_cluster: ClusterFactory, tmp_path: 
     assert backup["revision_gap"] >= 1 and backup["age_seconds"] >= 0
 
 
-def test_frozen_member_and_dead_endpoint_cost_one_timeout(etcd_cluster: ClusterFactory,
-                                                          tmp_path: Path) -> None:  # fmt: skip
+def test_frozen_member_and_dead_endpoint_cost_one_timeout(etcd_cluster: ClusterFactory, tmp_path: Path) -> None:
     cluster = etcd_cluster(3)
     dial_timeout = 3.0
     # Only m1 and an address nobody listens on are configured: the frozen member is found through
     # the member list, and probed in parallel with everything else.
     dead = f"http://127.0.0.9:{free_port()}"
-    env = config_env(cluster, f"file://{tmp_path}/store", etcd__dial_timeout=f"{dial_timeout:.0f}s",
-                     etcd__endpoints=f"{cluster.member('m1').client_url},{dead}")  # fmt: skip
+    env = config_env(
+        cluster,
+        f"file://{tmp_path}/store",
+        etcd__dial_timeout=f"{dial_timeout:.0f}s",
+        etcd__endpoints=f"{cluster.member('m1').client_url},{dead}",
+    )
     frozen = follower(cluster, exclude="m1")
     os.kill(frozen.process.pid, signal.SIGSTOP)
     try:
@@ -108,8 +110,7 @@ def test_storage_failure_is_reported_not_fatal(etcd_single: Cluster, tmp_path: P
     assert d["storage_error"] and any("storage" in p for p in d["problems"])
 
 
-def test_added_member_that_never_started_in_one_member_cluster(etcd_cluster: ClusterFactory,
-                                                               tmp_path: Path) -> None:  # fmt: skip
+def test_added_member_that_never_started_in_one_member_cluster(etcd_cluster: ClusterFactory, tmp_path: Path) -> None:
     """Scenario 2 growing 1 -> 2: the added member never starts, and the original loses quorum."""
     cluster = etcd_cluster(1)
     cluster.put("k", "v")
@@ -122,13 +123,13 @@ def test_added_member_that_never_started_in_one_member_cluster(etcd_cluster: Clu
     unstarted = next(m for m in d["members"] if not m["started"])
     assert unstarted["id"] == member_id and unstarted["name"] == "" and unstarted["client_urls"] == []
     m1 = cluster.members[0]
-    assert (f"restore single --snapshot {snap['id']} --name m1 --peer-url {m1.peer_url}"
-            in d["recommendation"])  # fmt: skip
+    assert f"restore single --snapshot {snap['id']} --name m1 --peer-url {m1.peer_url}" in d["recommendation"]
 
 
 @pytest.mark.parametrize("version", ["3.5", "3.4"])
-def test_unstarted_learner_does_not_count_against_quorum(etcd_cluster: ClusterFactory, tmp_path: Path,
-                                                          version: str) -> None:  # fmt: skip
+def test_unstarted_learner_does_not_count_against_quorum(
+    etcd_cluster: ClusterFactory, tmp_path: Path, version: str
+) -> None:
     """Scenario 2 done the recommended way (a learner first): a learner that never starts is not a
     voter, so the one-member cluster keeps quorum and the advice is to remove it, not to restore."""
     cluster = etcd_cluster(1, version=version)

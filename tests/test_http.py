@@ -41,9 +41,18 @@ def test_parse_snapshot_request(body: bytes, expected: tuple[str, bool]) -> None
 
 @pytest.mark.parametrize(
     "body",
-    [b"[1]", b"{bad", b'{"reason": ""}', b'{"reason": 1}', b'{"reason": "a\\nb"}', b'{"pin": 1}',
-     b'{"reason": "x", "extra": 1}', ('{"reason": "%s"}' % ("x" * 300)).encode(), b"\xff"],
-)  # fmt: skip
+    [
+        b"[1]",
+        b"{bad",
+        b'{"reason": ""}',
+        b'{"reason": 1}',
+        b'{"reason": "a\\nb"}',
+        b'{"pin": 1}',
+        b'{"reason": "x", "extra": 1}',
+        ('{"reason": "%s"}' % ("x" * 300)).encode(),
+        b"\xff",
+    ],
+)
 def test_parse_snapshot_request_rejects(body: bytes) -> None:
     with pytest.raises(BadRequest) as err:
         parse_snapshot_request(body)
@@ -56,8 +65,7 @@ class Client:
 
     def call(self, method: str, path: str, body: bytes | None = None, token: str | None = None) -> tuple[int, dict]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=body, method=method,
-                                     headers=headers)  # fmt: skip
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=body, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 raw = resp.read()
@@ -72,8 +80,10 @@ class Client:
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[Client]:
-    cfg = Config(etcd={"endpoints": [f"http://127.0.0.1:{free_port()}"], "dial_timeout": "1s"},
-                 storage={"url": f"file://{tmp_path}/store"})  # fmt: skip
+    cfg = Config(
+        etcd={"endpoints": [f"http://127.0.0.1:{free_port()}"], "dial_timeout": "1s"},
+        storage={"url": f"file://{tmp_path}/store"},
+    )
     daemon = Daemon(cfg, open_store(cfg.storage))
     server = httpapi.listen("127.0.0.1", 0, daemon, TOKEN, request_timeout=1.0, max_in_flight=3)
     yield Client(server.address[1])
@@ -102,8 +112,11 @@ def test_post_auth_and_failure_answers(client: Client) -> None:
 def test_slow_body_is_cut_off(client: Client) -> None:
     sock = client.raw()
     started = time.monotonic()
-    sock.sendall(b"POST /v1/snapshots HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
-                 + b"\r\nContent-Length: 100\r\n\r\n{")  # fmt: skip
+    sock.sendall(
+        b"POST /v1/snapshots HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + TOKEN.encode()
+        + b"\r\nContent-Length: 100\r\n\r\n{"
+    )
     answer = sock.recv(4096)
     assert answer.startswith(b"HTTP/1.0 408")
     assert time.monotonic() - started < 5
@@ -112,13 +125,19 @@ def test_slow_body_is_cut_off(client: Client) -> None:
 
 def test_chunked_and_oversized_bodies_are_refused(client: Client) -> None:
     sock = client.raw()
-    sock.sendall(b"POST /v1/snapshots HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
-                 + b"\r\nTransfer-Encoding: chunked\r\n\r\n")  # fmt: skip
+    sock.sendall(
+        b"POST /v1/snapshots HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + TOKEN.encode()
+        + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
     assert sock.recv(4096).startswith(b"HTTP/1.0 411")
     sock.close()
     sock = client.raw()
-    sock.sendall(b"POST /v1/snapshots HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
-                 + b"\r\nContent-Length: 999999999\r\n\r\n")  # fmt: skip
+    sock.sendall(
+        b"POST /v1/snapshots HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + TOKEN.encode()
+        + b"\r\nContent-Length: 999999999\r\n\r\n"
+    )
     assert sock.recv(4096).startswith(b"HTTP/1.0 413")
     sock.close()
 

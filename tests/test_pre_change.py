@@ -50,8 +50,7 @@ def test_scenario2_unstarted_member_blocks_the_gate(etcd_cluster: ClusterFactory
     # The recommendation is a command that works as printed.
     cmd = shlex.split(d["recommendation"])
     assert cmd[0] == "etcdctl"
-    subprocess.run([cluster.tools.etcdctl, *cmd[1:]], check=True, capture_output=True,
-                   env={"ETCDCTL_API": "3"})  # fmt: skip
+    subprocess.run([cluster.tools.etcdctl, *cmd[1:]], check=True, capture_output=True, env={"ETCDCTL_API": "3"})
     assert doctor_json(env, expect=0)["scenario"] == "healthy"
 
     cluster.member("m3").kill()
@@ -66,8 +65,9 @@ def test_pre_change_drill_is_recorded(etcd_cluster: ClusterFactory, tmp_path: Pa
     for i in range(5):
         cluster.put(f"k{i}", "v")
     store = tmp_path / "store"
-    r = run_cli("pre-change", "--reason", "upgrade", "--drill", "--output", "json",
-                env=config_env(cluster, f"file://{store}"))  # fmt: skip
+    r = run_cli(
+        "pre-change", "--reason", "upgrade", "--drill", "--output", "json", env=config_env(cluster, f"file://{store}")
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     drill = out["verification"]["drill"]

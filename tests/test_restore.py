@@ -18,8 +18,15 @@ from etcd_backup.etcdproc import free_port, wait_healthy
 
 pytestmark = pytest.mark.timeout(240)
 
-DEFINING_FLAGS = {"name", "data-dir", "listen-peer-urls", "initial-advertise-peer-urls", "initial-cluster",
-                  "initial-cluster-token", "initial-cluster-state"}  # fmt: skip
+DEFINING_FLAGS = {
+    "name",
+    "data-dir",
+    "listen-peer-urls",
+    "initial-advertise-peer-urls",
+    "initial-cluster",
+    "initial-cluster-token",
+    "initial-cluster-state",
+}
 
 
 @pytest.fixture(params=["3.5", "3.4"])
@@ -72,8 +79,9 @@ def wait_started_members(cluster: Cluster, endpoint: str, names: set[str], timeo
     raise AssertionError(f"member list shows {seen}, expected {names}")
 
 
-def test_scenario3_single_member_data_dir_lost(version: str, etcd_cluster: ClusterFactory,
-                                               start_etcd: StartEtcd, tmp_path: Path) -> None:  # fmt: skip
+def test_scenario3_single_member_data_dir_lost(
+    version: str, etcd_cluster: ClusterFactory, start_etcd: StartEtcd, tmp_path: Path
+) -> None:
     cluster = etcd_cluster(1, version=version)
     expected = write_keys(cluster)
     env = config_env(cluster, f"file://{tmp_path}/store", etcd__dial_timeout="1s")
@@ -87,8 +95,19 @@ def test_scenario3_single_member_data_dir_lost(version: str, etcd_cluster: Clust
     assert f"restore single --snapshot {snap['id']}" in diagnosis["recommendation"]
 
     target = tmp_path / "new-host" / "m1.etcd"
-    out = cli_json(env, "restore", "single", "--snapshot", "latest", "--name", "m1",
-                   "--peer-url", peer_url(), "--data-dir", str(target))  # fmt: skip
+    out = cli_json(
+        env,
+        "restore",
+        "single",
+        "--snapshot",
+        "latest",
+        "--name",
+        "m1",
+        "--peer-url",
+        peer_url(),
+        "--data-dir",
+        str(target),
+    )
     assert out["snapshot"] == snap["id"]
     flags = out["etcd_flags"]
     assert flag_names(flags) == DEFINING_FLAGS
@@ -103,14 +122,14 @@ def test_scenario3_single_member_data_dir_lost(version: str, etcd_cluster: Clust
     assert after["scenario"] == "healthy"
 
 
-def test_scenario4_one_of_three_lost(version: str, etcd_cluster: ClusterFactory, start_etcd: StartEtcd,
-                                     tmp_path: Path) -> None:  # fmt: skip
+def test_scenario4_one_of_three_lost(
+    version: str, etcd_cluster: ClusterFactory, start_etcd: StartEtcd, tmp_path: Path
+) -> None:
     cluster = etcd_cluster(3, version=version)
     expected = write_keys(cluster)
     env = config_env(cluster, f"file://{tmp_path}/store", etcd__dial_timeout="2s")
     snapshot(env)
-    healthy = run_cli("restore", "replace-member", "--failed", "m3", "--name", "m4", "--peer-url", peer_url(),
-                      env=env)  # fmt: skip
+    healthy = run_cli("restore", "replace-member", "--failed", "m3", "--name", "m4", "--peer-url", peer_url(), env=env)
     assert healthy.returncode == 4 and "--force" in healthy.stderr, healthy.stderr
     lost = cluster.member("m2")
     lost.kill()
@@ -123,8 +142,19 @@ def test_scenario4_one_of_three_lost(version: str, etcd_cluster: ClusterFactory,
     assert by_name["m2"]["reachable"] is False and by_name["m1"]["reachable"] is True
 
     new_dir = tmp_path / "new-host" / "m4"
-    out = cli_json(env, "restore", "replace-member", "--failed", "m2", "--name", "m4",
-                   "--peer-url", peer_url(), "--data-dir", str(new_dir))  # fmt: skip
+    out = cli_json(
+        env,
+        "restore",
+        "replace-member",
+        "--failed",
+        "m2",
+        "--name",
+        "m4",
+        "--peer-url",
+        peer_url(),
+        "--data-dir",
+        str(new_dir),
+    )
     flags = out["etcd_flags"]
     assert flag_names(flags) == DEFINING_FLAGS
     assert flag_value(flags, "initial-cluster-state") == "existing"
@@ -146,8 +176,9 @@ def test_scenario4_one_of_three_lost(version: str, etcd_cluster: ClusterFactory,
     assert after["scenario"] == "healthy"
 
 
-def test_scenario4_two_of_three_lost(version: str, etcd_cluster: ClusterFactory, start_etcd: StartEtcd,
-                                     tmp_path: Path) -> None:  # fmt: skip
+def test_scenario4_two_of_three_lost(
+    version: str, etcd_cluster: ClusterFactory, start_etcd: StartEtcd, tmp_path: Path
+) -> None:
     cluster = etcd_cluster(3, version=version)
     expected = write_keys(cluster)
     env = config_env(cluster, f"file://{tmp_path}/store", etcd__dial_timeout="2s")
@@ -163,8 +194,7 @@ def test_scenario4_two_of_three_lost(version: str, etcd_cluster: ClusterFactory,
     for m in cluster.members:
         assert f"--member {m.name}={m.peer_url}" in rec
 
-    r = run_cli("restore", "replace-member", "--failed", "m1", "--name", "m1", "--peer-url", peer_url(),
-                env=env)  # fmt: skip
+    r = run_cli("restore", "replace-member", "--failed", "m1", "--name", "m1", "--peer-url", peer_url(), env=env)
     assert r.returncode == 4, r.stderr
     assert "restore cluster" in r.stderr and "quorum" in r.stderr
 
@@ -194,8 +224,9 @@ def test_scenario4_two_of_three_lost(version: str, etcd_cluster: ClusterFactory,
         assert cluster.get_all(endpoints=[proc.client_url]) == expected
 
 
-def test_non_empty_dir_refused_and_force_moves_it_aside(version: str, etcd_cluster: ClusterFactory,
-                                                        tmp_path: Path) -> None:  # fmt: skip
+def test_non_empty_dir_refused_and_force_moves_it_aside(
+    version: str, etcd_cluster: ClusterFactory, tmp_path: Path
+) -> None:
     cluster = etcd_cluster(1, version=version)
     write_keys(cluster, 3)
     env = config_env(cluster, f"file://{tmp_path}/store")
@@ -203,8 +234,18 @@ def test_non_empty_dir_refused_and_force_moves_it_aside(version: str, etcd_clust
     target = tmp_path / "data"
     (target / "member").mkdir(parents=True)
     (target / "member" / "precious").write_text("old data")
-    args = ["restore", "single", "--snapshot", snap["id"], "--name", "m1", "--peer-url", peer_url(),
-            "--data-dir", str(target)]  # fmt: skip
+    args = [
+        "restore",
+        "single",
+        "--snapshot",
+        snap["id"],
+        "--name",
+        "m1",
+        "--peer-url",
+        peer_url(),
+        "--data-dir",
+        str(target),
+    ]
 
     r = run_cli(*args, env=env)
     assert r.returncode == 4, r.stderr
@@ -220,13 +261,23 @@ def test_non_empty_dir_refused_and_force_moves_it_aside(version: str, etcd_clust
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    out = cli_json(env, "restore", "single", "--snapshot", snap["id"], "--name", "m1",
-                   "--peer-url", peer_url(), "--data-dir", str(empty))  # fmt: skip
+    out = cli_json(
+        env,
+        "restore",
+        "single",
+        "--snapshot",
+        snap["id"],
+        "--name",
+        "m1",
+        "--peer-url",
+        peer_url(),
+        "--data-dir",
+        str(empty),
+    )
     assert out["moved_aside"] is None and (empty / "member" / "snap" / "db").is_file()
 
 
-def test_corrupted_snapshot_touches_nothing(version: str, etcd_cluster: ClusterFactory,
-                                            tmp_path: Path) -> None:  # fmt: skip
+def test_corrupted_snapshot_touches_nothing(version: str, etcd_cluster: ClusterFactory, tmp_path: Path) -> None:
     cluster = etcd_cluster(1, version=version)
     write_keys(cluster, 3)
     store = tmp_path / "store"
@@ -243,13 +294,45 @@ def test_corrupted_snapshot_touches_nothing(version: str, etcd_cluster: ClusterF
     (occupied / "keep").write_text("keep")
     before = sorted(p.name for p in tmp_path.iterdir())
     runs = [
-        ["restore", "single", "--snapshot", snap["id"], "--name", "m1", "--peer-url", peer_url(),
-         "--data-dir", str(fresh)],
-        ["restore", "single", "--snapshot", "latest", "--name", "m1", "--peer-url", peer_url(),
-         "--data-dir", str(occupied), "--force"],
-        ["restore", "cluster", "--snapshot", snap["id"], "--member", f"a={peer_url()}",
-         "--member", f"b={peer_url()}", "--data-dir", str(tmp_path / "c-{name}"), "--force"],
-    ]  # fmt: skip
+        [
+            "restore",
+            "single",
+            "--snapshot",
+            snap["id"],
+            "--name",
+            "m1",
+            "--peer-url",
+            peer_url(),
+            "--data-dir",
+            str(fresh),
+        ],
+        [
+            "restore",
+            "single",
+            "--snapshot",
+            "latest",
+            "--name",
+            "m1",
+            "--peer-url",
+            peer_url(),
+            "--data-dir",
+            str(occupied),
+            "--force",
+        ],
+        [
+            "restore",
+            "cluster",
+            "--snapshot",
+            snap["id"],
+            "--member",
+            f"a={peer_url()}",
+            "--member",
+            f"b={peer_url()}",
+            "--data-dir",
+            str(tmp_path / "c-{name}"),
+            "--force",
+        ],
+    ]
     for args in runs:
         r = run_cli(*args, env=env)
         assert r.returncode == 3, r.stderr
@@ -258,8 +341,7 @@ def test_corrupted_snapshot_touches_nothing(version: str, etcd_cluster: ClusterF
     assert (occupied / "keep").read_text() == "keep"
 
 
-def test_bump_revision_needs_a_tool_that_has_it(version: str, etcd_cluster: ClusterFactory,
-                                                tmp_path: Path) -> None:  # fmt: skip
+def test_bump_revision_needs_a_tool_that_has_it(version: str, etcd_cluster: ClusterFactory, tmp_path: Path) -> None:
     from etcd_backup.etcdtools import find_restore_tool
 
     cluster = etcd_cluster(1, version=version)
@@ -267,14 +349,31 @@ def test_bump_revision_needs_a_tool_that_has_it(version: str, etcd_cluster: Clus
     env = config_env(cluster, f"file://{tmp_path}/store")
     snap = snapshot(env)
     target = tmp_path / "data"
-    args = ["restore", "single", "--snapshot", snap["id"], "--name", "m1", "--peer-url", peer_url(),
-            "--data-dir", str(target), "--bump-revision", "1000", "--mark-compacted"]  # fmt: skip
+    args = [
+        "restore",
+        "single",
+        "--snapshot",
+        snap["id"],
+        "--name",
+        "m1",
+        "--peer-url",
+        peer_url(),
+        "--data-dir",
+        str(target),
+        "--bump-revision",
+        "1000",
+        "--mark-compacted",
+    ]
     r = run_cli(*args, env=env)
     if find_restore_tool(cluster.tools.restore_tool).can_bump_revision:
         assert r.returncode == 0, r.stderr
         db = str(target / "member" / "snap" / "db")
-        status = subprocess.run([cluster.tools.restore_tool, "snapshot", "status", db, "-w", "json"],
-                                capture_output=True, text=True, check=True)  # fmt: skip
+        status = subprocess.run(
+            [cluster.tools.restore_tool, "snapshot", "status", db, "-w", "json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         assert json.loads(status.stdout)["revision"] >= snap["revision"] + 1000
     else:
         assert r.returncode == 2, r.stderr
@@ -287,10 +386,22 @@ def test_usage_errors_before_anything_else(tmp_path: Path) -> None:
     members = ["--member", "a=http://127.0.0.1:2380", "--member", "b=http://127.0.0.1:2381"]
     r = run_cli("restore", "cluster", "--snapshot", "x", *members, "--data-dir", str(tmp_path / "d"), env=env)
     assert r.returncode == 2 and "{name}" in r.stderr
-    r = run_cli("restore", "cluster", "--snapshot", "x", *members, "--data-dir", str(tmp_path / "d"),
-                "--only", "c", env=env)  # fmt: skip
+    r = run_cli(
+        "restore", "cluster", "--snapshot", "x", *members, "--data-dir", str(tmp_path / "d"), "--only", "c", env=env
+    )
     assert r.returncode == 2 and "--only c" in r.stderr
-    r = run_cli("restore", "single", "--snapshot", "x", "--name", "a", "--peer-url", "not-a-url",
-                "--data-dir", str(tmp_path / "d"), env=env)  # fmt: skip
+    r = run_cli(
+        "restore",
+        "single",
+        "--snapshot",
+        "x",
+        "--name",
+        "a",
+        "--peer-url",
+        "not-a-url",
+        "--data-dir",
+        str(tmp_path / "d"),
+        env=env,
+    )
     assert r.returncode == 2 and "--peer-url" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -31,11 +31,23 @@ def snap(
     sid = new_snapshot_id(created)
     drill = None if drill_ok is None else Check(drill_ok, at)
     return Manifest(
-        id=sid, created_at=created_at or at, reason="schedule", pinned=pinned, cluster_id="c1", member_id="m1",
-        endpoint="http://127.0.0.1:2379", etcd_version="3.5.1", revision=1, keys=1, db_size=20480,
-        object_key=f"snapshots/{sid}.db", object_size=20512, object_sha256="0" * 64, compression="none",
+        id=sid,
+        created_at=created_at or at,
+        reason="schedule",
+        pinned=pinned,
+        cluster_id="c1",
+        member_id="m1",
+        endpoint="http://127.0.0.1:2379",
+        etcd_version="3.5.1",
+        revision=1,
+        keys=1,
+        db_size=20480,
+        object_key=f"snapshots/{sid}.db",
+        object_size=20512,
+        object_sha256="0" * 64,
+        compression="none",
         verification=Verification(Check(ok, at), Check(True, at), drill),
-    )  # fmt: skip
+    )
 
 
 def hourly_series(n: int, start: datetime = NOW, step: timedelta = timedelta(hours=1)) -> list[Manifest]:
@@ -165,8 +177,13 @@ def build(items: list[Item]) -> list[Manifest]:
     for ago, pinned, state, offset, cluster in items:
         created = NOW - timedelta(seconds=ago)
         text = created.astimezone(timezone(timedelta(hours=offset))).isoformat()
-        m = snap(created, pinned=pinned, ok=state != "hash-failed",
-                 drill_ok=False if state == "drill-failed" else None, created_at=text)  # fmt: skip
+        m = snap(
+            created,
+            pinned=pinned,
+            ok=state != "hash-failed",
+            drill_ok=False if state == "drill-failed" else None,
+            created_at=text,
+        )
         out.append(replace(m, cluster_id=cluster))
     return out
 
@@ -208,9 +225,7 @@ def test_properties(policy: Policy, items: list[Item]) -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(policy=policies, items=st.lists(one_snapshot, max_size=25), extra=st.lists(one_snapshot, max_size=8))
-def test_failed_snapshots_never_push_out_verified_ones(
-    policy: Policy, items: list[Item], extra: list[Item]
-) -> None:
+def test_failed_snapshots_never_push_out_verified_ones(policy: Policy, items: list[Item], extra: list[Item]) -> None:
     ms = build(items)
     failed = build([(a, p, "hash-failed", o, c) for a, p, _, o, c in extra])
     before = apply_policy(policy, ms, NOW)

@@ -22,14 +22,17 @@ def _fill(cluster: Cluster, n: int = 40) -> None:
 
 
 def _real_snapshot(cluster: Cluster, path: Path) -> bytes:
-    subprocess.run([cluster.tools.etcdctl, f"--endpoints={cluster.endpoints[0]}", "snapshot", "save", str(path)],
-                   check=True, capture_output=True, env={"ETCDCTL_API": "3"})  # fmt: skip
+    subprocess.run(
+        [cluster.tools.etcdctl, f"--endpoints={cluster.endpoints[0]}", "snapshot", "save", str(path)],
+        check=True,
+        capture_output=True,
+        env={"ETCDCTL_API": "3"},
+    )
     return path.read_bytes()
 
 
 @pytest.mark.parametrize("chunk", [1, 31, 32, 33, 4096, 32768, 10**9])
-def test_trailer_hasher_accepts_real_snapshot_in_any_chunking(etcd_single: Cluster, tmp_path: Path,
-                                                               chunk: int) -> None:  # fmt: skip
+def test_trailer_hasher_accepts_real_snapshot_in_any_chunking(etcd_single: Cluster, tmp_path: Path, chunk: int) -> None:
     _fill(etcd_single, 5)
     raw = _real_snapshot(etcd_single, tmp_path / "s.db")
     hasher = TrailerHasher()
@@ -59,15 +62,20 @@ def test_trailer_hasher_rejects_damaged_stream(etcd_single: Cluster, tmp_path: P
         hasher.result("test")
 
 
-def test_corrupted_stream_exits_3_and_stores_nothing_on_s3(etcd_single: Cluster, s3_bucket: Bucket,
-                                                            tmp_path: Path) -> None:  # fmt: skip
+def test_corrupted_stream_exits_3_and_stores_nothing_on_s3(
+    etcd_single: Cluster, s3_bucket: Bucket, tmp_path: Path
+) -> None:
     _fill(etcd_single)
     host, port = etcd_single.endpoints[0].split("//")[1].split(":")
     proxy = FaultProxy((host, int(port)), corrupt_http2_data_at=1000)
     try:
         spool = tmp_path / "spool"
-        env = {**config_env(etcd_single), **s3_bucket.env(), "ETCD_BACKUP_ETCD__ENDPOINTS": proxy.url,
-               "ETCD_BACKUP_STORAGE__SPOOL_DIR": str(spool)}  # fmt: skip
+        env = {
+            **config_env(etcd_single),
+            **s3_bucket.env(),
+            "ETCD_BACKUP_ETCD__ENDPOINTS": proxy.url,
+            "ETCD_BACKUP_STORAGE__SPOOL_DIR": str(spool),
+        }
         r = run_cli("snapshot", env=env)
     finally:
         proxy.close()

@@ -54,8 +54,12 @@ def test_systemd_analyze_verify_is_clean(unit_here: Path) -> None:
 
 def test_exposure_level_is_low(unit_here: Path) -> None:
     # systemd's own hardening score: 0 (locked down) to 10 (exposed); "OK" is below 2.
-    r = subprocess.run([_systemd_analyze(), "security", "--offline=yes", "--threshold=20", str(unit_here)],
-                       capture_output=True, text=True, timeout=30)  # fmt: skip
+    r = subprocess.run(
+        [_systemd_analyze(), "security", "--offline=yes", "--threshold=20", str(unit_here)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr
 
 
@@ -69,7 +73,13 @@ def test_unit_has_what_a_reviewer_expects() -> None:
     assert d["StateDirectory"] == ["etcd-backup"]
     assert "ETCD_BACKUP_STORAGE__SPOOL_DIR=/var/lib/etcd-backup/spool" in d["Environment"]
     assert d["User"] == ["etcd-backup"]
-    hardening = {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "PrivateTmp": "yes", "ProtectHome": "yes",
-                 "CapabilityBoundingSet": "", "AmbientCapabilities": ""}  # fmt: skip
+    hardening = {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "PrivateTmp": "yes",
+        "ProtectHome": "yes",
+        "CapabilityBoundingSet": "",
+        "AmbientCapabilities": "",
+    }
     for key, value in hardening.items():
         assert d[key] == [value], key

@@ -38,11 +38,23 @@ DEFAULT_CONFIG_PATH = Path("/etc/etcd-backup/config.toml")
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _SIZE_UNITS = {
-    "": 1, "b": 1,
-    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
-    "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2, "gi": 1024**3, "gib": 1024**3,
-    "ti": 1024**4, "tib": 1024**4,
-}  # fmt: skip
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "ki": 1024,
+    "kib": 1024,
+    "mi": 1024**2,
+    "mib": 1024**2,
+    "gi": 1024**3,
+    "gib": 1024**3,
+    "ti": 1024**4,
+    "tib": 1024**4,
+}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _MAX_DURATION = 10 * 365 * 86400.0
 
@@ -165,8 +177,10 @@ class EtcdConfig(_Section):
     def _no_skip_verify(cls, value: bool) -> bool:
         # Accepting it and verifying anyway would be a lie; silently not verifying is not possible.
         if value:
-            raise ValueError("not supported: etcd's gRPC client always verifies the server certificate; "
-                             "set etcd.cacert to the CA that signed it")
+            raise ValueError(
+                "not supported: etcd's gRPC client always verifies the server certificate; "
+                "set etcd.cacert to the CA that signed it"
+            )
         return value
 
     @model_validator(mode="after")
@@ -226,7 +240,7 @@ class StorageConfig(_Section):
     @model_validator(mode="after")
     def _kms(self) -> StorageConfig:
         if self.kms_key_id and self.sse != "aws:kms":
-            raise ValueError("kms_key_id needs sse = \"aws:kms\"")
+            raise ValueError('kms_key_id needs sse = "aws:kms"')
         return self
 
     @property
@@ -381,7 +395,7 @@ def _check_env_names(environ: Mapping[str, str]) -> None:
         upper = name.upper()
         if not upper.startswith(ENV_PREFIX) or upper == ENV_CONFIG:
             continue
-        rest = upper[len(ENV_PREFIX):].lower()
+        rest = upper[len(ENV_PREFIX) :].lower()
         section, sep, key = rest.partition("__")
         if not sep or section not in sections:
             raise ConfigError(f"{name}: unknown setting (expected {ENV_PREFIX}<SECTION>__<KEY>)")
@@ -405,7 +419,7 @@ def _format_error(exc: ValidationError, origin: str) -> str:
     loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "config"
     msg = err["msg"]
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
     elif err["type"] == "missing":
@@ -441,8 +455,11 @@ def load(cli_path: str | None = None) -> Config:
 
 def _without_secrets(message: str, data: dict[str, Any]) -> str:
     """Error messages quote bad values; a secret pasted into the wrong key must not be echoed."""
-    values = [v for k, v in os.environ.items()
-              if k.upper() in {f"{ENV_PREFIX}ETCD__PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}]
+    values = [
+        v
+        for k, v in os.environ.items()
+        if k.upper() in {f"{ENV_PREFIX}ETCD__PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+    ]
     etcd = data.get("etcd")
     if isinstance(etcd, dict) and isinstance(etcd.get("password"), str):
         values.append(etcd["password"])

@@ -169,9 +169,7 @@ class Member:
         }
 
     def status(self) -> MemberStatus:
-        r = self._call(
-            "status", lambda: self.client.maintenancestub.Status(self._rpc.StatusRequest(), **self._kw())
-        )
+        r = self._call("status", lambda: self.client.maintenancestub.Status(self._rpc.StatusRequest(), **self._kw()))
         return MemberStatus(
             endpoint=self.endpoint,
             member_id=r.header.member_id,
@@ -206,9 +204,7 @@ class Member:
 
     def count_keys(self, revision: int = 0) -> int:
         """Live keys at `revision` (0: now), answered by this member alone (serializable)."""
-        req = self._rpc.RangeRequest(
-            key=b"\0", range_end=b"\0", count_only=True, revision=revision, serializable=True
-        )
+        req = self._rpc.RangeRequest(key=b"\0", range_end=b"\0", count_only=True, revision=revision, serializable=True)
         r = self._call("key count", lambda: self.client.kvstub.Range(req, **self._kw(30.0)))
         return int(r.count)
 
@@ -275,9 +271,7 @@ def _credentials(cfg: EtcdConfig) -> grpc.ChannelCredentials:
         except OSError as exc:
             raise ConfigError(f"etcd.{key}: cannot read {path}: {exc.strerror}") from None
 
-    return grpc.ssl_channel_credentials(
-        read(cfg.cacert, "cacert"), read(cfg.key, "key"), read(cfg.cert, "cert")
-    )
+    return grpc.ssl_channel_credentials(read(cfg.cacert, "cacert"), read(cfg.key, "key"), read(cfg.cert, "cert"))
 
 
 @dataclass

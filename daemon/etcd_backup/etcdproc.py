@@ -168,9 +168,7 @@ def start_member(
     log = Path(log_path) if log_path else data_dir.parent / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [binary, *args], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
+        proc = subprocess.Popen([binary, *args], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     return EtcdProcess(name, data_dir, client_url, peer_url, proc, log, args)
 
 
@@ -201,7 +199,12 @@ def scratch_member(
     client_url = f"http://{LOOPBACK}:{free_port()}"
     peer_url = f"http://{LOOPBACK}:{free_port()}"
     proc = start_member(
-        binary, name=name, data_dir=data_dir, client_url=client_url, peer_url=peer_url, **kwargs  # type: ignore[arg-type]
+        binary,
+        name=name,
+        data_dir=data_dir,
+        client_url=client_url,
+        peer_url=peer_url,
+        **kwargs,  # type: ignore[arg-type]
     )
     try:
         wait_healthy(client_url, timeout, proc)

@@ -35,9 +35,12 @@ def _inspect(path: str) -> RestoreTool:
     name = Path(path).name
     kind = "etcdctl" if "etcdctl" in name else "etcdutl"
     help_text = subprocess.run(
-        [path, "snapshot", "restore", "--help"], capture_output=True, text=True, timeout=20,
+        [path, "snapshot", "restore", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=20,
         env={**os.environ, "ETCDCTL_API": "3"},
-    ).stdout  # fmt: skip
+    ).stdout
     return RestoreTool(path, kind, version, "--bump-revision" in help_text)
 
 
@@ -51,9 +54,7 @@ def find_restore_tool(configured: str | None = None) -> RestoreTool:
         try:
             return _inspect(find_binary("etcdctl"))
         except ToolError:
-            raise ToolError(
-                "neither etcdutl nor etcdctl found: install etcd's tools or set tools.etcdutl"
-            ) from None
+            raise ToolError("neither etcdutl nor etcdctl found: install etcd's tools or set tools.etcdutl") from None
 
 
 def restore_data_dir(
@@ -75,13 +76,16 @@ def restore_data_dir(
     staging = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.restoring-", dir=data_dir.parent))
     target = staging / "data"
     cmd = [
-        tool.path, "snapshot", "restore", str(snapshot),
+        tool.path,
+        "snapshot",
+        "restore",
+        str(snapshot),
         f"--data-dir={target}",
         f"--name={name}",
         f"--initial-cluster={initial_cluster}",
         f"--initial-cluster-token={token}",
         f"--initial-advertise-peer-urls={peer_url}",
-    ]  # fmt: skip
+    ]
     if bump_revision or mark_compacted:
         if not tool.can_bump_revision:
             raise ToolError(f"{tool.describe()} has no --bump-revision/--mark-compacted (needs etcdutl 3.5.7+)")
@@ -90,8 +94,7 @@ def restore_data_dir(
         if mark_compacted:
             cmd.append("--mark-compacted")
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600,
-                              env={**os.environ, "ETCDCTL_API": "3"})  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env={**os.environ, "ETCDCTL_API": "3"})
         if proc.returncode != 0:
             detail = (proc.stderr or proc.stdout).strip().splitlines()
             raise ToolError(f"{tool.kind} snapshot restore failed: {detail[-1] if detail else proc.returncode}")

@@ -35,10 +35,15 @@ def _start_throwaway(base: Path) -> EtcdProcess:
     if not _port_free(2380):
         peer = f"http://127.0.0.1:{free_port()}"
     proc = start_member(
-        find_binary("etcd"), name="local", data_dir=base / "data", client_url=DEFAULT_ENDPOINT,
-        peer_url=peer, token="etcd-backup-local", log_path=base / "etcd.log",
+        find_binary("etcd"),
+        name="local",
+        data_dir=base / "data",
+        client_url=DEFAULT_ENDPOINT,
+        peer_url=peer,
+        token="etcd-backup-local",
+        log_path=base / "etcd.log",
         state="existing" if (base / "data" / "member").exists() else "new",
-    )  # fmt: skip
+    )
     wait_healthy(DEFAULT_ENDPOINT, 30, proc)
     return proc
 
@@ -74,8 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     proc = None
     if cfg.etcd.endpoints == [DEFAULT_ENDPOINT] and not _answers(DEFAULT_ENDPOINT):
         base = Path(".local-etcd").absolute()
-        print(f"etcd-backup: no etcd at {DEFAULT_ENDPOINT}; starting a throwaway one in {base}",
-              file=sys.stderr)  # fmt: skip
+        print(f"etcd-backup: no etcd at {DEFAULT_ENDPOINT}; starting a throwaway one in {base}", file=sys.stderr)
         proc = _start_throwaway(base)
         _seed(cfg)
     try:

@@ -30,7 +30,7 @@ def manifest_key(snapshot_id: str) -> str:
 
 
 def id_of(key: str) -> str:
-    name = key[len(FOLDER):] if key.startswith(FOLDER) else key
+    name = key[len(FOLDER) :] if key.startswith(FOLDER) else key
     return name.split(".", 1)[0] if "." in name else name
 
 
@@ -106,20 +106,29 @@ class Listing:
             return clusters[live][0]
         summary = ", ".join(f"cluster {cid} ({len(ms)} snapshot(s), newest {ms[0].id})" for cid, ms in clusters.items())
         if live is not None:
-            raise EtcdBackupError(f"no verified snapshot of the live cluster {live} in {where}, only of "
-                                  f"other clusters: {summary}; name the snapshot by id")  # fmt: skip
-        raise UsageError(f"snapshots of {len(clusters)} etcd clusters in {where} ({summary}) and etcd does not "
-                         "answer to tell which one is this cluster: name the snapshot by id")  # fmt: skip
+            raise EtcdBackupError(
+                f"no verified snapshot of the live cluster {live} in {where}, only of "
+                f"other clusters: {summary}; name the snapshot by id"
+            )
+        raise UsageError(
+            f"snapshots of {len(clusters)} etcd clusters in {where} ({summary}) and etcd does not "
+            "answer to tell which one is this cluster: name the snapshot by id"
+        )
 
     def warnings(self) -> list[str]:
         """What `list` tells the operator on stderr besides the unreadable manifests."""
-        out = [f"{FOLDER}{m.id}{MANIFEST_SUFFIX}: snapshot failed verification: {_failure(m)}"
-               for m in self.manifests if not m.verified]  # fmt: skip
+        out = [
+            f"{FOLDER}{m.id}{MANIFEST_SUFFIX}: snapshot failed verification: {_failure(m)}"
+            for m in self.manifests
+            if not m.verified
+        ]
         clusters = self.clusters()
         if len(clusters) > 1:
             summary = ", ".join(f"{cid} ({len(ms)} snapshot(s), newest {ms[0].id})" for cid, ms in clusters.items())
-            out.append(f"snapshots of {len(clusters)} etcd clusters under this prefix: {summary}; "
-                       "`latest` means the newest of the cluster the configured endpoints belong to")  # fmt: skip
+            out.append(
+                f"snapshots of {len(clusters)} etcd clusters under this prefix: {summary}; "
+                "`latest` means the newest of the cluster the configured endpoints belong to"
+            )
         return out
 
 

@@ -99,9 +99,17 @@ class Verification:
 
 _INT_FIELDS = ("revision", "keys", "db_size", "object_size")
 _STR_FIELDS = (
-    "id", "created_at", "reason", "cluster_id", "member_id", "endpoint", "etcd_version",
-    "object_key", "object_sha256", "compression",
-)  # fmt: skip
+    "id",
+    "created_at",
+    "reason",
+    "cluster_id",
+    "member_id",
+    "endpoint",
+    "etcd_version",
+    "object_key",
+    "object_sha256",
+    "compression",
+)
 
 
 def _finite(value: Any, name: str) -> float:
@@ -153,9 +161,26 @@ class Manifest:
         data = asdict(self)
         data["verification"] = self.verification.to_dict()
         # Contract order first, extras after: easier to read in `cat`.
-        order = ["schema_version", "kind", "id", "created_at", "reason", "pinned", *_STR_FIELDS[3:7],
-                 "revision", "keys", "db_size", "object_key", "object_size", "object_sha256",
-                 "compression", "db_sha256", "verification", "duration_seconds", "tool_version"]
+        order = [
+            "schema_version",
+            "kind",
+            "id",
+            "created_at",
+            "reason",
+            "pinned",
+            *_STR_FIELDS[3:7],
+            "revision",
+            "keys",
+            "db_size",
+            "object_key",
+            "object_size",
+            "object_sha256",
+            "compression",
+            "db_sha256",
+            "verification",
+            "duration_seconds",
+            "tool_version",
+        ]
         return {k: data[k] for k in order}
 
     def to_json(self) -> bytes:

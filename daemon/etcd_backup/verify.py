@@ -128,17 +128,21 @@ def fetch_verified(
         except IntegrityError as exc:
             raise IntegrityError(f"snapshot {manifest.id}: {exc}") from None
         expected = manifest.verification.structure.detail
-        if status.revision != manifest.revision or (
-            "hash" in expected and expected["hash"] != status.hash
-        ):
+        if status.revision != manifest.revision or ("hash" in expected and expected["hash"] != status.hash):
             raise IntegrityError(
                 f"snapshot {manifest.id}: structure differs from the manifest "
                 f"(revision {status.revision} vs {manifest.revision})"
             )
-        structure = Check(True, rfc3339(utcnow()), {
-            "hash": status.hash, "revision": status.revision,
-            "total_key": status.total_key, "total_size": status.total_size,
-        })  # fmt: skip
+        structure = Check(
+            True,
+            rfc3339(utcnow()),
+            {
+                "hash": status.hash,
+                "revision": status.revision,
+                "total_key": status.total_key,
+                "total_size": status.total_size,
+            },
+        )
         return Verified(manifest, out, status, hash_check, structure)
     except BaseException as exc:
         raw.unlink(missing_ok=True)

@@ -35,8 +35,9 @@ def fill(cluster: Cluster, mib: int, endpoint: str | None = None, prefix: str = 
         client.close()
 
 
-def s3_env(cluster: Cluster | None, bucket: Bucket, spool: Path, endpoint_url: str | None = None,
-           **settings: str) -> dict[str, str]:  # fmt: skip
+def s3_env(
+    cluster: Cluster | None, bucket: Bucket, spool: Path, endpoint_url: str | None = None, **settings: str
+) -> dict[str, str]:
     """CLI environment: etcd of `cluster`, the bucket (optionally through a proxy), a private spool."""
     env = {**config_env(cluster), **bucket.env(), "ETCD_BACKUP_STORAGE__SPOOL_DIR": str(spool)}
     if endpoint_url:
@@ -52,9 +53,14 @@ def s3_proxy(bucket: Bucket) -> FaultProxy:
 
 def popen_cli(*args: str, env: dict[str, str], umask: int | None = None) -> subprocess.Popen[str]:
     """`etcd-backup ARGS` in the background (a fresh process), optionally with a umask."""
-    return subprocess.Popen([sys.executable, "-m", "etcd_backup", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env,
-                            umask=-1 if umask is None else umask)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "etcd_backup", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        umask=-1 if umask is None else umask,
+    )
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -111,25 +117,44 @@ def make_tls(base: Path) -> tuple[TLSFiles, str, str]:
     base.mkdir(parents=True, exist_ok=True)
 
     def write_key(k: ec.EllipticCurvePrivateKey, name: str) -> str:
-        (base / name).write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                  serialization.NoEncryption()))  # fmt: skip
+        (base / name).write_bytes(
+            k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        )
         return str(base / name)
 
     def write_cert(c: x509.Certificate, name: str) -> str:
         (base / name).write_bytes(c.public_bytes(serialization.Encoding.PEM))
         return str(base / name)
 
-    def build(cn: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name | None,
-              signer: ec.EllipticCurvePrivateKey, *, start: dt.datetime, end: dt.datetime,
-              usage: list[x509.ObjectIdentifier] | None) -> x509.Certificate:  # fmt: skip
+    def build(
+        cn: str,
+        key: ec.EllipticCurvePrivateKey,
+        issuer: x509.Name | None,
+        signer: ec.EllipticCurvePrivateKey,
+        *,
+        start: dt.datetime,
+        end: dt.datetime,
+        usage: list[x509.ObjectIdentifier] | None,
+    ) -> x509.Certificate:
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-        b = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer or name).public_key(key.public_key())
-             .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end))  # fmt: skip
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(issuer or name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(end)
+        )
         if usage is None:
             b = b.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         else:
-            b = b.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                             x509.DNSName("localhost")]), critical=False)
+            b = b.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+                ),
+                critical=False,
+            )
             b = b.add_extension(x509.ExtendedKeyUsage(usage), critical=False)
         return b.sign(signer, hashes.SHA256())
 
@@ -138,14 +163,39 @@ def make_tls(base: Path) -> tuple[TLSFiles, str, str]:
     ca = build("faults-ca", ca_key, None, ca_key, start=now - hour, end=now + day, usage=None)
     other = build("other-ca", other_key, None, other_key, start=now - hour, end=now + day, usage=None)
     keys = {n: ec.generate_private_key(ec.SECP256R1()) for n in ("server", "client", "expired")}
-    server = build("etcd", keys["server"], ca.subject, ca_key, start=now - hour, end=now + day,
-                   usage=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
-    client = build("backup", keys["client"], ca.subject, ca_key, start=now - hour, end=now + day,
-                   usage=[ExtendedKeyUsageOID.CLIENT_AUTH])
-    expired = build("backup", keys["expired"], ca.subject, ca_key, start=now - 3 * day, end=now - day,
-                    usage=[ExtendedKeyUsageOID.CLIENT_AUTH])
-    files = TLSFiles(ca=write_cert(ca, "ca.crt"), server_cert=write_cert(server, "server.crt"),
-                     server_key=write_key(keys["server"], "server.key"),
-                     client_cert=write_cert(client, "client.crt"), client_key=write_key(keys["client"], "client.key"),
-                     other_ca=write_cert(other, "other-ca.crt"))  # fmt: skip
+    server = build(
+        "etcd",
+        keys["server"],
+        ca.subject,
+        ca_key,
+        start=now - hour,
+        end=now + day,
+        usage=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+    )
+    client = build(
+        "backup",
+        keys["client"],
+        ca.subject,
+        ca_key,
+        start=now - hour,
+        end=now + day,
+        usage=[ExtendedKeyUsageOID.CLIENT_AUTH],
+    )
+    expired = build(
+        "backup",
+        keys["expired"],
+        ca.subject,
+        ca_key,
+        start=now - 3 * day,
+        end=now - day,
+        usage=[ExtendedKeyUsageOID.CLIENT_AUTH],
+    )
+    files = TLSFiles(
+        ca=write_cert(ca, "ca.crt"),
+        server_cert=write_cert(server, "server.crt"),
+        server_key=write_key(keys["server"], "server.key"),
+        client_cert=write_cert(client, "client.crt"),
+        client_key=write_key(keys["client"], "client.key"),
+        other_ca=write_cert(other, "other-ca.crt"),
+    )
     return files, write_cert(expired, "expired.crt"), write_key(keys["expired"], "expired.key")

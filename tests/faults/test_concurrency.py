@@ -14,8 +14,7 @@ pytestmark = pytest.mark.timeout(150)
 
 
 @pytest.mark.parametrize("kind", ["s3", "file"])
-def test_two_snapshots_at_once(kind: str, etcd_single: Cluster, tmp_path: Path,
-                               request: pytest.FixtureRequest) -> None:  # fmt: skip
+def test_two_snapshots_at_once(kind: str, etcd_single: Cluster, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     fill(etcd_single, 8)  # large enough that the two streams and uploads overlap
     spool = tmp_path / "spool"
     if kind == "s3":

@@ -39,12 +39,15 @@ class Stored:
         obj = self.bucket.server.client().get_object(Bucket=self.bucket.name, Key=self._key(rel))
         return bytes(obj["Body"].read())
 
-    def newer_copy(self, data: Callable[[bytes], bytes | None] = lambda b: b,
-                   manifest: Callable[[bytes], bytes] = lambda b: b, **changes: Any) -> str:  # fmt: skip
+    def newer_copy(
+        self,
+        data: Callable[[bytes], bytes | None] = lambda b: b,
+        manifest: Callable[[bytes], bytes] = lambda b: b,
+        **changes: Any,
+    ) -> str:
         """A copy of the good snapshot under a newer id; `data`/`manifest` damage what is stored."""
         sid = new_snapshot_id(utcnow())
-        doc = {**self.good, "id": sid, "object_key": f"snapshots/{sid}.db", "created_at": rfc3339(utcnow()),
-               **changes}  # fmt: skip
+        doc = {**self.good, "id": sid, "object_key": f"snapshots/{sid}.db", "created_at": rfc3339(utcnow()), **changes}
         body = data(self.get(self.good["object_key"]))
         if body is not None:
             self.put(doc["object_key"], body)
@@ -149,13 +152,26 @@ def test_snapshot_of_another_cluster(stored: Stored) -> None:
 def _manifest(n: int, cluster: str, ok: bool = True) -> Manifest:
     sid = f"2030010{n}T000000000Z-abcdef"
     check = {"ok": ok, "at": "2030-01-01T00:00:00.000Z"}
-    return Manifest.from_dict({
-        "id": sid, "created_at": f"2030-01-0{n}T00:00:00.000Z", "reason": "manual", "pinned": False,
-        "cluster_id": cluster, "member_id": "1", "endpoint": "http://e", "etcd_version": "3.5.1",
-        "revision": n, "keys": 1, "db_size": 10, "object_key": f"snapshots/{sid}.db", "object_size": 42,
-        "object_sha256": "00", "compression": "none",
-        "verification": {"hash": check, "structure": {"ok": True, "at": ""}, "drill": None},
-    })  # fmt: skip
+    return Manifest.from_dict(
+        {
+            "id": sid,
+            "created_at": f"2030-01-0{n}T00:00:00.000Z",
+            "reason": "manual",
+            "pinned": False,
+            "cluster_id": cluster,
+            "member_id": "1",
+            "endpoint": "http://e",
+            "etcd_version": "3.5.1",
+            "revision": n,
+            "keys": 1,
+            "db_size": 10,
+            "object_key": f"snapshots/{sid}.db",
+            "object_size": 42,
+            "object_sha256": "00",
+            "compression": "none",
+            "verification": {"hash": check, "structure": {"ok": True, "at": ""}, "drill": None},
+        }
+    )
 
 
 def _listing(*ms: Manifest) -> Listing:

@@ -71,8 +71,10 @@ def event_seen(d: DaemonProcess, event: str, **fields: Any) -> dict[str, Any] | 
 def send_post(d: DaemonProcess, body: bytes) -> socket.socket:
     """A POST written completely before this returns (so it is known to be in flight); read later."""
     sock = socket.create_connection(("127.0.0.1", d.port), timeout=150)
-    head = (f"POST /v1/snapshots HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")  # fmt: skip
+    head = (
+        f"POST /v1/snapshots HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
     sock.sendall(head.encode() + body)
     return sock
 
@@ -95,8 +97,7 @@ def test_sigkill_mid_upload_s3_leaves_only_debris_the_next_start_cleans(
     fill(etcd_single, 30)
     spool = tmp_path / "spool"
     proxy = s3_proxy(s3_bucket)
-    env = s3_env(etcd_single, s3_bucket, spool, proxy.url, storage__part_size="5MiB", schedule__interval="1h",
-                 **QUIET)  # fmt: skip
+    env = s3_env(etcd_single, s3_bucket, spool, proxy.url, storage__part_size="5MiB", schedule__interval="1h", **QUIET)
     operator = direct(env, s3_bucket)  # default debris_age (24h)
     try:
         # Kill 1: parts in flight (held by the proxy) -> an unfinished multipart upload.
@@ -126,8 +127,19 @@ def test_sigkill_mid_upload_s3_leaves_only_debris_the_next_start_cleans(
     assert run_cli("verify", orphan_id, env=operator).returncode != 0
     assert run_cli("fetch", "latest", "--to", str(tmp_path / "f.db"), env=operator).returncode != 0
     assert not (tmp_path / "f.db").exists()
-    r = run_cli("restore", "single", "--snapshot", "latest", "--name", "x", "--peer-url", "http://127.0.0.1:2380",
-                "--data-dir", str(tmp_path / "restored"), env=operator)  # fmt: skip
+    r = run_cli(
+        "restore",
+        "single",
+        "--snapshot",
+        "latest",
+        "--name",
+        "x",
+        "--peer-url",
+        "http://127.0.0.1:2380",
+        "--data-dir",
+        str(tmp_path / "restored"),
+        env=operator,
+    )
     assert r.returncode != 0 and not (tmp_path / "restored").exists()
     r = run_cli("prune", "--dry-run", "--output", "json", env=operator)
     assert r.returncode == 0, r.stderr
@@ -141,8 +153,11 @@ def test_sigkill_mid_upload_s3_leaves_only_debris_the_next_start_cleans(
     d3 = start_daemon({**operator, "ETCD_BACKUP_RETENTION__DEBRIS_AGE": "1s"})
     d3.wait_until(lambda: d3.metrics()[SCHEDULED] >= 1, 90, "the first snapshot after restart")
     d3.wait_until(lambda: len(s3_bucket.keys()) == 2 and not s3_bucket.uploads(), 30, "debris removed")
-    removed = {(e.get("kind"), e.get("key", "").rsplit("/", 1)[-1].split(".")[0])
-               for e in d3.logs() if e.get("event") == "debris removed"}  # fmt: skip
+    removed = {
+        (e.get("kind"), e.get("key", "").rsplit("/", 1)[-1].split(".")[0])
+        for e in d3.logs()
+        if e.get("event") == "debris removed"
+    }
     assert ("orphan", orphan_id) in removed and any(kind == "partial" for kind, _ in removed), removed
     (m,) = listed(operator)
     assert run_cli("verify", m["id"], env=operator).returncode == 0
@@ -192,8 +207,16 @@ def test_prune_and_post_racing_a_scheduled_snapshot(
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
     proxy = s3_proxy(s3_bucket)
-    env = s3_env(etcd_single, s3_bucket, tmp_path / "spool", proxy.url, storage__part_size="5MiB",
-                 schedule__interval="1h", server__token_file=str(token_file), **QUIET)  # fmt: skip
+    env = s3_env(
+        etcd_single,
+        s3_bucket,
+        tmp_path / "spool",
+        proxy.url,
+        storage__part_size="5MiB",
+        schedule__interval="1h",
+        server__token_file=str(token_file),
+        **QUIET,
+    )
     operator = direct(env, s3_bucket)
 
     def prune_deletes_nothing() -> None:
@@ -248,9 +271,20 @@ def test_s3_gone_then_back_and_failed_listing_deletes_nothing(
 ) -> None:
     etcd_single.put("/app/k", "v")
     proxy = s3_proxy(s3_bucket)
-    env = s3_env(etcd_single, s3_bucket, tmp_path / "spool", proxy.url, storage__timeout="1s",
-                 schedule__interval="2s", retention__keep_last="2", retention__hourly="0", retention__daily="0",
-                 retention__weekly="0", retention__monthly="0", **QUIET)  # fmt: skip
+    env = s3_env(
+        etcd_single,
+        s3_bucket,
+        tmp_path / "spool",
+        proxy.url,
+        storage__timeout="1s",
+        schedule__interval="2s",
+        retention__keep_last="2",
+        retention__hourly="0",
+        retention__daily="0",
+        retention__weekly="0",
+        retention__monthly="0",
+        **QUIET,
+    )
     try:
         d = start_daemon(env)
         d.wait_until(lambda: d.metrics()[SCHEDULED] >= 1, 30, "a first snapshot")
@@ -276,10 +310,12 @@ def test_s3_gone_then_back_and_failed_listing_deletes_nothing(
         # Listings fail (uploads work): snapshots pile up, retention deletes nothing meanwhile.
         d.wait_until(lambda: len(listed(direct(env, s3_bucket))) == 2, 30, "retention at keep_last 2")
         proxy.add_rule(Rule("slowdown", match=list_request))
-        d.wait_until(lambda: event_seen(d, "retention skipped: listing failed", stage="retention"), 60,
-                     "retention skipped after a failed listing")  # fmt: skip
-        d.wait_until(lambda: len(manifest_objects(s3_bucket)) >= 4, 60,
-                     "snapshots kept while listings fail")  # fmt: skip
+        d.wait_until(
+            lambda: event_seen(d, "retention skipped: listing failed", stage="retention"),
+            60,
+            "retention skipped after a failed listing",
+        )
+        d.wait_until(lambda: len(manifest_objects(s3_bucket)) >= 4, 60, "snapshots kept while listings fail")
         proxy.clear_rules()
         d.wait_until(lambda: len(listed(direct(env, s3_bucket))) == 2, 60, "retention caught up")
         assert d.alive()
@@ -299,15 +335,15 @@ def test_spool_disk_full_with_the_daemon(
     spool = tiny_fs / "spool"
     env = s3_env(etcd_single, s3_bucket, spool, storage__part_size="5MiB", schedule__interval="2s", **QUIET)
     d = start_daemon(env)
-    failed = d.wait_until(lambda: event_seen(d, "snapshot failed", error=lambda e: "full" in str(e)), 60,
-                          "a spool-full failure")  # fmt: skip
+    failed = d.wait_until(
+        lambda: event_seen(d, "snapshot failed", error=lambda e: "full" in str(e)), 60, "a spool-full failure"
+    )
     assert str(spool) in failed["error"] and "no space left" in failed["error"].lower(), failed
     d.wait_until(lambda: failures(d, "snapshot") >= 1, 10, "the failure counted")
     assert d.alive()
     assert s3_bucket.keys() == [] and s3_bucket.uploads() == []
     d.wait_until(lambda: spool_files(spool) == [], 10, "an empty spool between attempts")
-    r = subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_fs)], capture_output=True, text=True,
-                       check=False)  # fmt: skip
+    r = subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_fs)], capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
     d.wait_until(lambda: d.metrics()[SCHEDULED] >= 1, 60, "a snapshot once there is room")
     assert d.alive() and len(s3_bucket.keys()) >= 2 and s3_bucket.uploads() == []
@@ -322,8 +358,13 @@ def test_corrupted_storage_never_crashes_the_daemon(
     for i in range(20):
         etcd_single.put(f"/app/{i}", "v" * 100)
     store = tmp_path / "store"
-    env = config_env(etcd_single, f"file://{store}", schedule__interval="1h", verify__restore_drill="2s",
-                     schedule__on_member_change="false")  # fmt: skip
+    env = config_env(
+        etcd_single,
+        f"file://{store}",
+        schedule__interval="1h",
+        verify__restore_drill="2s",
+        schedule__on_member_change="false",
+    )
     r = run_cli("snapshot", "--output", "json", env=env)
     assert r.returncode == 0, r.stderr
     good = json.loads(r.stdout)
@@ -335,8 +376,7 @@ def test_corrupted_storage_never_crashes_the_daemon(
         created = base + timedelta(milliseconds=n)
         sid = new_snapshot_id(created)
         suffix = good["object_key"].split(".", 1)[1]
-        doc = {**good, "id": sid, "object_key": f"snapshots/{sid}.{suffix}", "created_at": rfc3339(created),
-               **changes}  # fmt: skip
+        doc = {**good, "id": sid, "object_key": f"snapshots/{sid}.{suffix}", "created_at": rfc3339(created), **changes}
         if data is not None:
             (store / doc["object_key"]).write_bytes(data)
         (snaps / f"{sid}.json").write_text(json.dumps(doc))

@@ -41,8 +41,7 @@ def test_directory_store_full(etcd_6mib: Cluster, tiny_fs: Path) -> None:
     r = run_cli("snapshot", env=env)
     assert_clean_failure(r.returncode, r.stderr, 1, "full")
     assert [p for p in store.rglob("*") if p.is_file()] == []  # no partial object, no spool file
-    r = subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_fs)], capture_output=True, text=True,
-                       check=False)  # fmt: skip
+    r = subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_fs)], capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
     r = run_cli("snapshot", "--output", "json", env=env)
     assert r.returncode == 0, r.stderr
@@ -54,8 +53,14 @@ def test_file_size_limit(etcd_6mib: Cluster, s3_bucket: Bucket, tmp_path: Path) 
     """RLIMIT_FSIZE (Python ignores SIGXFSZ, so the write fails with EFBIG)."""
     spool = tmp_path / "spool"
     env = s3_env(etcd_6mib, s3_bucket, spool, storage__part_size="5MiB")
-    r = subprocess.run(["prlimit", f"--fsize={2 * 1024 * 1024}", sys.executable, "-m", "etcd_backup", "snapshot"],
-                       capture_output=True, text=True, env=env, timeout=120, check=False)  # fmt: skip
+    r = subprocess.run(
+        ["prlimit", f"--fsize={2 * 1024 * 1024}", sys.executable, "-m", "etcd_backup", "snapshot"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     assert_clean_failure(r.returncode, r.stderr, 1, str(spool), "file too large")
     assert spool_files(spool) == []
     assert s3_bucket.keys() == [] and s3_bucket.uploads() == []

@@ -46,8 +46,7 @@ def _assert_nothing_stored(bucket: Bucket, spool: Path) -> None:
     assert spool_files(spool) == []
 
 
-def test_member_killed_mid_stream_fails_over(etcd_cluster: ClusterFactory, s3_bucket: Bucket,
-                                             tmp_path: Path) -> None:  # fmt: skip
+def test_member_killed_mid_stream_fails_over(etcd_cluster: ClusterFactory, s3_bucket: Bucket, tmp_path: Path) -> None:
     cluster = etcd_cluster(3)
     fill(cluster, 24)
     # The leader, so the survivors must also elect a new one before they can serve.
@@ -56,8 +55,15 @@ def test_member_killed_mid_stream_fails_over(etcd_cluster: ClusterFactory, s3_bu
     proxy = FaultProxy(host_port(victim.client_url), on_server_bytes=(8 * MiB, victim.process.kill))
     spool = tmp_path / "spool"
     try:
-        env = s3_env(cluster, s3_bucket, spool, storage__part_size="5MiB", log__level="warning",
-                     etcd__endpoints=",".join([proxy.url, *others]), etcd__dial_timeout="2s")  # fmt: skip
+        env = s3_env(
+            cluster,
+            s3_bucket,
+            spool,
+            storage__part_size="5MiB",
+            log__level="warning",
+            etcd__endpoints=",".join([proxy.url, *others]),
+            etcd__dial_timeout="2s",
+        )
         r = run_cli("snapshot", "--output", "json", env=env)
     finally:
         proxy.close()
@@ -68,16 +74,16 @@ def test_member_killed_mid_stream_fails_over(etcd_cluster: ClusterFactory, s3_bu
     assert "trying the next endpoint" in r.stderr
     assert m["keys"] == 24 and m["db_size"] > 24 * MiB
     # Only the snapshot from the survivor: the first attempt's multipart upload was aborted.
-    assert sorted(s3_bucket.keys()) == sorted(f"{s3_bucket.prefix}/{k}" for k in
-                                              (m["object_key"], f"snapshots/{m['id']}.json"))  # fmt: skip
+    assert sorted(s3_bucket.keys()) == sorted(
+        f"{s3_bucket.prefix}/{k}" for k in (m["object_key"], f"snapshots/{m['id']}.json")
+    )
     assert s3_bucket.uploads() == []
     assert spool_files(spool) == []
     v = run_cli("verify", m["id"], env=env)
     assert v.returncode == 0, v.stderr
 
 
-def test_frozen_member_fails_within_stall_timeout(etcd_single: Cluster, s3_bucket: Bucket,
-                                                  tmp_path: Path) -> None:  # fmt: skip
+def test_frozen_member_fails_within_stall_timeout(etcd_single: Cluster, s3_bucket: Bucket, tmp_path: Path) -> None:
     fill(etcd_single, 24)
     member = etcd_single.members[0]
     pid = member.process.pid
@@ -123,8 +129,9 @@ def _restart_with(cluster: Cluster, index: int, *extra: str) -> EtcdProcess:
     old = cluster.members[index]
     old.stop()
     with open(old.log_path, "ab") as out:
-        proc = subprocess.Popen([cluster.tools.etcd, *old.args, *extra], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)  # fmt: skip
+        proc = subprocess.Popen(
+            [cluster.tools.etcd, *old.args, *extra], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
     new = EtcdProcess(old.name, old.data_dir, old.client_url, old.peer_url, proc, old.log_path, old.args)
     cluster.members[index] = new
     wait_healthy(new.client_url, 60, new)
@@ -161,16 +168,17 @@ def test_all_endpoints_down(s3_bucket: Bucket, tmp_path: Path) -> None:
     _assert_nothing_stored(s3_bucket, spool)
 
 
-def test_tls_wrong_ca_and_expired_client_cert(etcd_cluster: ClusterFactory, s3_bucket: Bucket,
-                                              tmp_path: Path) -> None:  # fmt: skip
+def test_tls_wrong_ca_and_expired_client_cert(etcd_cluster: ClusterFactory, s3_bucket: Bucket, tmp_path: Path) -> None:
     tls, expired_cert, expired_key = make_tls(tmp_path / "pki")
     cluster = etcd_cluster(1, tls=tls)
     cluster.put("secure", "yes")
     spool = tmp_path / "spool"
     env = s3_env(cluster, s3_bucket, spool, etcd__dial_timeout="2s")
 
-    for bad in ({"ETCD_BACKUP_ETCD__CACERT": tls.other_ca},
-                {"ETCD_BACKUP_ETCD__CERT": expired_cert, "ETCD_BACKUP_ETCD__KEY": expired_key}):  # fmt: skip
+    for bad in (
+        {"ETCD_BACKUP_ETCD__CACERT": tls.other_ca},
+        {"ETCD_BACKUP_ETCD__CERT": expired_cert, "ETCD_BACKUP_ETCD__KEY": expired_key},
+    ):
         r = run_cli("snapshot", env={**env, **bad})
         assert_clean_failure(r.returncode, r.stderr, 1, "etcd")
         assert_no_secrets(r.stdout, r.stderr)

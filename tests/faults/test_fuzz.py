@@ -29,26 +29,51 @@ from etcd_backup.errors import ConfigError, IntegrityError, UsageError
 from etcd_backup.model import Manifest
 
 pytestmark = pytest.mark.timeout(120)
-FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "150")), deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "150")),
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
 
 VALID_MANIFEST: dict[str, Any] = {
-    "schema_version": 1, "kind": "full", "id": "20300101T000000000Z-abcdef",
-    "created_at": "2030-01-01T00:00:00.000Z", "reason": "manual", "pinned": False, "cluster_id": "a",
-    "member_id": "b", "endpoint": "http://127.0.0.1:2379", "etcd_version": "3.5.1", "revision": 7, "keys": 3,
-    "db_size": 20480, "object_key": "snapshots/20300101T000000000Z-abcdef.db", "object_size": 20512,
-    "object_sha256": "00" * 32, "compression": "none", "db_sha256": "11" * 32,
-    "verification": {"hash": {"ok": True, "at": "2030-01-01T00:00:00.000Z", "sha256": "11"},
-                     "structure": {"ok": True, "at": "2030-01-01T00:00:00.000Z"}, "drill": None},
-    "duration_seconds": 1.5, "tool_version": "0",
-}  # fmt: skip
+    "schema_version": 1,
+    "kind": "full",
+    "id": "20300101T000000000Z-abcdef",
+    "created_at": "2030-01-01T00:00:00.000Z",
+    "reason": "manual",
+    "pinned": False,
+    "cluster_id": "a",
+    "member_id": "b",
+    "endpoint": "http://127.0.0.1:2379",
+    "etcd_version": "3.5.1",
+    "revision": 7,
+    "keys": 3,
+    "db_size": 20480,
+    "object_key": "snapshots/20300101T000000000Z-abcdef.db",
+    "object_size": 20512,
+    "object_sha256": "00" * 32,
+    "compression": "none",
+    "db_sha256": "11" * 32,
+    "verification": {
+        "hash": {"ok": True, "at": "2030-01-01T00:00:00.000Z", "sha256": "11"},
+        "structure": {"ok": True, "at": "2030-01-01T00:00:00.000Z"},
+        "drill": None,
+    },
+    "duration_seconds": 1.5,
+    "tool_version": "0",
+}
 
 
 # --- manifests -------------------------------------------------------------------------------
@@ -94,27 +119,72 @@ def test_valid_manifest_parses() -> None:
 # --- configuration ---------------------------------------------------------------------------
 
 SECTIONS = {
-    "etcd": ["endpoints", "cacert", "cert", "key", "username", "password", "dial_timeout", "stall_timeout",
-             "insecure_skip_tls_verify"],
-    "storage": ["url", "endpoint_url", "region", "sse", "kms_key_id", "storage_class", "part_size",
-                "concurrency", "compression", "compression_level", "spool_dir", "timeout",
-                "insecure_skip_tls_verify"],
+    "etcd": [
+        "endpoints",
+        "cacert",
+        "cert",
+        "key",
+        "username",
+        "password",
+        "dial_timeout",
+        "stall_timeout",
+        "insecure_skip_tls_verify",
+    ],
+    "storage": [
+        "url",
+        "endpoint_url",
+        "region",
+        "sse",
+        "kms_key_id",
+        "storage_class",
+        "part_size",
+        "concurrency",
+        "compression",
+        "compression_level",
+        "spool_dir",
+        "timeout",
+        "insecure_skip_tls_verify",
+    ],
     "schedule": ["interval", "cron", "on_member_change", "jitter", "mode"],
     "retention": ["keep_last", "hourly", "daily", "weekly", "monthly", "keep_pinned_for", "debris_age"],
     "verify": ["restore_drill"],
     "tools": ["etcdutl", "etcd"],
     "server": ["listen", "token_file"],
     "log": ["format", "level"],
-}  # fmt: skip
+}
 
 toml_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=24)
-unitish = st.builds(lambda n, u: f"{n}{u}", st.integers(-5, 10**20),
-                    st.sampled_from(["", "s", "m", "h", "d", "w", "ms", "MiB", "KiB", "GiB", "x", "5m"]))
-toml_scalars = (st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats() | toml_text | unitish
-                | st.sampled_from(["*/5 * * * *", "0 0 31 2 *", "s3://", "file://", "s3://b/p", "off",
-                                   "https://[::1", "127.0.0.1:99999", "/nonexistent/ca.crt", ""]))  # fmt: skip
-toml_values = toml_scalars | st.lists(toml_scalars, max_size=3) | st.dictionaries(
-    st.sampled_from(["a", "url", "x"]), toml_scalars, max_size=2)
+unitish = st.builds(
+    lambda n, u: f"{n}{u}",
+    st.integers(-5, 10**20),
+    st.sampled_from(["", "s", "m", "h", "d", "w", "ms", "MiB", "KiB", "GiB", "x", "5m"]),
+)
+toml_scalars = (
+    st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats()
+    | toml_text
+    | unitish
+    | st.sampled_from(
+        [
+            "*/5 * * * *",
+            "0 0 31 2 *",
+            "s3://",
+            "file://",
+            "s3://b/p",
+            "off",
+            "https://[::1",
+            "127.0.0.1:99999",
+            "/nonexistent/ca.crt",
+            "",
+        ]
+    )
+)
+toml_values = (
+    toml_scalars
+    | st.lists(toml_scalars, max_size=3)
+    | st.dictionaries(st.sampled_from(["a", "url", "x"]), toml_scalars, max_size=2)
+)
 
 
 def _toml_value(v: Any) -> str:
@@ -186,8 +256,10 @@ env_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_charact
 
 
 @FUZZ
-@given(st.sampled_from([(s, k) for s, keys in SECTIONS.items() for k in keys]),
-       env_text | unitish | st.sampled_from(['["a"]', '{"a": 1}', "[1,", "null", "1e999"]))  # fmt: skip
+@given(
+    st.sampled_from([(s, k) for s, keys in SECTIONS.items() for k in keys]),
+    env_text | unitish | st.sampled_from(['["a"]', '{"a": 1}', "[1,", "null", "1e999"]),
+)
 def test_config_env_override_with_arbitrary_value(target: tuple[str, str], value: str) -> None:
     section, key = target
     with _no_env_overrides(**{f"ETCD_BACKUP_{section.upper()}__{key.upper()}": value}):
@@ -196,13 +268,50 @@ def test_config_env_override_with_arbitrary_value(target: tuple[str, str], value
 
 # --- command line ----------------------------------------------------------------------------
 
-COMMANDS = ["run", "snapshot", "pre-change", "list", "verify", "prune", "doctor", "fetch", "restore",
-            "single", "cluster", "replace-member"]  # fmt: skip
-OPTIONS = ["--output", "-o", "--config", "--debug", "--reason", "--pin", "--to", "--force", "--dry-run",
-           "--drill", "--snapshot", "--member", "--only", "--data-dir", "--bump-revision", "--name",
-           "--peer-url", "--failed", "json", "text", "latest", "=", "--"]  # fmt: skip
-tokens = st.sampled_from(COMMANDS + OPTIONS) | st.text(string.printable, max_size=12) | st.builds(
-    lambda t: f"--{t}", st.text(string.ascii_lowercase + "-", min_size=1, max_size=10))
+COMMANDS = [
+    "run",
+    "snapshot",
+    "pre-change",
+    "list",
+    "verify",
+    "prune",
+    "doctor",
+    "fetch",
+    "restore",
+    "single",
+    "cluster",
+    "replace-member",
+]
+OPTIONS = [
+    "--output",
+    "-o",
+    "--config",
+    "--debug",
+    "--reason",
+    "--pin",
+    "--to",
+    "--force",
+    "--dry-run",
+    "--drill",
+    "--snapshot",
+    "--member",
+    "--only",
+    "--data-dir",
+    "--bump-revision",
+    "--name",
+    "--peer-url",
+    "--failed",
+    "json",
+    "text",
+    "latest",
+    "=",
+    "--",
+]
+tokens = (
+    st.sampled_from(COMMANDS + OPTIONS)
+    | st.text(string.printable, max_size=12)
+    | st.builds(lambda t: f"--{t}", st.text(string.ascii_lowercase + "-", min_size=1, max_size=10))
+)
 
 
 def _rejected(argv: list[str]) -> bool:
@@ -233,14 +342,17 @@ def test_command_line_rejects_with_one_line(argv: list[str]) -> None:
     assert len(lines) == 1 and lines[0].startswith("etcd-backup: "), err.getvalue()
 
 
-@pytest.mark.parametrize("argv", [
-    ["frobnicate"],
-    ["snapshot", "--pin=yes"],
-    ["list", "--output", "yaml"],
-    ["fetch", "latest"],
-    ["snapshot", "--reason", "x", "\udcff-surrogate"],
-    ["verify", "x" * 20_000, "extra"],
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["frobnicate"],
+        ["snapshot", "--pin=yes"],
+        ["list", "--output", "yaml"],
+        ["fetch", "latest"],
+        ["snapshot", "--reason", "x", "\udcff-surrogate"],
+        ["verify", "x" * 20_000, "extra"],
+    ],
+)
 def test_command_line_as_a_process(argv: list[str], tmp_path: Path) -> None:
     r = run_cli(*argv, env=clean_env(ETCD_BACKUP_STORAGE__URL=f"file://{tmp_path}/store"))
     assert_clean_failure(r.returncode, r.stderr, 2)

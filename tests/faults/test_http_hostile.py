@@ -39,9 +39,15 @@ def daemon(etcd_single: Cluster, tmp_path: Path, start_daemon: DaemonFactory) ->
     etcd_single.put("/app/k", "v")
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
-    env = config_env(etcd_single, f"file://{tmp_path / 'store'}", schedule__interval="1h",
-                     verify__restore_drill="off", schedule__on_member_change="false",
-                     server__token_file=str(token_file), log__level="debug")  # fmt: skip
+    env = config_env(
+        etcd_single,
+        f"file://{tmp_path / 'store'}",
+        schedule__interval="1h",
+        verify__restore_drill="off",
+        schedule__on_member_change="false",
+        server__token_file=str(token_file),
+        log__level="debug",
+    )
     yield start_daemon(env)
 
 
@@ -114,8 +120,9 @@ def test_slow_clients_do_not_block_others_and_are_dropped(daemon: DaemonProcess)
                     break
             dropped[name] = time.monotonic() - started
 
-    threads = [threading.Thread(target=f, args=(f"{f.__name__}{i}",), daemon=True)
-               for f in (silent, trickle) for i in range(4)]  # fmt: skip
+    threads = [
+        threading.Thread(target=f, args=(f"{f.__name__}{i}",), daemon=True) for f in (silent, trickle) for i in range(4)
+    ]
     for t in threads:
         t.start()
     while any(t.is_alive() for t in threads) and time.monotonic() - started < REQUEST_TIMEOUT + 15:
@@ -133,10 +140,24 @@ def test_bad_bodies_get_one_line_4xx(daemon: DaemonProcess) -> None:
     assert status == 413 and "larger" in assert_one_json_line(body)
     status, body = post(daemon, b"{" + b" " * (MAX_BODY + 10) + b"}")
     assert status == 413
-    for bad in (b"{not json", b"\xff\xfe", b"[]", b'"x"', b"null", b"1e999",
-                b'{"reason": 5}', b'{"reason": ""}', b'{"reason": null}', b'{"pin": "yes"}', b'{"pin": 1}',
-                b'{"reason": "two\\nlines"}', b'{"reason": "x", "other": 1}', b'{"reason": {"a": 1}}',
-                json.dumps({"reason": "r" * 300}).encode(), json.dumps({"reason": "r" * 60000}).encode()):  # fmt: skip
+    for bad in (
+        b"{not json",
+        b"\xff\xfe",
+        b"[]",
+        b'"x"',
+        b"null",
+        b"1e999",
+        b'{"reason": 5}',
+        b'{"reason": ""}',
+        b'{"reason": null}',
+        b'{"pin": "yes"}',
+        b'{"pin": 1}',
+        b'{"reason": "two\\nlines"}',
+        b'{"reason": "x", "other": 1}',
+        b'{"reason": {"a": 1}}',
+        json.dumps({"reason": "r" * 300}).encode(),
+        json.dumps({"reason": "r" * 60000}).encode(),
+    ):
         status, body = post(daemon, bad)
         assert status == 400, (bad[:50], status, body)
         assert_one_json_line(body)
@@ -175,8 +196,12 @@ requests = st.fixed_dictionaries(
 bodies = st.binary(max_size=300) | (json_values | requests).map(lambda v: json.dumps(v).encode())
 
 
-@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "60")), deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
+@settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "60")),
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(body=bodies)
 @example(body=b'{"reason": "fuzz", "pin": false}')
 def test_fuzzed_post_bodies(daemon: DaemonProcess, body: bytes) -> None:
@@ -195,8 +220,9 @@ def test_fuzzed_post_bodies(daemon: DaemonProcess, body: bytes) -> None:
 # --- secrets ---------------------------------------------------------------------------------------
 
 
-def test_daemon_never_reveals_a_secret(etcd_single: Cluster, s3_bucket: Bucket, tmp_path: Path,
-                                       start_daemon: DaemonFactory) -> None:  # fmt: skip
+def test_daemon_never_reveals_a_secret(
+    etcd_single: Cluster, s3_bucket: Bucket, tmp_path: Path, start_daemon: DaemonFactory
+) -> None:
     password = f"etcd-pw-{secrets.token_hex(8)}"
     wrong_token = f"wrong-{secrets.token_hex(8)}"
     etcd_single.put("/s/k", "v")
@@ -205,9 +231,19 @@ def test_daemon_never_reveals_a_secret(etcd_single: Cluster, s3_bucket: Bucket, 
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     proxy = s3_proxy(s3_bucket)
-    env = s3_env(etcd_single, s3_bucket, tmp_path / "spool", proxy.url, storage__timeout="1s",
-                 schedule__interval="2s", verify__restore_drill="3s", etcd__username="root", etcd__password=password,
-                 server__token_file=str(token_file), log__level="debug")  # fmt: skip
+    env = s3_env(
+        etcd_single,
+        s3_bucket,
+        tmp_path / "spool",
+        proxy.url,
+        storage__timeout="1s",
+        schedule__interval="2s",
+        verify__restore_drill="3s",
+        etcd__username="root",
+        etcd__password=password,
+        server__token_file=str(token_file),
+        log__level="debug",
+    )
     secret_values = [password, TOKEN, wrong_token, AWS_ENV["AWS_SECRET_ACCESS_KEY"]]
     try:
         d = start_daemon(env)
@@ -220,8 +256,11 @@ def test_daemon_never_reveals_a_secret(etcd_single: Cluster, s3_bucket: Bucket, 
         proxy.go_away()  # error paths log too
         d.wait_until(lambda: d.metrics()['etcd_backup_failures_total{stage="upload"}'] > failed, 60, "a failure")
         proxy.come_back()
-        outputs = [d.request("GET", "/metrics")[1].decode(), d.request("GET", "/v1/snapshots")[1].decode(),
-                   d.request("GET", "/readyz")[1].decode()]  # fmt: skip
+        outputs = [
+            d.request("GET", "/metrics")[1].decode(),
+            d.request("GET", "/v1/snapshots")[1].decode(),
+            d.request("GET", "/readyz")[1].decode(),
+        ]
     finally:
         proxy.close()
     d.terminate()

@@ -65,8 +65,7 @@ def _assert_recovers(env: dict[str, str], bucket: Bucket, spool: Path) -> dict:
     return m
 
 
-def test_slowdown_answers_are_retried(big_etcd: Cluster, s3_bucket: Bucket, proxy: FaultProxy,
-                                      tmp_path: Path) -> None:  # fmt: skip
+def test_slowdown_answers_are_retried(big_etcd: Cluster, s3_bucket: Bucket, proxy: FaultProxy, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     proxy.add_rule(Rule("slowdown", count=3))
     env = s3_env(big_etcd, s3_bucket, spool, proxy.url, **FAST)
@@ -76,8 +75,7 @@ def test_slowdown_answers_are_retried(big_etcd: Cluster, s3_bucket: Bucket, prox
     assert m["object_size"] > 10 * 1024 * 1024
 
 
-def test_reset_mid_part_is_retried(big_etcd: Cluster, s3_bucket: Bucket, proxy: FaultProxy,
-                                   tmp_path: Path) -> None:  # fmt: skip
+def test_reset_mid_part_is_retried(big_etcd: Cluster, s3_bucket: Bucket, proxy: FaultProxy, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     proxy.add_rule(Rule("reset", match=upload_part, count=2, after_bytes=1024 * 1024))
     env = s3_env(big_etcd, s3_bucket, spool, proxy.url, **FAST)
@@ -86,8 +84,9 @@ def test_reset_mid_part_is_retried(big_etcd: Cluster, s3_bucket: Bucket, proxy: 
     assert s3_bucket.uploads() == []
 
 
-def test_reset_of_every_part_fails_cleanly(big_etcd: Cluster, s3_bucket: Bucket, proxy: FaultProxy,
-                                           tmp_path: Path) -> None:  # fmt: skip
+def test_reset_of_every_part_fails_cleanly(
+    big_etcd: Cluster, s3_bucket: Bucket, proxy: FaultProxy, tmp_path: Path
+) -> None:
     spool = tmp_path / "spool"
     proxy.add_rule(Rule("reset", match=upload_part, after_bytes=1024 * 1024))
     env = s3_env(big_etcd, s3_bucket, spool, proxy.url, **FAST)
@@ -99,8 +98,9 @@ def test_reset_of_every_part_fails_cleanly(big_etcd: Cluster, s3_bucket: Bucket,
     _assert_recovers(env, s3_bucket, spool)
 
 
-def test_stalled_requests_fail_within_the_timeout(big_etcd: Cluster, s3_bucket: Bucket, proxy: FaultProxy,
-                                                  tmp_path: Path) -> None:  # fmt: skip
+def test_stalled_requests_fail_within_the_timeout(
+    big_etcd: Cluster, s3_bucket: Bucket, proxy: FaultProxy, tmp_path: Path
+) -> None:
     spool = tmp_path / "spool"
     proxy.add_rule(Rule("stall", match=upload_part))
     env = s3_env(big_etcd, s3_bucket, spool, proxy.url, **FAST)
@@ -133,8 +133,7 @@ def test_endpoint_gone(big_etcd: Cluster, s3_bucket: Bucket, proxy: FaultProxy, 
     code, _, err = _snapshot(env)
     assert_clean_failure(code, err, 1)
     _assert_nothing_stored(s3_bucket, spool, debris=1)
-    r = run_cli("list", "--output", "json", env={**env, "ETCD_BACKUP_STORAGE__ENDPOINT_URL":
-                                                 s3_bucket.server.endpoint})  # fmt: skip
+    r = run_cli("list", "--output", "json", env={**env, "ETCD_BACKUP_STORAGE__ENDPOINT_URL": s3_bucket.server.endpoint})
     assert r.returncode == 0 and json.loads(r.stdout) == [], r.stderr
 
     proxy.come_back()

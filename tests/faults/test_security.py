@@ -36,8 +36,16 @@ def test_secrets_never_in_output_or_manifests(etcd_single: Cluster, s3_bucket: B
     token_file = tmp_path / "token"
     token_file.write_text(token + "\n")
     proxy = s3_proxy(s3_bucket)
-    env = s3_env(etcd_single, s3_bucket, tmp_path / "spool", proxy.url, storage__timeout="2s",
-                 etcd__username="root", etcd__password=password, server__token_file=str(token_file))  # fmt: skip
+    env = s3_env(
+        etcd_single,
+        s3_bucket,
+        tmp_path / "spool",
+        proxy.url,
+        storage__timeout="2s",
+        etcd__username="root",
+        etcd__password=password,
+        server__token_file=str(token_file),
+    )
     outputs: list[str] = []
 
     def run(*args: str, expect: int, **overrides: str | None) -> None:
@@ -80,8 +88,9 @@ def test_secrets_never_in_output_or_manifests(etcd_single: Cluster, s3_bucket: B
             assert value not in text, f"a secret leaked into: {text[:3000]}"
 
 
-def test_spool_and_fetched_files_are_private_whatever_the_umask(etcd_single: Cluster, s3_bucket: Bucket,
-                                                                 tmp_path: Path) -> None:  # fmt: skip
+def test_spool_and_fetched_files_are_private_whatever_the_umask(
+    etcd_single: Cluster, s3_bucket: Bucket, tmp_path: Path
+) -> None:
     fill(etcd_single, 6)
     proxy = s3_proxy(s3_bucket)
     proxy.add_rule(Rule("hold", match=upload_part, count=1))  # keeps the spool file around to look at
@@ -102,8 +111,14 @@ def test_spool_and_fetched_files_are_private_whatever_the_umask(etcd_single: Clu
     m = json.loads(out)
 
     dest = tmp_path / "out" / "snap.db"
-    f = popen_cli("fetch", m["id"], "--to", str(dest), env={**env, "ETCD_BACKUP_STORAGE__ENDPOINT_URL":
-                                                            s3_bucket.server.endpoint}, umask=0)  # fmt: skip
+    f = popen_cli(
+        "fetch",
+        m["id"],
+        "--to",
+        str(dest),
+        env={**env, "ETCD_BACKUP_STORAGE__ENDPOINT_URL": s3_bucket.server.endpoint},
+        umask=0,
+    )
     _, err = f.communicate(timeout=120)
     assert f.returncode == 0, err
     assert _mode(dest) == 0o600

@@ -105,20 +105,23 @@ def store_env(request: pytest.FixtureRequest, tmp_path: Path, endpoints_env: dic
     return {**endpoints_env, **bucket.env(), "ETCD_BACKUP_STORAGE__SPOOL_DIR": str(tmp_path / "spool")}
 
 
-def test_soak(etcd_cluster: ClusterFactory, start_daemon: DaemonFactory, tmp_path: Path,
-              request: pytest.FixtureRequest) -> None:  # fmt: skip
+def test_soak(
+    etcd_cluster: ClusterFactory, start_daemon: DaemonFactory, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     # Compaction keeps the db from growing without bound under the load, as in any real cluster.
     cluster = etcd_cluster(3, extra_args=["--auto-compaction-mode=revision", "--auto-compaction-retention=1000"])
     env = store_env(request, tmp_path, config_env(cluster))
-    env.update({
-        "ETCD_BACKUP_SCHEDULE__INTERVAL": "1s",
-        "ETCD_BACKUP_VERIFY__RESTORE_DRILL": "30s",
-        "ETCD_BACKUP_RETENTION__KEEP_LAST": str(POLICY.keep_last),
-        "ETCD_BACKUP_RETENTION__HOURLY": str(POLICY.hourly),
-        "ETCD_BACKUP_RETENTION__DAILY": str(POLICY.daily),
-        "ETCD_BACKUP_RETENTION__WEEKLY": "0",
-        "ETCD_BACKUP_RETENTION__MONTHLY": "0",
-    })  # fmt: skip
+    env.update(
+        {
+            "ETCD_BACKUP_SCHEDULE__INTERVAL": "1s",
+            "ETCD_BACKUP_VERIFY__RESTORE_DRILL": "30s",
+            "ETCD_BACKUP_RETENTION__KEEP_LAST": str(POLICY.keep_last),
+            "ETCD_BACKUP_RETENTION__HOURLY": str(POLICY.hourly),
+            "ETCD_BACKUP_RETENTION__DAILY": str(POLICY.daily),
+            "ETCD_BACKUP_RETENTION__WEEKLY": "0",
+            "ETCD_BACKUP_RETENTION__MONTHLY": "0",
+        }
+    )
     load = Load(cluster.endpoints)
     writer = threading.Thread(target=load.run, name="load", daemon=True)
     writer.start()
@@ -175,8 +178,16 @@ def test_soak(etcd_cluster: ClusterFactory, start_daemon: DaemonFactory, tmp_pat
     assert figures["fds_late"] <= figures["fds_early"] + FD_MEDIAN_MARGIN, leaked
 
 
-def summarize(d: DaemonProcess, samples: list[Sample], metrics: dict[str, float], load: Load, *, not_ready: int,
-              scrapes: int, stop_seconds: float) -> dict[str, Any]:  # fmt: skip
+def summarize(
+    d: DaemonProcess,
+    samples: list[Sample],
+    metrics: dict[str, float],
+    load: Load,
+    *,
+    not_ready: int,
+    scrapes: int,
+    stop_seconds: float,
+) -> dict[str, Any]:
     logs = d.logs()
     stored = [e for e in logs if e.get("event") == "snapshot stored"]
     latencies = [float(e["seconds"]) for e in stored]

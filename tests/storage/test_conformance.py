@@ -25,8 +25,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SnapshotSt
         yield LocalStore(tmp_path / "store")
     else:
         bucket: Bucket = request.getfixturevalue("s3_bucket")
-        yield S3Store(bucket.name, bucket.prefix, endpoint_url=bucket.server.endpoint, part_size=5 * MiB,
-                      concurrency=2)  # fmt: skip
+        yield S3Store(bucket.name, bucket.prefix, endpoint_url=bucket.server.endpoint, part_size=5 * MiB, concurrency=2)
 
 
 class Trickle(io.RawIOBase):

@@ -22,8 +22,13 @@ def quota_arg(text: str) -> int:
 
 
 def add_quota(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quota-bytes", type=quota_arg, default=DEFAULT_QUOTA_BYTES, metavar="SIZE",
-                   help="the members' --quota-backend-bytes (default: etcd's 2GiB); accepts 8GiB etc.")
+    p.add_argument(
+        "--quota-bytes",
+        type=quota_arg,
+        default=DEFAULT_QUOTA_BYTES,
+        metavar="SIZE",
+        help="the members' --quota-backend-bytes (default: etcd's 2GiB); accepts 8GiB etc.",
+    )
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -57,11 +62,16 @@ def _state(m: MemberHealth) -> str:
 def _row(d: Diagnosis, m: MemberHealth) -> list[str]:
     db = f"{human_size(m.db_size)} ({d.quota_percent(m):.0f}%)" if m.db_size is not None else "-"
     return [
-        m.label, m.id, _state(m) + (" learner" if m.learner else ""), "*" if m.is_leader else "",
-        m.version or "-", db,
+        m.label,
+        m.id,
+        _state(m) + (" learner" if m.learner else ""),
+        "*" if m.is_leader else "",
+        m.version or "-",
+        db,
         f"{m.raft_term}/{m.raft_index}" if m.raft_term is not None else "-",
-        ",".join(m.peer_urls) or "-", ",".join(m.client_urls) or "-",
-    ]  # fmt: skip
+        ",".join(m.peer_urls) or "-",
+        ",".join(m.client_urls) or "-",
+    ]
 
 
 def render(d: Diagnosis) -> str:
@@ -69,13 +79,21 @@ def render(d: Diagnosis) -> str:
     quorum = f"{'yes' if d.quorum else 'NO'} ({counts})"
     lines = [
         f"scenario: {d.scenario}",
-        f"cluster:  {d.cluster_id or 'unknown'}   quorum: {quorum}   "
-        f"leader: {d.leader.label if d.leader else 'none'}",
+        f"cluster:  {d.cluster_id or 'unknown'}   quorum: {quorum}   leader: {d.leader.label if d.leader else 'none'}",
         "",
     ]
     if d.members:
-        headers = ["NAME", "ID", "STATE", "LEADER", "VERSION", "DB (OF QUOTA)", "TERM/INDEX", "PEER URLS",
-                   "CLIENT URLS"]  # fmt: skip
+        headers = [
+            "NAME",
+            "ID",
+            "STATE",
+            "LEADER",
+            "VERSION",
+            "DB (OF QUOTA)",
+            "TERM/INDEX",
+            "PEER URLS",
+            "CLIENT URLS",
+        ]
         lines += [table([_row(d, m) for m in d.members], headers), ""]
     else:
         lines += ["no endpoint answered; member list unknown", ""]

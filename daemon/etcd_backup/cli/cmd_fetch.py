@@ -32,8 +32,15 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     verified = fetch_verified(ctx.store, manifest, str(dest.absolute().parent), record=True)
     path = place(verified, dest)
     if ctx.json:
-        emit_json({"id": manifest.id, "path": str(path), "revision": manifest.revision,
-                   "db_size": manifest.db_size, "sha256": manifest.db_sha256})
+        emit_json(
+            {
+                "id": manifest.id,
+                "path": str(path),
+                "revision": manifest.revision,
+                "db_size": manifest.db_size,
+                "sha256": manifest.db_sha256,
+            }
+        )
     else:
         print(f"snapshot {manifest.id} (revision {manifest.revision}) verified and written to {path}")
         print(f"restore it with: etcdutl snapshot restore {path} --data-dir <DIR> ...")

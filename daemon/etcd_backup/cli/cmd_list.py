@@ -39,9 +39,17 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         print(f"no snapshots in {ctx.store.description}")
         return 0
     rows = [
-        [m.id, m.created_at, str(m.revision), str(m.keys), human_size(m.object_size), m.reason,
-         "yes" if m.pinned else "", verification_label(m)]
+        [
+            m.id,
+            m.created_at,
+            str(m.revision),
+            str(m.keys),
+            human_size(m.object_size),
+            m.reason,
+            "yes" if m.pinned else "",
+            verification_label(m),
+        ]
         for m in listing.manifests
-    ]  # fmt: skip
+    ]
     print(table(rows, ["ID", "CREATED", "REVISION", "KEYS", "SIZE", "REASON", "PINNED", "VERIFICATION"]))
     return 0

@@ -20,16 +20,18 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "verify it and print its id and the command that rolls the change back.",
     )
     p.add_argument("--reason", required=True, help="recorded in the manifest, e.g. 'grow to 3 members'")
-    p.add_argument("--drill", action="store_true",
-                   help="also prove the snapshot restores: restore it into a scratch etcd and query it")
+    p.add_argument(
+        "--drill",
+        action="store_true",
+        help="also prove the snapshot restores: restore it into a scratch etcd and query it",
+    )
     add_quota(p)
     add_output(p)
     return p
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    result = pre_change(ctx.config, ctx.store, reason=args.reason, drill=args.drill,
-                        quota_bytes=args.quota_bytes)  # fmt: skip
+    result = pre_change(ctx.config, ctx.store, reason=args.reason, drill=args.drill, quota_bytes=args.quota_bytes)
     if ctx.json:
         emit_json(result.to_dict())
     else:

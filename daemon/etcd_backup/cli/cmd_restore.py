@@ -42,16 +42,32 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _snapshot_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--snapshot", required=True, metavar="ID|latest",
-                   help="snapshot id (see `etcd-backup list`), or latest: the newest verified one")
-    p.add_argument("--force", action="store_true",
-                   help="move a non-empty data dir aside to DIR.bak-<UTC time> instead of refusing")
-    p.add_argument("--cluster-token", metavar="TOKEN",
-                   help="initial cluster token (default: etcd-restore-<snapshot id>, the same on every host)")
-    p.add_argument("--bump-revision", type=int, default=0, metavar="N",
-                   help="raise the restored revision by N (etcdutl 3.5.7+; what Kubernetes needs)")
-    p.add_argument("--mark-compacted", action="store_true",
-                   help="mark the restored revisions compacted, with --bump-revision (etcdutl 3.5.7+)")
+    p.add_argument(
+        "--snapshot",
+        required=True,
+        metavar="ID|latest",
+        help="snapshot id (see `etcd-backup list`), or latest: the newest verified one",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="move a non-empty data dir aside to DIR.bak-<UTC time> instead of refusing"
+    )
+    p.add_argument(
+        "--cluster-token",
+        metavar="TOKEN",
+        help="initial cluster token (default: etcd-restore-<snapshot id>, the same on every host)",
+    )
+    p.add_argument(
+        "--bump-revision",
+        type=int,
+        default=0,
+        metavar="N",
+        help="raise the restored revision by N (etcdutl 3.5.7+; what Kubernetes needs)",
+    )
+    p.add_argument(
+        "--mark-compacted",
+        action="store_true",
+        help="mark the restored revisions compacted, with --bump-revision (etcdutl 3.5.7+)",
+    )
 
 
 def _add_single(kinds: Any) -> None:
@@ -66,43 +82,72 @@ def _add_single(kinds: Any) -> None:
 def _add_cluster(kinds: Any) -> None:
     p = kinds.add_parser("cluster", help="scenario 4, quorum lost: rebuild every member from one snapshot")
     _snapshot_args(p)
-    p.add_argument("--member", action="append", default=[], metavar="NAME=PEER_URL", required=True,
-                   help="once per member of the new cluster")
-    p.add_argument("--data-dir", required=True, metavar="DIR",
-                   help="data dir; must contain {name} when more than one member is rebuilt here")
-    p.add_argument("--only", action="append", default=[], metavar="NAME",
-                   help="rebuild only this member (the one on this host); repeatable")
+    p.add_argument(
+        "--member",
+        action="append",
+        default=[],
+        metavar="NAME=PEER_URL",
+        required=True,
+        help="once per member of the new cluster",
+    )
+    p.add_argument(
+        "--data-dir",
+        required=True,
+        metavar="DIR",
+        help="data dir; must contain {name} when more than one member is rebuilt here",
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="rebuild only this member (the one on this host); repeatable",
+    )
     _common(p)
 
 
 def _add_replace(kinds: Any) -> None:
-    p = kinds.add_parser("replace-member",
-                         help="scenario 4, quorum intact: remove a failed member, add a fresh one")
+    p = kinds.add_parser("replace-member", help="scenario 4, quorum intact: remove a failed member, add a fresh one")
     p.add_argument("--failed", required=True, metavar="NAME|ID", help="the failed member (name or hex id)")
     p.add_argument("--name", required=True, metavar="NEW_NAME", help="name of the new member")
     p.add_argument("--peer-url", required=True, metavar="URL", help="peer URL of the new member")
-    p.add_argument("--data-dir", metavar="DIR",
-                   help="the new member's data dir, checked to be empty (default: NEW_NAME.etcd in etcd's "
-                   "working directory, as etcd itself does)")
-    p.add_argument("--force", action="store_true",
-                   help="replace a member that still answers; move a non-empty --data-dir aside")
-    p.add_argument("--cluster-token", default="etcd-cluster", metavar="TOKEN",
-                   help="printed in the flags; a member joining an existing cluster does not use it")
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="the new member's data dir, checked to be empty (default: NEW_NAME.etcd in etcd's "
+        "working directory, as etcd itself does)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="replace a member that still answers; move a non-empty --data-dir aside"
+    )
+    p.add_argument(
+        "--cluster-token",
+        default="etcd-cluster",
+        metavar="TOKEN",
+        help="printed in the flags; a member joining an existing cluster does not use it",
+    )
     _common(p)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     if args.restore_kind == "replace-member":
         return _run_replace(args, ctx)
-    common = {"snapshot": args.snapshot, "force": args.force, "token": args.cluster_token,
-              "bump_revision": args.bump_revision, "mark_compacted": args.mark_compacted}  # fmt: skip
+    common = {
+        "snapshot": args.snapshot,
+        "force": args.force,
+        "token": args.cluster_token,
+        "bump_revision": args.bump_revision,
+        "mark_compacted": args.mark_compacted,
+    }
     if args.restore_kind == "single":
-        result = restore_single(ctx.config, ctx.store, name=args.name, peer_url=args.peer_url,
-                                data_dir=args.data_dir, **common)  # fmt: skip
+        result = restore_single(
+            ctx.config, ctx.store, name=args.name, peer_url=args.peer_url, data_dir=args.data_dir, **common
+        )
     else:
         members = [parse_member(text) for text in args.member]
-        result = restore_cluster(ctx.config, ctx.store, members=members, data_dir=args.data_dir,
-                                 only=args.only, **common)  # fmt: skip
+        result = restore_cluster(
+            ctx.config, ctx.store, members=members, data_dir=args.data_dir, only=args.only, **common
+        )
     if ctx.json:
         doc = result.to_dict()
         if args.restore_kind == "single":
@@ -114,9 +159,16 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _run_replace(args: argparse.Namespace, ctx: Context) -> int:
-    result = replace_member(ctx.config, failed=args.failed, name=args.name, peer_url=args.peer_url,
-                            data_dir=args.data_dir, force=args.force, token=args.cluster_token,
-                            open_store=lambda: ctx.store)  # fmt: skip
+    result = replace_member(
+        ctx.config,
+        failed=args.failed,
+        name=args.name,
+        peer_url=args.peer_url,
+        data_dir=args.data_dir,
+        force=args.force,
+        token=args.cluster_token,
+        open_store=lambda: ctx.store,
+    )
     if ctx.json:
         emit_json(result.to_dict())
     else:
@@ -141,8 +193,11 @@ def _member_block(r: RebuiltMember) -> list[str]:
 
 def render_restore(r: ClusterRestore, bumped: bool) -> str:
     m = r.manifest
-    lines = [f"snapshot {m.id} verified (revision {m.revision}, {m.keys} keys) and restored with {r.tool}",
-             f"cluster token {r.cluster_token}; initial cluster {r.initial_cluster}", ""]  # fmt: skip
+    lines = [
+        f"snapshot {m.id} verified (revision {m.revision}, {m.keys} keys) and restored with {r.tool}",
+        f"cluster token {r.cluster_token}; initial cluster {r.initial_cluster}",
+        "",
+    ]
     for member in r.rebuilt:
         lines += _member_block(member)
     others = r.others()
@@ -152,23 +207,29 @@ def render_restore(r: ClusterRestore, bumped: bool) -> str:
         lines.append("")
     lines += [
         "then:",
-        "  start every member; the cluster forms once a majority of them runs" if len(r.members) > 1
+        "  start every member; the cluster forms once a majority of them runs"
+        if len(r.members) > 1
         else "  start etcd",
         f"  check: etcdctl --endpoints={CLIENT_PLACEHOLDER} endpoint health --cluster",
         f"         etcdctl --endpoints={CLIENT_PLACEHOLDER} member list -w table",
         "         etcd-backup doctor",
         "  once healthy, take a fresh snapshot: etcd-backup snapshot --reason after-restore",
-    ]  # fmt: skip
+    ]
     if not bumped:
-        lines.append("  Kubernetes: restart kube-apiserver (its watch caches are ahead of the restored "
-                     "revision); with etcdutl 3.5.7+ restore with --bump-revision 1000000000 "
-                     "--mark-compacted")
+        lines.append(
+            "  Kubernetes: restart kube-apiserver (its watch caches are ahead of the restored "
+            "revision); with etcdutl 3.5.7+ restore with --bump-revision 1000000000 "
+            "--mark-compacted"
+        )
     return "\n".join(lines)
 
 
 def render_replacement(r: Replacement, ctx: Context) -> str:
-    removed = f"removed member {r.removed_name} ({r.removed_id})" if r.removed_id else \
-        f"member {r.removed_name} was removed already"  # fmt: skip
+    removed = (
+        f"removed member {r.removed_name} ({r.removed_id})"
+        if r.removed_id
+        else f"member {r.removed_name} was removed already"
+    )
     endpoints = list(r.client_urls) or [CLIENT_PLACEHOLDER]
     check = " ".join(etcdctl_base(ctx.config.etcd, endpoints))
     lines = [
@@ -183,7 +244,7 @@ def render_replacement(r: Replacement, ctx: Context) -> str:
         f"check: {check} endpoint health --cluster",
         f"       {check} member list -w table",
         "       etcd-backup doctor",
-    ]  # fmt: skip
+    ]
     if r.moved_aside:
         lines.insert(1, f"(the previous contents of {r.data_dir} were moved to {r.moved_aside})")
     return "\n".join(lines)

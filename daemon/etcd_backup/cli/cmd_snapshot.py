@@ -19,14 +19,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def render(m: Manifest) -> str:
-    return "\n".join([
-        f"snapshot {m.id} stored and verified",
-        f"  created   {m.created_at}  reason {m.reason}{'  pinned' if m.pinned else ''}",
-        f"  source    {m.endpoint} (member {m.member_id}, cluster {m.cluster_id}, etcd {m.etcd_version})",
-        f"  content   revision {m.revision}, {m.keys} keys, db {human_size(m.db_size)}",
-        f"  object    {m.object_key} ({human_size(m.object_size)}, {m.compression}) sha256 {m.object_sha256}",
-        f"  took      {m.duration_seconds:.2f}s",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"snapshot {m.id} stored and verified",
+            f"  created   {m.created_at}  reason {m.reason}{'  pinned' if m.pinned else ''}",
+            f"  source    {m.endpoint} (member {m.member_id}, cluster {m.cluster_id}, etcd {m.etcd_version})",
+            f"  content   revision {m.revision}, {m.keys} keys, db {human_size(m.db_size)}",
+            f"  object    {m.object_key} ({human_size(m.object_size)}, {m.compression}) sha256 {m.object_sha256}",
+            f"  took      {m.duration_seconds:.2f}s",
+        ]
+    )
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:

@@ -43,8 +43,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if ctx.json:
         emit_json(result)
     else:
-        print(f"snapshot {manifest.id}: hash ok, structure ok (revision {verified.status.revision}, "
-              f"{verified.status.total_key} bolt entries)")
+        print(
+            f"snapshot {manifest.id}: hash ok, structure ok (revision {verified.status.revision}, "
+            f"{verified.status.total_key} bolt entries)"
+        )
         if result["drill"] is not None:
             d = result["drill"]
             print(f"drill: {'ok' if d['ok'] else 'FAILED'} {d.get('error') or ''}".rstrip())

@@ -15,8 +15,13 @@ from ..storage import SnapshotStore, open_store
 
 
 def add_output(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output", "-o", choices=["text", "json"], default="text",
-                   help="text for people (default) or exactly one JSON document on stdout")
+    p.add_argument(
+        "--output",
+        "-o",
+        choices=["text", "json"],
+        default="text",
+        help="text for people (default) or exactly one JSON document on stdout",
+    )
 
 
 class Context:
@@ -26,11 +31,13 @@ class Context:
     @cached_property
     def config(self) -> Config:
         cfg = config.load(getattr(self.args, "config", None))
-        logsetup.register_secrets([
-            cfg.etcd.password.get_secret_value() if cfg.etcd.password else None,
-            os.environ.get("AWS_SECRET_ACCESS_KEY"),
-            os.environ.get("AWS_SESSION_TOKEN"),
-        ])
+        logsetup.register_secrets(
+            [
+                cfg.etcd.password.get_secret_value() if cfg.etcd.password else None,
+                os.environ.get("AWS_SECRET_ACCESS_KEY"),
+                os.environ.get("AWS_SESSION_TOKEN"),
+            ]
+        )
         if cfg.server.token_file:
             try:
                 logsetup.register_secrets([config.token(cfg.server)])
@@ -43,8 +50,10 @@ class Context:
         storage = self.config.storage
         if storage.insecure_skip_tls_verify and storage.scheme == "s3" and self.args.command != "run":
             # One-shot commands log nothing by default; this must be seen all the same.
-            print("etcd-backup: warning: TLS verification of the S3 endpoint is OFF "
-                  "(storage.insecure_skip_tls_verify)", file=sys.stderr)  # fmt: skip
+            print(
+                "etcd-backup: warning: TLS verification of the S3 endpoint is OFF (storage.insecure_skip_tls_verify)",
+                file=sys.stderr,
+            )
         return open_store(storage)
 
     def live_cluster_id(self) -> str | None:

@@ -28,8 +28,7 @@ from . import (
 )
 from .common import Context
 
-COMMANDS = [cmd_run, cmd_snapshot, cmd_pre_change, cmd_list, cmd_verify, cmd_prune, cmd_doctor,
-            cmd_fetch, cmd_restore]  # fmt: skip
+COMMANDS = [cmd_run, cmd_snapshot, cmd_pre_change, cmd_list, cmd_verify, cmd_prune, cmd_doctor, cmd_fetch, cmd_restore]
 
 EPILOG = """exit codes:
   0    success
@@ -53,8 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", metavar="PATH", help="TOML configuration file "
-                        "(default: $ETCD_BACKUP_CONFIG, else /etc/etcd-backup/config.toml if present)")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="TOML configuration file (default: $ETCD_BACKUP_CONFIG, else /etc/etcd-backup/config.toml if present)",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("--version", action="version", version=f"etcd-backup {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

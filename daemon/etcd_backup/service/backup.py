@@ -225,8 +225,7 @@ def snapshot_member(
         spool.finish()
         db_size = stream.total - TRAILER
         stream_at = time.monotonic()
-        bound.info("snapshot received", stage="verify", bytes=stream.total,
-                   seconds=round(stream_at - started, 3))
+        bound.info("snapshot received", stage="verify", bytes=stream.total, seconds=round(stream_at - started, 3))
         hash_check = Check(True, rfc3339(utcnow()), {"sha256": stream.db_sha256})
         bolt_status, structure = structure_check(str(spool.path), db_size)
         keys = _count_keys(conn, bolt_status.revision)
@@ -266,8 +265,15 @@ def snapshot_member(
         except EtcdBackupError:
             _delete_quietly(store, key)
             raise
-        bound.info("snapshot stored", stage="commit", revision=manifest.revision, keys=keys,
-                   db_size=db_size, object_size=info.size, seconds=manifest.duration_seconds)
+        bound.info(
+            "snapshot stored",
+            stage="commit",
+            revision=manifest.revision,
+            keys=keys,
+            db_size=db_size,
+            object_size=info.size,
+            seconds=manifest.duration_seconds,
+        )
         return manifest
     except BaseException as exc:
         spool.fail(exc if isinstance(exc, Exception) else Cancelled("interrupted"))

@@ -196,13 +196,24 @@ class MemberHealth:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "id": self.id, "peer_urls": list(self.peer_urls),
-            "client_urls": list(self.client_urls), "reachable": self.reachable, "started": self.started,
-            "learner": self.learner, "leader": self.is_leader, "endpoint": self.endpoint,
-            "version": self.version, "db_size": self.db_size, "db_size_in_use": self.db_size_in_use,
-            "raft_term": self.raft_term, "raft_index": self.raft_index, "revision": self.revision,
-            "errors": list(self.errors), "error": self.error,
-        }  # fmt: skip
+            "name": self.name,
+            "id": self.id,
+            "peer_urls": list(self.peer_urls),
+            "client_urls": list(self.client_urls),
+            "reachable": self.reachable,
+            "started": self.started,
+            "learner": self.learner,
+            "leader": self.is_leader,
+            "endpoint": self.endpoint,
+            "version": self.version,
+            "db_size": self.db_size,
+            "db_size_in_use": self.db_size_in_use,
+            "raft_term": self.raft_term,
+            "raft_index": self.raft_index,
+            "revision": self.revision,
+            "errors": list(self.errors),
+            "error": self.error,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,10 +228,14 @@ class BackupInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "created_at": self.created_at, "age_seconds": round(self.age_seconds, 1),
-            "revision": self.revision, "revision_gap": self.revision_gap, "reason": self.reason,
+            "id": self.id,
+            "created_at": self.created_at,
+            "age_seconds": round(self.age_seconds, 1),
+            "revision": self.revision,
+            "revision_gap": self.revision_gap,
+            "reason": self.reason,
             "pinned": self.pinned,
-        }  # fmt: skip
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,15 +302,27 @@ def member_health(s: Survey) -> list[MemberHealth]:
         p = by_id.get(m.id)
         st = p.status if p else None
         error = None if st else _member_error(s, m)
-        out.append(MemberHealth(
-            id=hexid(m.id), name=m.name, peer_urls=m.peer_urls, client_urls=m.client_urls,
-            started=m.started, learner=m.is_learner, reachable=st is not None,
-            is_leader=leader == m.id, endpoint=p.endpoint if p else None,
-            version=st.version if st else None, db_size=st.db_size if st else None,
-            db_size_in_use=st.db_size_in_use if st else None, raft_term=st.raft_term if st else None,
-            raft_index=st.raft_index if st else None, revision=st.revision if st else None,
-            errors=st.errors if st else (), error=error,
-        ))  # fmt: skip
+        out.append(
+            MemberHealth(
+                id=hexid(m.id),
+                name=m.name,
+                peer_urls=m.peer_urls,
+                client_urls=m.client_urls,
+                started=m.started,
+                learner=m.is_learner,
+                reachable=st is not None,
+                is_leader=leader == m.id,
+                endpoint=p.endpoint if p else None,
+                version=st.version if st else None,
+                db_size=st.db_size if st else None,
+                db_size_in_use=st.db_size_in_use if st else None,
+                raft_term=st.raft_term if st else None,
+                raft_index=st.raft_index if st else None,
+                revision=st.revision if st else None,
+                errors=st.errors if st else (),
+                error=error,
+            )
+        )
     return out
 
 
@@ -338,8 +365,13 @@ def etcdctl_base(cfg: EtcdConfig, endpoints: list[str]) -> list[str]:
     return cmd
 
 
-def restore_cluster_command(snapshot: str, members: list[tuple[str, str]], data_dir: str = CLUSTER_DATA_DIR,
-                            only: str | None = None, token: str | None = None) -> str:  # fmt: skip
+def restore_cluster_command(
+    snapshot: str,
+    members: list[tuple[str, str]],
+    data_dir: str = CLUSTER_DATA_DIR,
+    only: str | None = None,
+    token: str | None = None,
+) -> str:
     cmd = ["etcd-backup", "restore", "cluster", "--snapshot", snapshot]
     for name, peer_url in members:
         cmd += ["--member", f"{name}={peer_url}"]
@@ -351,15 +383,40 @@ def restore_cluster_command(snapshot: str, members: list[tuple[str, str]], data_
     return shlex.join(cmd)
 
 
-def restore_single_command(snapshot: str, name: str = "<NAME>", peer_url: str = "<PEER_URL>",
-                           data_dir: str = "<DATA_DIR>") -> str:  # fmt: skip
-    return shlex.join(["etcd-backup", "restore", "single", "--snapshot", snapshot, "--name", name,
-                       "--peer-url", peer_url, "--data-dir", data_dir])  # fmt: skip
+def restore_single_command(
+    snapshot: str, name: str = "<NAME>", peer_url: str = "<PEER_URL>", data_dir: str = "<DATA_DIR>"
+) -> str:
+    return shlex.join(
+        [
+            "etcd-backup",
+            "restore",
+            "single",
+            "--snapshot",
+            snapshot,
+            "--name",
+            name,
+            "--peer-url",
+            peer_url,
+            "--data-dir",
+            data_dir,
+        ]
+    )
 
 
 def replace_member_command(failed: MemberHealth) -> str:
-    return shlex.join(["etcd-backup", "restore", "replace-member", "--failed", failed.name or failed.id,
-                       "--name", failed.name or "<NEW_NAME>", "--peer-url", failed.peer_url])  # fmt: skip
+    return shlex.join(
+        [
+            "etcd-backup",
+            "restore",
+            "replace-member",
+            "--failed",
+            failed.name or failed.id,
+            "--name",
+            failed.name or "<NEW_NAME>",
+            "--peer-url",
+            failed.peer_url,
+        ]
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,9 +440,12 @@ def recommend(
     if scenario == SINGLE_MEMBER_DOWN:
         m = members[0] if members else None
         cmd = restore_single_command(snapshot, m.name, m.peer_url) if m else restore_single_command(snapshot)
-        return Advice(cmd, "The only member does not answer. If etcd merely stopped and its data dir "
-                      "survives, start it again. If the host or its data dir is lost, rebuild it from "
-                      "the newest verified snapshot (scenario 3), then start etcd with the flags it prints.")
+        return Advice(
+            cmd,
+            "The only member does not answer. If etcd merely stopped and its data dir "
+            "survives, start it again. If the host or its data dir is lost, rebuild it from "
+            "the newest verified snapshot (scenario 3), then start etcd with the flags it prints.",
+        )
     if scenario == QUORUM_LOST:
         return _quorum_lost(snapshot, started, members)
     if scenario == UNSTARTED_MEMBER:
@@ -394,21 +454,26 @@ def recommend(
         down = [m for m in started if not m.reachable]
         cmds = [replace_member_command(m) for m in down]
         names = ", ".join(m.label for m in down)
-        return Advice(cmds[0], f"Quorum holds, but {names} does not answer. If it will come back with its "
-                      "data dir, restart it. If it is lost, replace it: remove it and add a fresh member "
-                      "(same name and peer URL on a new host, or pass other ones); the command prints how to "
-                      "start the new member. Replace one member at a time.", tuple(cmds))
+        return Advice(
+            cmds[0],
+            f"Quorum holds, but {names} does not answer. If it will come back with its "
+            "data dir, restart it. If it is lost, replace it: remove it and add a fresh member "
+            "(same name and peer URL on a new host, or pass other ones); the command prints how to "
+            "start the new member. Replace one member at a time.",
+            tuple(cmds),
+        )
     if alarms:
         reachable = [u for m in members if m.reachable for u in m.client_urls[:1]]
         cmd = shlex.join([*etcdctl_base(cfg, reachable), "alarm", "disarm"])
         raised = ", ".join(a["alarm"] for a in alarms)
-        return Advice(cmd, f"Alarm raised ({raised}). For NOSPACE: compact and defragment (or raise "
-                      "--quota-backend-bytes), then disarm the alarm.")
+        return Advice(
+            cmd,
+            f"Alarm raised ({raised}). For NOSPACE: compact and defragment (or raise "
+            "--quota-backend-bytes), then disarm the alarm.",
+        )
     if backup is None:
-        return Advice("etcd-backup snapshot", "The cluster is healthy, but storage holds no verified "
-                      "snapshot.")
-    return Advice("", "The cluster is healthy. Before a membership change run: "
-                  "etcd-backup pre-change --reason TEXT")
+        return Advice("etcd-backup snapshot", "The cluster is healthy, but storage holds no verified snapshot.")
+    return Advice("", "The cluster is healthy. Before a membership change run: etcd-backup pre-change --reason TEXT")
 
 
 def _quorum_lost(snapshot: str, started: list[MemberHealth], members: list[MemberHealth]) -> Advice:
@@ -417,13 +482,16 @@ def _quorum_lost(snapshot: str, started: list[MemberHealth], members: list[Membe
     cmd = restore_cluster_command(snapshot, pairs, data_dir)
     per_host = tuple(restore_cluster_command(snapshot, pairs, data_dir, only=name) for name, _ in pairs)
     alive = [m.label for m in started if m.reachable]
-    text = ("Quorum is lost: a majority of the voting members does not answer"
-            + (f" (still answering: {', '.join(alive)})" if alive else "") + ". If the missing members can "
-            "be started again with their data dirs, do that first: quorum returns by itself. If two or "
-            "more are lost for good, stop every member and rebuild all of them from one snapshot as a new "
-            "cluster (scenario 4). On each member's host run the command with --only NAME (the same "
-            "snapshot id everywhere), adjust --data-dir to where etcd keeps its data, then start all "
-            "members.")
+    text = (
+        "Quorum is lost: a majority of the voting members does not answer"
+        + (f" (still answering: {', '.join(alive)})" if alive else "")
+        + ". If the missing members can "
+        "be started again with their data dirs, do that first: quorum returns by itself. If two or "
+        "more are lost for good, stop every member and rebuild all of them from one snapshot as a new "
+        "cluster (scenario 4). On each member's host run the command with --only NAME (the same "
+        "snapshot id everywhere), adjust --data-dir to where etcd keeps its data, then start all "
+        "members."
+    )
     if not members:
         text += " No member answered, so the member names and peer URLs are placeholders."
     return Advice(cmd, text, per_host)
@@ -436,18 +504,25 @@ def _unstarted(cfg: EtcdConfig, snapshot: str, members: list[MemberHealth], quor
     if quorum:
         endpoints = [u for m in started if m.reachable for u in m.client_urls[:1]]
         cmds = tuple(shlex.join([*etcdctl_base(cfg, endpoints), "member", "remove", m.id]) for m in unstarted)
-        return Advice(cmds[0], f"Member {who} was added but never started (scenario 2: it crashed before "
-                      "joining). The cluster is one failure closer to losing quorum. Remove it, then retry "
-                      "the change (etcd-backup pre-change first), or start it now with "
-                      "--initial-cluster-state=existing.", cmds)
+        return Advice(
+            cmds[0],
+            f"Member {who} was added but never started (scenario 2: it crashed before "
+            "joining). The cluster is one failure closer to losing quorum. Remove it, then retry "
+            "the change (etcd-backup pre-change first), or start it now with "
+            "--initial-cluster-state=existing.",
+            cmds,
+        )
     if len(started) == 1:
         cmd = restore_single_command(snapshot, started[0].name, started[0].peer_url)
     else:
         cmd = restore_cluster_command(snapshot, [(m.name, m.peer_url) for m in started])
-    return Advice(cmd, f"Member {who} was added but never started, and without it there is no quorum, so "
-                  "it cannot be removed (scenario 2). Either start the added member now with "
-                  "--initial-cluster-state=existing, or roll back: stop etcd and rebuild the original "
-                  "members from the snapshot taken before the change (pre-change).")
+    return Advice(
+        cmd,
+        f"Member {who} was added but never started, and without it there is no quorum, so "
+        "it cannot be removed (scenario 2). Either start the added member now with "
+        "--initial-cluster-state=existing, or roll back: stop etcd and rebuild the original "
+        "members from the snapshot taken before the change (pre-change).",
+    )
 
 
 # --- putting it together ----------------------------------------------------------------------
@@ -472,20 +547,37 @@ def diagnose(
     quorum = bool(members) and reachable_voting * 2 > len(voting) and leader is not None
     scenario = classify(members, quorum, len(s.configured))
     backup, storage_error = _with_gap(listed, members, now())
-    alarms = [{"member_id": hexid(a.member_id), "member": _name_of(members, a.member_id), "alarm": a.alarm}
-              for a in s.alarms] if s.alarms is not None else None  # fmt: skip
+    alarms = (
+        [
+            {"member_id": hexid(a.member_id), "member": _name_of(members, a.member_id), "alarm": a.alarm}
+            for a in s.alarms
+        ]
+        if s.alarms is not None
+        else None
+    )
     advice = recommend(scenario, members, quorum=quorum, backup=backup, cfg=cfg.etcd, alarms=alarms)
-    problems = _problems(cfg, s, members, alarms=alarms, backup=backup, storage_error=storage_error,
-                         quota_bytes=quota_bytes)  # fmt: skip
+    problems = _problems(
+        cfg, s, members, alarms=alarms, backup=backup, storage_error=storage_error, quota_bytes=quota_bytes
+    )
     return Diagnosis(
-        scenario=scenario, quorum=quorum, members=tuple(members), leader=leader,
-        alarms=tuple(alarms) if alarms is not None else None, newest_backup=backup,
-        storage_error=storage_error, recommendation=advice.command, explanation=advice.explanation,
-        steps=advice.steps or ((advice.command,) if advice.command else ()), problems=tuple(problems),
-        cluster_id=_cluster_id(s), endpoints=tuple(_endpoint_rows(s)), voting=len(voting),
-        reachable_voting=reachable_voting, quota_bytes=quota_bytes,
+        scenario=scenario,
+        quorum=quorum,
+        members=tuple(members),
+        leader=leader,
+        alarms=tuple(alarms) if alarms is not None else None,
+        newest_backup=backup,
+        storage_error=storage_error,
+        recommendation=advice.command,
+        explanation=advice.explanation,
+        steps=advice.steps or ((advice.command,) if advice.command else ()),
+        problems=tuple(problems),
+        cluster_id=_cluster_id(s),
+        endpoints=tuple(_endpoint_rows(s)),
+        voting=len(voting),
+        reachable_voting=reachable_voting,
+        quota_bytes=quota_bytes,
         seconds=time.monotonic() - started_at,
-    )  # fmt: skip
+    )
 
 
 class _StorageLookup:
@@ -524,15 +616,15 @@ def newest_verified(open_store: Callable[[], SnapshotStore]) -> tuple[Manifest |
         return None, f"{type(exc).__name__}: {exc}"
 
 
-def _with_gap(listed: tuple[Any, str | None], members: list[MemberHealth],
-              now: datetime) -> tuple[BackupInfo | None, str | None]:  # fmt: skip
+def _with_gap(
+    listed: tuple[Any, str | None], members: list[MemberHealth], now: datetime
+) -> tuple[BackupInfo | None, str | None]:
     m, error = listed
     if m is None:
         return None, error
     revisions = [x.revision for x in members if x.revision is not None]
     gap = max(revisions) - m.revision if revisions else None
-    return BackupInfo(m.id, m.created_at, (now - m.created).total_seconds(), m.revision, gap,
-                      m.reason, m.pinned), None  # fmt: skip
+    return BackupInfo(m.id, m.created_at, (now - m.created).total_seconds(), m.revision, gap, m.reason, m.pinned), None
 
 
 def _name_of(members: list[MemberHealth], member_id: int) -> str:
@@ -545,9 +637,15 @@ def _cluster_id(s: Survey) -> str | None:
 
 
 def _endpoint_rows(s: Survey) -> list[dict[str, Any]]:
-    return [{"endpoint": url, "ok": p.status is not None,
-             "member_id": hexid(p.status.member_id) if p.status else None, "error": p.error}
-            for url, p in s.probes.items()]  # fmt: skip
+    return [
+        {
+            "endpoint": url,
+            "ok": p.status is not None,
+            "member_id": hexid(p.status.member_id) if p.status else None,
+            "error": p.error,
+        }
+        for url, p in s.probes.items()
+    ]
 
 
 def _problems(
@@ -569,8 +667,10 @@ def _problems(
         elif not m.reachable:
             out.append(f"member {m.label} does not answer: {m.error}")
         if m.db_size is not None and m.db_size >= quota_bytes * QUOTA_LIMIT_RATIO:
-            out.append(f"member {m.label}: database {m.db_size} bytes is at "
-                       f"{100 * m.db_size / quota_bytes:.0f}% of the {quota_bytes}-byte quota")  # fmt: skip
+            out.append(
+                f"member {m.label}: database {m.db_size} bytes is at "
+                f"{100 * m.db_size / quota_bytes:.0f}% of the {quota_bytes}-byte quota"
+            )
         if m.learner:
             out.append(f"member {m.label} is a learner (a membership change is in progress)")
     for a in alarms or []:
@@ -588,8 +688,7 @@ def _problems(
         if cluster and hexid(p.status.cluster_id) != cluster:
             out.append(f"endpoint {url} belongs to another cluster ({hexid(p.status.cluster_id)})")
         elif members and hexid(p.status.member_id) not in known:
-            out.append(f"endpoint {url} answers as member {hexid(p.status.member_id)}, "
-                       "which is not in the member list")
+            out.append(f"endpoint {url} answers as member {hexid(p.status.member_id)}, which is not in the member list")
     if storage_error:
         out.append(f"storage: {storage_error}")
     elif backup is None:

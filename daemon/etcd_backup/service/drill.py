@@ -42,13 +42,23 @@ def drill_verified(cfg: Config, verified: Verified, timeout: float = 120.0) -> C
     try:
         data_dir = work / "data"
         restore_data_dir(
-            tool, verified.path, data_dir, name="drill", peer_url=peer_url,
-            initial_cluster=f"drill={peer_url}", token=f"drill-{manifest.id}",
-        )  # fmt: skip
+            tool,
+            verified.path,
+            data_dir,
+            name="drill",
+            peer_url=peer_url,
+            initial_cluster=f"drill={peer_url}",
+            token=f"drill-{manifest.id}",
+        )
         proc = start_member(
-            etcd, name="drill", data_dir=data_dir, client_url=client_url, peer_url=peer_url,
-            token=f"drill-{manifest.id}", log_path=work / "etcd.log",
-        )  # fmt: skip
+            etcd,
+            name="drill",
+            data_dir=data_dir,
+            client_url=client_url,
+            peer_url=peer_url,
+            token=f"drill-{manifest.id}",
+            log_path=work / "etcd.log",
+        )
         wait_healthy(client_url, timeout, proc)
         with Member(EtcdConfig(endpoints=[client_url], dial_timeout=10.0), client_url) as member:
             revision = member.status().revision
@@ -63,8 +73,7 @@ def drill_verified(cfg: Config, verified: Verified, timeout: float = 120.0) -> C
         detail["seconds"] = round(time.monotonic() - started, 3)
         if problems:
             raise _DrillMismatch("restored member " + "; ".join(problems))
-        log.info("restore drill passed", snapshot=manifest.id, revision=revision, keys=keys,
-                 seconds=detail["seconds"])  # fmt: skip
+        log.info("restore drill passed", snapshot=manifest.id, revision=revision, keys=keys, seconds=detail["seconds"])
         return Check(True, rfc3339(utcnow()), detail)
     except EtcdBackupError as exc:
         detail["seconds"] = round(time.monotonic() - started, 3)

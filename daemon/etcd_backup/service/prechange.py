@@ -44,8 +44,9 @@ def gate(d: Diagnosis, quota_bytes: int) -> list[str]:
         elif m.learner:
             problems.append(f"member {m.label} is a learner: a membership change is in progress")
         if m.db_size is not None and m.db_size >= quota_bytes * QUOTA_LIMIT_RATIO:
-            problems.append(f"member {m.label}: database is at {100 * m.db_size / quota_bytes:.0f}% of "
-                            f"its {quota_bytes}-byte quota")  # fmt: skip
+            problems.append(
+                f"member {m.label}: database is at {100 * m.db_size / quota_bytes:.0f}% of its {quota_bytes}-byte quota"
+            )
     if d.leader is None:
         problems.append("no leader")
     if d.alarms is None:
@@ -80,8 +81,9 @@ def pre_change(
     diagnosis = diagnose(cfg, quota_bytes=quota_bytes)
     problems = gate(diagnosis, quota_bytes)
     if problems:
-        raise UnsafeError(f"not safe to change the cluster: {'; '.join(problems)}. Nothing was taken; "
-                          "run etcd-backup doctor")  # fmt: skip
+        raise UnsafeError(
+            f"not safe to change the cluster: {'; '.join(problems)}. Nothing was taken; run etcd-backup doctor"
+        )
     manifest = take_snapshot(cfg, store, reason=reason, pinned=True)
     if drill:
         manifest = _drill(cfg, store, manifest)
@@ -101,6 +103,7 @@ def _drill(cfg: Config, store: SnapshotStore, manifest: Manifest) -> Manifest:
     manifest = manifest.with_drill(check)
     manifests.write(store, manifest)
     if not check.ok:
-        raise IntegrityError(f"snapshot {manifest.id} did not pass its restore drill: {check.error}; "
-                             "do not proceed with the change")  # fmt: skip
+        raise IntegrityError(
+            f"snapshot {manifest.id} did not pass its restore drill: {check.error}; do not proceed with the change"
+        )
     return manifest

@@ -44,8 +44,16 @@ TOKEN_PREFIX = "etcd-restore-"
 DEFAULT_TOKEN = "etcd-cluster"  # etcd's own default; a joining member does not use it
 MEMBERSHIP_TIMEOUT = 30.0
 # etcd answers these while a membership change is unsafe *for now* (just started, electing, ...).
-_RETRYABLE = ("unhealthy cluster", "not enough started members", "too soon", "timed out",
-              "leader changed", "no leader", "DEADLINE_EXCEEDED", "UNAVAILABLE")  # fmt: skip
+_RETRYABLE = (
+    "unhealthy cluster",
+    "not enough started members",
+    "too soon",
+    "timed out",
+    "leader changed",
+    "no leader",
+    "DEADLINE_EXCEEDED",
+    "UNAVAILABLE",
+)
 
 
 def cluster_token(snapshot_id: str) -> str:
@@ -103,13 +111,13 @@ def check_bump(tool: RestoreTool, bump_revision: int, mark_compacted: bool) -> N
     if mark_compacted and not bump_revision:
         raise UsageError("--mark-compacted needs --bump-revision")
     if (bump_revision or mark_compacted) and not tool.can_bump_revision:
-        raise UsageError(f"--bump-revision/--mark-compacted need etcdutl 3.5.7 or newer; {tool.describe()} "
-                         "does not have them (set tools.etcdutl to a newer etcdutl)")  # fmt: skip
+        raise UsageError(
+            f"--bump-revision/--mark-compacted need etcdutl 3.5.7 or newer; {tool.describe()} "
+            "does not have them (set tools.etcdutl to a newer etcdutl)"
+        )
 
 
-def plan_targets(
-    members: list[MemberSpec], only: Iterable[str], data_dir: str
-) -> list[tuple[MemberSpec, Path]]:
+def plan_targets(members: list[MemberSpec], only: Iterable[str], data_dir: str) -> list[tuple[MemberSpec, Path]]:
     """Which members to rebuild on this host, and where."""
     names = [m.name for m in members]
     only = list(dict.fromkeys(only))
@@ -118,8 +126,10 @@ def plan_targets(
             raise UsageError(f"--only {name}: not among the --member names ({', '.join(names)})")
     rebuild = [m for m in members if not only or m.name in only]
     if len(rebuild) > 1 and "{name}" not in data_dir:
-        raise UsageError(f"--data-dir {data_dir}: with {len(rebuild)} members to rebuild it must contain "
-                         "{name} (e.g. /var/lib/etcd-{name}), or pass --only NAME")  # fmt: skip
+        raise UsageError(
+            f"--data-dir {data_dir}: with {len(rebuild)} members to rebuild it must contain "
+            "{name} (e.g. /var/lib/etcd-{name}), or pass --only NAME"
+        )
     targets = [(m, Path(os.path.expanduser(data_dir.replace("{name}", m.name))).absolute()) for m in rebuild]
     paths = [p for _, p in targets]
     if len(set(paths)) != len(paths):
@@ -141,8 +151,10 @@ def dir_state(path: Path) -> str:
 
 def refuse_occupied(path: Path, force: bool) -> None:
     if not force and dir_state(path) == "occupied":
-        raise UnsafeError(f"data dir {path} is not empty: refusing to restore over it; choose an empty "
-                          "directory, or pass --force to move it aside (it is never deleted)")  # fmt: skip
+        raise UnsafeError(
+            f"data dir {path} is not empty: refusing to restore over it; choose an empty "
+            "directory, or pass --force to move it aside (it is never deleted)"
+        )
 
 
 def move_aside(path: Path, now: datetime) -> Path:
@@ -182,8 +194,13 @@ class RebuiltMember:
     moved_aside: str | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "peer_url": self.peer_url, "data_dir": self.data_dir,
-                "etcd_flags": list(self.etcd_flags), "moved_aside": self.moved_aside}  # fmt: skip
+        return {
+            "name": self.name,
+            "peer_url": self.peer_url,
+            "data_dir": self.data_dir,
+            "etcd_flags": list(self.etcd_flags),
+            "moved_aside": self.moved_aside,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,9 +221,12 @@ class ClusterRestore:
     def command_for(self, name: str) -> str:
         """The command that rebuilds member `name` on its own host (same snapshot, same token)."""
         return restore_cluster_command(
-            self.manifest.id, [(m.name, m.peer_url) for m in self.members], self.data_dir, only=name,
+            self.manifest.id,
+            [(m.name, m.peer_url) for m in self.members],
+            self.data_dir,
+            only=name,
             token=self.cluster_token if self.custom_token else None,
-        )  # fmt: skip
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -217,9 +237,10 @@ class ClusterRestore:
             "initial_cluster": self.initial_cluster,
             "tool": self.tool,
             "members": [r.to_dict() for r in self.rebuilt],
-            "not_rebuilt_here": [{"name": m.name, "peer_url": m.peer_url, "command": self.command_for(m.name)}
-                                 for m in self.others()],
-        }  # fmt: skip
+            "not_rebuilt_here": [
+                {"name": m.name, "peer_url": m.peer_url, "command": self.command_for(m.name)} for m in self.others()
+            ],
+        }
 
 
 def restore_cluster(
@@ -253,16 +274,28 @@ def restore_cluster(
         tok = token or cluster_token(manifest.id)
         initial = ",".join(f"{m.name}={m.peer_url}" for m in members)
         rebuilt = [
-            _rebuild_one(tool, verified.path, spec, path, initial=initial, token=tok, force=force, when=now(),
-                         bump_revision=bump_revision, mark_compacted=mark_compacted)
+            _rebuild_one(
+                tool,
+                verified.path,
+                spec,
+                path,
+                initial=initial,
+                token=tok,
+                force=force,
+                when=now(),
+                bump_revision=bump_revision,
+                mark_compacted=mark_compacted,
+            )
             for spec, path in targets
-        ]  # fmt: skip
-        log.info("data dirs restored", members=[r.name for r in rebuilt], snapshot=manifest.id,
-                 revision=manifest.revision)  # fmt: skip
+        ]
+        log.info(
+            "data dirs restored", members=[r.name for r in rebuilt], snapshot=manifest.id, revision=manifest.revision
+        )
     finally:
         verified.discard()
-    return ClusterRestore(manifest, tok, initial, tuple(members), tuple(rebuilt), data_dir, tool.describe(),
-                          token is not None)  # fmt: skip
+    return ClusterRestore(
+        manifest, tok, initial, tuple(members), tuple(rebuilt), data_dir, tool.describe(), token is not None
+    )
 
 
 def _rebuild_one(
@@ -280,14 +313,23 @@ def _rebuild_one(
 ) -> RebuiltMember:
     moved = clear_target(path, force, when)
     try:
-        restore_data_dir(tool, snapshot_file, path, name=spec.name, peer_url=spec.peer_url,
-                         initial_cluster=initial, token=token, bump_revision=bump_revision,
-                         mark_compacted=mark_compacted)  # fmt: skip
+        restore_data_dir(
+            tool,
+            snapshot_file,
+            path,
+            name=spec.name,
+            peer_url=spec.peer_url,
+            initial_cluster=initial,
+            token=token,
+            bump_revision=bump_revision,
+            mark_compacted=mark_compacted,
+        )
     except ToolError as exc:
         where = f" (the previous data dir is at {moved})" if moved else ""
         raise ToolError(f"member {spec.name}: {exc}{where}") from None
-    flags = member_args(name=spec.name, data_dir=path, peer_url=spec.peer_url, initial_cluster=initial,
-                        state="new", token=token)  # fmt: skip
+    flags = member_args(
+        name=spec.name, data_dir=path, peer_url=spec.peer_url, initial_cluster=initial, state="new", token=token
+    )
     return RebuiltMember(spec.name, spec.peer_url, str(path), tuple(flags), str(moved) if moved else None)
 
 
@@ -307,9 +349,18 @@ def restore_single(
 ) -> ClusterRestore:
     """Scenario 3: a one-member cluster rebuilt from a snapshot."""
     spec = MemberSpec(check_name(name), check_peer_url(peer_url))
-    return restore_cluster(cfg, store, snapshot=snapshot, members=[spec], data_dir=data_dir, force=force,
-                           token=token, bump_revision=bump_revision, mark_compacted=mark_compacted,
-                           now=now)  # fmt: skip
+    return restore_cluster(
+        cfg,
+        store,
+        snapshot=snapshot,
+        members=[spec],
+        data_dir=data_dir,
+        force=force,
+        token=token,
+        bump_revision=bump_revision,
+        mark_compacted=mark_compacted,
+        now=now,
+    )
 
 
 # --- replace-member ----------------------------------------------------------------------------
@@ -340,10 +391,17 @@ class Replacement:
             "initial_cluster": self.initial_cluster,
             "cluster_token": self.cluster_token,
             "moved_aside": self.moved_aside,
-            "member_list": [{"name": m.name, "id": hexid(m.id), "peer_urls": list(m.peer_urls),
-                             "client_urls": list(m.client_urls), "started": m.started}
-                            for m in self.member_list],
-        }  # fmt: skip
+            "member_list": [
+                {
+                    "name": m.name,
+                    "id": hexid(m.id),
+                    "peer_urls": list(m.peer_urls),
+                    "client_urls": list(m.client_urls),
+                    "started": m.started,
+                }
+                for m in self.member_list
+            ],
+        }
 
 
 def find_member(members: Iterable[MemberHealth], ref: str) -> MemberHealth | None:
@@ -371,12 +429,15 @@ def replace_member(
     peer_url = check_peer_url(peer_url)
     diag = diagnose(cfg)
     if not diag.members:
-        raise UnsafeError("no etcd member answers (quorum lost, or wrong etcd.endpoints): a member cannot be "
-                          f"replaced; {_rebuild_hint(diag.members, open_store)}")  # fmt: skip
+        raise UnsafeError(
+            "no etcd member answers (quorum lost, or wrong etcd.endpoints): a member cannot be "
+            f"replaced; {_rebuild_hint(diag.members, open_store)}"
+        )
     if not diag.quorum:
         counts = f"{diag.reachable_voting} of {diag.voting} voting members answer"
-        raise UnsafeError(f"quorum is lost ({counts}): a member cannot be replaced; "
-                          f"{_rebuild_hint(diag.members, open_store)}")  # fmt: skip
+        raise UnsafeError(
+            f"quorum is lost ({counts}): a member cannot be replaced; {_rebuild_hint(diag.members, open_store)}"
+        )
     target = find_member(diag.members, failed)
     resumed = _already_added(diag.members, target, failed, peer_url)
     if target is not None:
@@ -394,26 +455,39 @@ def replace_member(
     except EtcdUnavailable as exc:
         if target is None:
             raise
-        raise EtcdUnavailable(f"member {target.label} was removed, but adding {name} failed ({exc}); add it "
-                              f"with: etcdctl member add {name} --peer-urls={peer_url}") from None  # fmt: skip
-    after = _await_membership(cfg.etcd, endpoints, gone=int(target.id, 16) if target else None,
-                              added=added_id, deadline=deadline)  # fmt: skip
+        raise EtcdUnavailable(
+            f"member {target.label} was removed, but adding {name} failed ({exc}); add it "
+            f"with: etcdctl member add {name} --peer-urls={peer_url}"
+        ) from None
+    after = _await_membership(
+        cfg.etcd, endpoints, gone=int(target.id, 16) if target else None, added=added_id, deadline=deadline
+    )
     initial = _initial_cluster(after, added_id, name)
     shown_dir = str(path) if path is not None else f"{name}.etcd"
-    flags = member_args(name=name, data_dir=shown_dir, peer_url=peer_url, initial_cluster=initial,
-                        state="existing", token=token)  # fmt: skip
+    flags = member_args(
+        name=name, data_dir=shown_dir, peer_url=peer_url, initial_cluster=initial, state="existing", token=token
+    )
     log.info("member replaced", removed=failed, added=name, added_id=hexid(added_id))
     client_urls = tuple(u for m in after if m.started for u in m.client_urls)
     return Replacement(
-        removed_name=target.label if target else failed, removed_id=target.id if target else None,
-        added_id=hexid(added_id), name=name, peer_url=peer_url, data_dir=shown_dir, etcd_flags=tuple(flags),
-        initial_cluster=initial, cluster_token=token, member_list=tuple(after),
-        moved_aside=str(moved) if moved else None, client_urls=client_urls,
-    )  # fmt: skip
+        removed_name=target.label if target else failed,
+        removed_id=target.id if target else None,
+        added_id=hexid(added_id),
+        name=name,
+        peer_url=peer_url,
+        data_dir=shown_dir,
+        etcd_flags=tuple(flags),
+        initial_cluster=initial,
+        cluster_token=token,
+        member_list=tuple(after),
+        moved_aside=str(moved) if moved else None,
+        client_urls=client_urls,
+    )
 
 
-def _already_added(members: tuple[MemberHealth, ...], target: MemberHealth | None, failed: str,
-                   peer_url: str) -> int | None:  # fmt: skip
+def _already_added(
+    members: tuple[MemberHealth, ...], target: MemberHealth | None, failed: str, peer_url: str
+) -> int | None:
     """An earlier run that removed the failed member and added this peer URL: carry on from there."""
     existing = next((m for m in members if norm_url(peer_url) in {norm_url(u) for u in m.peer_urls}), None)
     if target is None:
@@ -426,20 +500,25 @@ def _already_added(members: tuple[MemberHealth, ...], target: MemberHealth | Non
     return None
 
 
-def _check_replaceable(members: tuple[MemberHealth, ...], target: MemberHealth, name: str, peer_url: str,
-                       force: bool) -> None:  # fmt: skip
+def _check_replaceable(
+    members: tuple[MemberHealth, ...], target: MemberHealth, name: str, peer_url: str, force: bool
+) -> None:
     taken = next((m for m in members if m.name == name and m.id != target.id), None)
     if taken is not None:
         raise UsageError(f"--name {name}: member {taken.id} already has that name")
     healthy = target.reachable and not target.errors
     if healthy and not force:
-        raise UnsafeError(f"member {target.label} answers and looks healthy: refusing to replace it; if it "
-                          "must go anyway (e.g. its disk is failing), pass --force")  # fmt: skip
+        raise UnsafeError(
+            f"member {target.label} answers and looks healthy: refusing to replace it; if it "
+            "must go anyway (e.g. its disk is failing), pass --force"
+        )
     voting = [m for m in members if not m.learner]
     alive_after = sum(1 for m in voting if m.reachable and m.id != target.id)
     if alive_after * 2 <= len(voting) - 1 and not target.learner:
-        raise UnsafeError(f"removing {target.label} would leave {alive_after} of {len(voting) - 1} voting "
-                          "members answering, below quorum: refusing")  # fmt: skip
+        raise UnsafeError(
+            f"removing {target.label} would leave {alive_after} of {len(voting) - 1} voting "
+            "members answering, below quorum: refusing"
+        )
 
 
 def _rebuild_hint(members: tuple[MemberHealth, ...], open_store: Callable[[], SnapshotStore] | None) -> str:
@@ -462,8 +541,7 @@ def _retryable(message: str) -> bool:
     return any(word.lower() in message.lower() for word in _RETRYABLE)
 
 
-def _with_retry(cfg: EtcdConfig, endpoints: list[str], what: str, fn: Callable[[Member], T],
-                deadline: float) -> T:  # fmt: skip
+def _with_retry(cfg: EtcdConfig, endpoints: list[str], what: str, fn: Callable[[Member], T], deadline: float) -> T:
     """Run a membership call on the first endpoint that takes it; retry while etcd says "not now"."""
     last = "no endpoint to ask"
     while True:
@@ -508,8 +586,9 @@ def _add(cfg: EtcdConfig, endpoints: list[str], peer_url: str, deadline: float) 
     return _with_retry(cfg, endpoints, f"member add {peer_url}", add, deadline)
 
 
-def _await_membership(cfg: EtcdConfig, endpoints: list[str], *, gone: int | None, added: int,
-                      deadline: float) -> list[MemberInfo]:  # fmt: skip
+def _await_membership(
+    cfg: EtcdConfig, endpoints: list[str], *, gone: int | None, added: int, deadline: float
+) -> list[MemberInfo]:
     """Poll the member list until it shows the change (the failed member gone, the new one present)."""
     while True:
         members = _with_retry(cfg, endpoints, "member list", lambda m: m.members(), deadline)

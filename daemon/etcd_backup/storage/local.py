@@ -79,8 +79,7 @@ class LocalStore:
         stat = final.stat()
         if stat.st_size != size:
             raise StorageError(f"{self.description}: {key} has {stat.st_size} bytes after writing {size}")
-        return ObjectInfo(key, size, datetime.fromtimestamp(stat.st_mtime, UTC),
-                          digest.hexdigest() if digest else None)  # fmt: skip
+        return ObjectInfo(key, size, datetime.fromtimestamp(stat.st_mtime, UTC), digest.hexdigest() if digest else None)
 
     @staticmethod
     def _link_complete(source: BinaryIO, tmp: Path) -> bool:

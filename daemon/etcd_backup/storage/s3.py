@@ -166,8 +166,11 @@ class S3Store:
         self._transfer.max_in_memory_upload_chunks = concurrency + 1
         if client is None:
             if not verify_tls:
-                log.warning("TLS verification of the S3 endpoint is OFF (storage.insecure_skip_tls_verify)",
-                            endpoint=endpoint_url, bucket=bucket)
+                log.warning(
+                    "TLS verification of the S3 endpoint is OFF (storage.insecure_skip_tls_verify)",
+                    endpoint=endpoint_url,
+                    bucket=bucket,
+                )
             cfg = botocore.config.Config(
                 retries={"mode": "standard", "max_attempts": _ATTEMPTS},
                 connect_timeout=min(10.0, timeout),
@@ -208,8 +211,10 @@ class S3Store:
         network = self._network_problem(exc)
         if network:
             # botocore's own text repeats the whole request URL (upload ids and all): say it shorter.
-            return StorageError(f"{action} {where} failed: {network} (after {_ATTEMPTS} attempts); "
-                                "check storage.endpoint_url and the network")
+            return StorageError(
+                f"{action} {where} failed: {network} (after {_ATTEMPTS} attempts); "
+                "check storage.endpoint_url and the network"
+            )
         if isinstance(exc, botocore.exceptions.BotoCoreError):
             return StorageError(f"{action} {where} failed: {exc}")
         return StorageError(f"{action} {where} failed: {exc}")
@@ -289,10 +294,15 @@ class S3Store:
             parts, size = self._send_parts(full, upload_id, source)
             source.complete_file()  # verified, or raises: then nothing is completed
             self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=full, UploadId=upload_id,
-                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etag, **({"ChecksumSHA256": c} if c else {})}
-                                           for n, etag, c in parts]},
-            )  # fmt: skip
+                Bucket=self.bucket,
+                Key=full,
+                UploadId=upload_id,
+                MultipartUpload={
+                    "Parts": [
+                        {"PartNumber": n, "ETag": etag, **({"ChecksumSHA256": c} if c else {})} for n, etag, c in parts
+                    ]
+                },
+            )
         except BaseException as exc:
             self._abort_quietly(full, upload_id)
             if isinstance(exc, botocore.exceptions.ClientError | botocore.exceptions.BotoCoreError):
@@ -350,9 +360,14 @@ class S3Store:
         with open(path, "rb") as fh:
             body = _FileRange(fh, offset, length)
             r = self.client.upload_part(
-                Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=body,
-                ContentLength=length, ChecksumAlgorithm="SHA256",
-            )  # fmt: skip
+                Bucket=self.bucket,
+                Key=full,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=body,
+                ContentLength=length,
+                ChecksumAlgorithm="SHA256",
+            )
         return number, r["ETag"], r.get("ChecksumSHA256", "")
 
     def _abort_quietly(self, full: str, upload_id: str) -> None:
@@ -428,8 +443,6 @@ class S3Store:
 
     def remove_debris(self, debris: Debris) -> None:
         try:
-            self.client.abort_multipart_upload(
-                Bucket=self.bucket, Key=self._key(debris.key), UploadId=debris.handle
-            )
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self._key(debris.key), UploadId=debris.handle)
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._error("abort of upload", exc, debris.key) from exc
