@@ -313,6 +313,21 @@ class ToolsConfig(_Section):
     etcd: str = ""
 
 
+class RestoreConfig(_Section):
+    # Where a member's data dir lives on its host (kubeadm's and the distribution packages' default);
+    # "{name}" is replaced by the member name, for hosts that run several members.
+    data_dir: str = "/var/lib/etcd"
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        if any(c in value for c in "<>\n\r\t") or "{" in value.replace("{name}", ""):
+            raise ValueError(f"{value!r} is not a directory path (only {{name}} may be substituted)")
+        return value
+
+
 class ServerConfig(_Section):
     listen: str = "127.0.0.1:9479"
     token_file: str | None = None
@@ -372,6 +387,7 @@ class Config(BaseSettings):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     tools: ToolsConfig = Field(default_factory=ToolsConfig)
+    restore: RestoreConfig = Field(default_factory=RestoreConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ToolError
+from .members import member_flags
 
 LOOPBACK = "127.0.0.1"
 
@@ -117,27 +118,6 @@ class EtcdProcess:
             return ""
 
 
-def member_args(
-    *,
-    name: str,
-    data_dir: str | Path,
-    peer_url: str,
-    initial_cluster: str,
-    state: str = "new",
-    token: str = "etcd-cluster",
-) -> list[str]:
-    """The flags that define a member: what restore prints and what we start scratch members with."""
-    return [
-        f"--name={name}",
-        f"--data-dir={data_dir}",
-        f"--listen-peer-urls={peer_url}",
-        f"--initial-advertise-peer-urls={peer_url}",
-        f"--initial-cluster={initial_cluster}",
-        f"--initial-cluster-token={token}",
-        f"--initial-cluster-state={state}",
-    ]
-
-
 def start_member(
     binary: str,
     *,
@@ -153,7 +133,7 @@ def start_member(
 ) -> EtcdProcess:
     data_dir = Path(data_dir)
     args = [
-        *member_args(
+        *member_flags(
             name=name,
             data_dir=data_dir,
             peer_url=peer_url,

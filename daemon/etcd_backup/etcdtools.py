@@ -17,13 +17,15 @@ from pathlib import Path
 from .errors import ToolError
 from .etcdproc import binary_version, find_binary
 
+BUMP_REVISION_SINCE = "3.5.10"  # etcdutl gained --bump-revision and --mark-compacted then
+
 
 @dataclass(frozen=True, slots=True)
 class RestoreTool:
     path: str
     kind: str  # "etcdutl" or "etcdctl"
     version: tuple[int, int, int]
-    can_bump_revision: bool  # --bump-revision/--mark-compacted (etcdutl 3.5.7+)
+    can_bump_revision: bool  # --bump-revision/--mark-compacted (etcdutl 3.5.10+), read from its --help
 
     def describe(self) -> str:
         return f"{self.kind} {'.'.join(map(str, self.version))} ({self.path})"
@@ -88,7 +90,9 @@ def restore_data_dir(
     ]
     if bump_revision or mark_compacted:
         if not tool.can_bump_revision:
-            raise ToolError(f"{tool.describe()} has no --bump-revision/--mark-compacted (needs etcdutl 3.5.7+)")
+            raise ToolError(
+                f"{tool.describe()} has no --bump-revision/--mark-compacted (etcdutl {BUMP_REVISION_SINCE}+)"
+            )
         if bump_revision:
             cmd.append(f"--bump-revision={bump_revision}")
         if mark_compacted:

@@ -26,22 +26,22 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from . import __version__
 from .config import Config
-from .errors import EtcdBackupError, EtcdUnavailable, OperationalError
+from .errors import Busy, Cancelled, EtcdBackupError, EtcdUnavailable, ShuttingDown
 from .etcdclient import Member, connect_healthy, hexid
 from .leadership import Observation, observe
 from .manifest import Listing, ManifestCache, list_snapshots
 from .metrics import Metrics
 from .model import Manifest, parse_time, utcnow
-from .service.backup import Cancelled, take_snapshot
+from .service.backup import take_snapshot
 from .service.daemon import (
     Health,
     completed_at,
-    drill_snapshot,
     drill_target,
     failure_stage,
     newest_drill,
     readiness,
 )
+from .service.drill import drill_and_record
 from .service.prune import clean_debris, clean_local_debris, policy_from_config, prune
 from .storage import SnapshotStore
 
@@ -50,16 +50,6 @@ log = structlog.get_logger(__name__)
 MEMBER_POLL_SECONDS = 5.0
 MEMBER_CHANGE_DELAY = 1.0  # seconds between noticing a member-list change and its snapshot
 HTTP_SNAPSHOT_WAIT = 120.0  # how long a POST waits for a running snapshot before answering 409
-
-
-class Busy(OperationalError):
-    """A snapshot is already running and did not finish in time."""
-
-    http_status = 409
-
-
-class ShuttingDown(OperationalError):
-    http_status = 503
 
 
 def backoff(attempt: int, period: float) -> float:
@@ -356,7 +346,7 @@ class Daemon:
             log.info("restore drill started", snapshot=target.id, stage="drill")
             started = time.monotonic()
             try:
-                outcome = drill_snapshot(self.cfg, self.store, target, self.stopping)
+                outcome = drill_and_record(self.cfg, self.store, target, cancel=self.stopping)
             except EtcdBackupError as exc:
                 if not self.stopping.is_set():
                     self.metrics.failure("drill")

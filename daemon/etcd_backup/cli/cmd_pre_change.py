@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..service.prechange import PreChange, pre_change
-from .cmd_doctor import add_quota
+from .cmd_doctor import add_quota, render_steps
 from .cmd_snapshot import render as render_manifest
 from .common import Context, add_output, emit_json
 
@@ -31,7 +31,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    result = pre_change(ctx.config, ctx.store, reason=args.reason, drill=args.drill, quota_bytes=args.quota_bytes)
+    result = pre_change(
+        ctx.config,
+        ctx.store,
+        reason=args.reason,
+        drill=args.drill,
+        quota_bytes=args.quota_bytes,
+        config_path=ctx.config_path,
+    )
     if ctx.json:
         emit_json(result.to_dict())
     else:
@@ -46,7 +53,7 @@ def render(r: PreChange) -> str:
         f"  drill     {'passed' if drill and drill.ok else 'not run (add --drill)'}",
         "",
         f"safe to proceed. Pinned snapshot: {r.manifest.id}",
-        "to roll the change back (stop every member first; on each host add --only NAME):",
-        f"  {r.rollback}",
+        "to roll the change back: stop etcd on every member, then run, each on the host it names:",
+        *render_steps(r.rollback),
     ]
     return "\n".join(lines)

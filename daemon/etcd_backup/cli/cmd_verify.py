@@ -29,15 +29,14 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         "structure": verified.structure_check.to_dict(),
         "drill": None,
     }
+    outcome = None
     try:
         if args.drill:
-            from ..service.drill import drill_verified
+            from ..service.drill import drill_and_record
 
-            check = drill_verified(cfg, verified)
-            # The manifest records the newest drill: it is what `list` and retention read.
-            manifests.write(ctx.store, manifest.with_drill(check))
-            result["drill"] = check.to_dict()
-            result["ok"] = check.ok
+            outcome = drill_and_record(cfg, ctx.store, manifest, verified=verified)
+            result["drill"] = outcome.check.to_dict()
+            result["ok"] = outcome.check.ok
     finally:
         verified.discard()
     if ctx.json:
@@ -47,7 +46,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             f"snapshot {manifest.id}: hash ok, structure ok (revision {verified.status.revision}, "
             f"{verified.status.total_key} bolt entries)"
         )
-        if result["drill"] is not None:
-            d = result["drill"]
-            print(f"drill: {'ok' if d['ok'] else 'FAILED'} {d.get('error') or ''}".rstrip())
-    return 0 if result["ok"] else 3
+        if outcome is not None:
+            print(f"drill: {'ok' if outcome.check.ok else 'FAILED'} {outcome.check.error or ''}".rstrip())
+    if outcome is not None:
+        from ..service.drill import require_passed
+
+        require_passed(outcome, "do not rely on it for a restore")
+    return 0

@@ -11,6 +11,7 @@ from typing import Any
 
 from .. import config, logsetup
 from ..config import Config
+from ..runbook import Context as RunbookContext
 from ..storage import SnapshotStore, open_store
 
 
@@ -55,6 +56,15 @@ class Context:
                 file=sys.stderr,
             )
         return open_store(storage)
+
+    @property
+    def config_path(self) -> str | None:
+        """The --config given on the command line: printed commands repeat it."""
+        return getattr(self.args, "config", None)
+
+    @property
+    def runbook(self) -> RunbookContext:
+        return RunbookContext(self.config.etcd, self.config.restore.data_dir, self.config_path)
 
     def live_cluster_id(self) -> str | None:
         """The cluster id the configured etcd endpoints agree on (None if none answers): asked only

@@ -30,6 +30,11 @@ from .common import Context
 
 COMMANDS = [cmd_run, cmd_snapshot, cmd_pre_change, cmd_list, cmd_verify, cmd_prune, cmd_doctor, cmd_fetch, cmd_restore]
 
+OUTAGE = """in an outage, start with `etcd-backup doctor`: it names the failure scenario (member down,
+quorum lost, single member down, member added but never started) and prints the exact commands
+to run, in order, with the real member names, URLs, data dirs and snapshot id filled in.
+"""
+
 EPILOG = """exit codes:
   0    success
   1    operational failure (etcd or storage unreachable, upload failed)
@@ -49,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="etcd-backup",
         description="Snapshot etcd to S3 or a directory, prove the snapshots restorable, and restore.",
-        epilog=EPILOG,
+        epilog=OUTAGE + "\n" + EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -63,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     for module in COMMANDS:
         p = module.add_parser(sub)
         p.formatter_class = argparse.RawDescriptionHelpFormatter
-        p.epilog = EPILOG
+        if p.epilog is None:  # a command with exit codes of its own (doctor) sets them itself
+            p.epilog = EPILOG
         # Also accepted after the command, where operators tend to type them.
         p.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)

@@ -3,18 +3,13 @@ stage a failure belongs to. The scheduler calls these; they know nothing about t
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 
 import structlog
 
-from .. import manifest as manifests
-from ..config import Config
-from ..errors import IntegrityError, StorageError, UsageError
+from ..errors import IntegrityError, StorageError
 from ..manifest import Listing
-from ..model import Check, Manifest, parse_time, rfc3339, utcnow
-from ..storage import SnapshotStore
-from ..verify import fetch_verified
+from ..model import Check, Manifest, parse_time
 
 log = structlog.get_logger(__name__)
 
@@ -94,42 +89,3 @@ def drill_target(listing: Listing) -> Manifest | None:
         if m.verification.hash.ok and m.verification.structure.ok:
             return m
     return None
-
-
-@dataclass(frozen=True, slots=True)
-class DrillOutcome:
-    manifest: Manifest
-    check: Check
-    recorded: bool
-
-
-def drill_snapshot(
-    cfg: Config, store: SnapshotStore, target: Manifest, cancel: threading.Event | None = None
-) -> DrillOutcome:
-    """Download `target` from storage, restore it into a scratch member, record the result.
-
-    A snapshot that fails its download checks is recorded as a failed drill. Storage or tool
-    trouble raises (nothing recorded: the snapshot was not at fault). A drill interrupted by
-    `cancel` is not recorded either.
-    """
-    from .drill import drill_verified
-
-    try:
-        verified = fetch_verified(store, target, cfg.storage.spool_dir)
-    except IntegrityError as exc:
-        check = Check(False, rfc3339(utcnow()), {"stage": "download"}, error=str(exc))
-    else:
-        try:
-            check = drill_verified(cfg, verified)
-        finally:
-            verified.discard()
-    if cancel is not None and cancel.is_set():
-        return DrillOutcome(target, check, recorded=False)
-    try:
-        # Still there? A prune elsewhere may have deleted it while we drilled; never resurrect it.
-        manifests.read(store, target.id)
-    except (UsageError, IntegrityError):
-        log.warning("drilled snapshot disappeared; result not recorded", snapshot=target.id)
-        return DrillOutcome(target, check, recorded=False)
-    manifests.write(store, target.with_drill(check))
-    return DrillOutcome(target, check, recorded=True)

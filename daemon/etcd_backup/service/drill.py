@@ -1,25 +1,30 @@
 """Restore drill: prove a stored snapshot restores by actually restoring it and serving it.
 
 The snapshot is restored with etcd's own tool into a scratch dir, a throwaway member is started
-on free loopback ports, and it must serve the manifest's revision and key count.
+on free loopback ports, and it must serve the manifest's revision and key count. The outcome is
+recorded in the manifest (`verification.drill`): what `list`, retention and the metrics read.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
+from .. import manifest as manifests
 from ..config import Config, EtcdConfig
-from ..errors import EtcdBackupError
+from ..errors import DrillFailed, EtcdBackupError, IntegrityError, UsageError
 from ..etcdclient import Member
 from ..etcdproc import LOOPBACK, find_binary, free_port, start_member, wait_healthy
 from ..etcdtools import find_restore_tool, restore_data_dir
-from ..model import Check, rfc3339, utcnow
-from ..verify import Verified
+from ..model import Check, Manifest, rfc3339, utcnow
+from ..storage import SnapshotStore
+from ..verify import Verified, fetch_verified
 
 log = structlog.get_logger(__name__)
 
@@ -72,7 +77,7 @@ def drill_verified(cfg: Config, verified: Verified, timeout: float = 120.0) -> C
             problems.append(f"serves {keys} keys, manifest says {manifest.keys}")
         detail["seconds"] = round(time.monotonic() - started, 3)
         if problems:
-            raise _DrillMismatch("restored member " + "; ".join(problems))
+            raise DrillFailed("restored member " + "; ".join(problems))
         log.info("restore drill passed", snapshot=manifest.id, revision=revision, keys=keys, seconds=detail["seconds"])
         return Check(True, rfc3339(utcnow()), detail)
     except EtcdBackupError as exc:
@@ -85,5 +90,60 @@ def drill_verified(cfg: Config, verified: Verified, timeout: float = 120.0) -> C
         shutil.rmtree(work, ignore_errors=True)
 
 
-class _DrillMismatch(EtcdBackupError):
-    exit_code = 3
+@dataclass(frozen=True, slots=True)
+class DrillOutcome:
+    manifest: Manifest  # as recorded (with the drill) when `recorded`
+    check: Check
+    recorded: bool
+
+
+def drill_and_record(
+    cfg: Config,
+    store: SnapshotStore,
+    target: Manifest,
+    *,
+    verified: Verified | None = None,
+    cancel: threading.Event | None = None,
+) -> DrillOutcome:
+    """Download `target` from storage (unless `verified` is that download already), restore it
+    into a scratch member, and record the result in its manifest.
+
+    A snapshot that fails its download checks is recorded as a failed drill. Storage or tool
+    trouble raises (nothing recorded: the snapshot was not at fault). A drill interrupted by
+    `cancel` is not recorded, nor is one of a snapshot deleted meanwhile (never resurrected).
+    """
+    if verified is None:
+        try:
+            verified = fetch_verified(store, target, cfg.storage.spool_dir)
+        except IntegrityError as exc:
+            check = Check(False, rfc3339(utcnow()), {"stage": "download"}, error=str(exc))
+            return _record(store, target, check, cancel)
+        try:
+            check = drill_verified(cfg, verified)
+        finally:
+            verified.discard()
+    else:
+        check = drill_verified(cfg, verified)
+    return _record(store, target, check, cancel)
+
+
+def _record(store: SnapshotStore, target: Manifest, check: Check, cancel: threading.Event | None) -> DrillOutcome:
+    if cancel is not None and cancel.is_set():
+        return DrillOutcome(target, check, recorded=False)
+    try:
+        manifests.read(store, target.id)
+    except (UsageError, IntegrityError):
+        log.warning("drilled snapshot disappeared; result not recorded", snapshot=target.id)
+        return DrillOutcome(target, check, recorded=False)
+    updated = target.with_drill(check)
+    manifests.write(store, updated)
+    return DrillOutcome(updated, check, recorded=True)
+
+
+def require_passed(outcome: DrillOutcome, consequence: str) -> Manifest:
+    """The drilled manifest, or DrillFailed naming what not to do."""
+    if not outcome.check.ok:
+        raise DrillFailed(
+            f"snapshot {outcome.manifest.id} did not pass its restore drill: {outcome.check.error}; {consequence}"
+        )
+    return outcome.manifest
