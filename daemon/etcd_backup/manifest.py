@@ -104,15 +104,18 @@ class Listing:
         live = live_cluster() if callable(live_cluster) else live_cluster
         if live is not None and live in clusters:
             return clusters[live][0]
-        summary = ", ".join(f"cluster {cid} ({len(ms)} snapshot(s), newest {ms[0].id})" for cid, ms in clusters.items())
+        summary = "; ".join(
+            f"cluster {cid}: {len(ms)} snapshot(s), newest {ms[0].id} taken {ms[0].created_at}"
+            for cid, ms in clusters.items()
+        )
         if live is not None:
-            raise EtcdBackupError(
+            raise UsageError(
                 f"no verified snapshot of the live cluster {live} in {where}, only of "
-                f"other clusters: {summary}; name the snapshot by id"
+                f"other clusters ({summary}): name the snapshot by id"
             )
         raise UsageError(
-            f"snapshots of {len(clusters)} etcd clusters in {where} ({summary}) and etcd does not "
-            "answer to tell which one is this cluster: name the snapshot by id"
+            f"snapshots of {len(clusters)} etcd clusters in {where} ({summary}) and no configured etcd "
+            "endpoint answers to tell which one is this cluster: name the snapshot by id"
         )
 
     def warnings(self) -> list[str]:
