@@ -24,7 +24,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from . import __version__
+from . import __version__, scratch
 from .config import Config
 from .errors import Busy, Cancelled, EtcdBackupError, EtcdUnavailable, ShuttingDown
 from .etcdclient import Member, connect_healthy, hexid
@@ -42,7 +42,7 @@ from .service.daemon import (
     readiness,
 )
 from .service.drill import drill_and_record
-from .service.prune import clean_debris, clean_local_debris, policy_from_config, prune
+from .service.prune import clean_debris, policy_from_config, prune
 from .storage import SnapshotStore
 
 log = structlog.get_logger(__name__)
@@ -94,7 +94,7 @@ class Daemon:
         # drills use spool_dir or the temp dir. A killed run may have left files in either.
         spool_dirs = {self.cfg.storage.spool_dir, getattr(self.store, "spool_dir", None) or None}
         for directory in spool_dirs:
-            clean_local_debris(directory, self.cfg.retention.debris_age)
+            scratch.sweep(directory, self.cfg.retention.debris_age)
         self.refresh()
         self._schedule_jobs()
         self._scheduler.start()

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import structlog
 
-from . import bbolt
+from . import bbolt, scratch
 from . import manifest as manifests
 from .errors import EtcdBackupError, IntegrityError, ObjectNotFound
 from .model import TRAILER, Check, Manifest, rfc3339, utcnow
@@ -30,21 +29,17 @@ class Verified:
     """A stored snapshot that passed every check, as a local db file (trailer included)."""
 
     manifest: Manifest
-    path: Path
+    file: scratch.Scratch
     status: bbolt.BoltStatus
     hash_check: Check
     structure_check: Check
 
+    @property
+    def path(self) -> Path:
+        return self.file.path
+
     def discard(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def _private_temp(directory: str | None, label: str) -> tuple[int, Path]:
-    directory = directory or tempfile.gettempdir()
-    os.makedirs(directory, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{label}-", suffix=".part", dir=directory)
-    os.fchmod(fd, 0o600)
-    return fd, Path(name)
+        self.file.discard()
 
 
 def _sha256_file(path: Path) -> str:
@@ -73,10 +68,10 @@ def _trailer_ok(path: Path) -> tuple[bool, str]:
     return digest.digest() == trailer, digest.hexdigest()
 
 
-def _decompress(src: Path, dest_fd: int) -> None:
+def _decompress(src: Path, dest: scratch.Scratch) -> None:
     import zstandard
 
-    with open(src, "rb") as fin, os.fdopen(os.dup(dest_fd), "wb") as fout:
+    with open(src, "rb") as fin, os.fdopen(os.dup(dest.fd), "wb") as fout:
         try:
             zstandard.ZstdDecompressor().copy_stream(fin, fout, read_size=_CHUNK, write_size=_CHUNK)
         except zstandard.ZstdError as exc:
@@ -91,32 +86,29 @@ def fetch_verified(
     With `record`, a failure is also written into the manifest (the failed check, its time and
     error), so `list` shows it FAILED and neither `latest` nor retention counts it as verified.
     """
-    fd, raw = _private_temp(work_dir, f"{manifest.id}-download")
-    out: Path | None = None
+    raw = scratch.create(work_dir, scratch.Kind.DOWNLOAD, manifest.id)
+    out: scratch.Scratch | None = None
     stage = "hash"
     try:
-        with os.fdopen(fd, "w+b") as fh:
+        with os.fdopen(os.dup(raw.fd), "w+b") as fh:
             try:
                 store.get(manifest.object_key, fh)
             except ObjectNotFound:
                 raise IntegrityError(f"snapshot {manifest.id}: data object {manifest.object_key} is missing") from None
-        size = raw.stat().st_size
+        size = raw.path.stat().st_size
         if size != manifest.object_size:
             raise IntegrityError(
                 f"snapshot {manifest.id}: data object has {size} bytes, manifest says {manifest.object_size}"
             )
-        if _sha256_file(raw) != manifest.object_sha256:
+        if _sha256_file(raw.path) != manifest.object_sha256:
             raise IntegrityError(f"snapshot {manifest.id}: data object SHA-256 does not match the manifest")
         if manifest.compression == "zstd":
-            out_fd, out = _private_temp(work_dir, f"{manifest.id}-db")
-            try:
-                _decompress(raw, out_fd)
-            finally:
-                os.close(out_fd)
-            raw.unlink()
+            out = scratch.create(work_dir, scratch.Kind.PLAIN, manifest.id)
+            _decompress(raw.path, out)
+            raw.discard()
         else:
             out = raw
-        ok, db_sha = _trailer_ok(out)
+        ok, db_sha = _trailer_ok(out.path)
         if not ok:
             raise IntegrityError(f"snapshot {manifest.id}: etcd's SHA-256 trailer does not match the data")
         if manifest.db_sha256 and db_sha != manifest.db_sha256:
@@ -124,7 +116,7 @@ def fetch_verified(
         hash_check = Check(True, rfc3339(utcnow()), {"sha256": db_sha})
         stage = "structure"
         try:
-            status = bbolt.check(out, size=out.stat().st_size - TRAILER)
+            status = bbolt.check(out.path, size=out.path.stat().st_size - TRAILER)
         except IntegrityError as exc:
             raise IntegrityError(f"snapshot {manifest.id}: {exc}") from None
         expected = manifest.verification.structure.detail
@@ -145,9 +137,9 @@ def fetch_verified(
         )
         return Verified(manifest, out, status, hash_check, structure)
     except BaseException as exc:
-        raw.unlink(missing_ok=True)
+        raw.discard()
         if out is not None:
-            out.unlink(missing_ok=True)
+            out.discard()
         if record and isinstance(exc, IntegrityError):
             record_failure(store, manifest, stage, str(exc))
         raise
@@ -179,17 +171,19 @@ def place(verified: Verified, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(verified.path, dest)
+        verified.file.close()
     except OSError:
-        fd, tmp = _private_temp(str(dest.parent), dest.name)
+        tmp = scratch.create(str(dest.parent), scratch.Kind.DOWNLOAD, dest.name)
         try:
-            with os.fdopen(fd, "wb") as fout, open(verified.path, "rb") as fin:
+            with os.fdopen(os.dup(tmp.fd), "wb") as fout, open(verified.path, "rb") as fin:
                 while chunk := fin.read(_CHUNK):
                     fout.write(chunk)
                 fout.flush()
                 os.fsync(fout.fileno())
-            os.replace(tmp, dest)
+            os.replace(tmp.path, dest)
+            tmp.close()
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            tmp.discard()
             raise
         finally:
             verified.discard()

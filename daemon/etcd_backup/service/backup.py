@@ -17,13 +17,13 @@ from typing import Any, BinaryIO
 
 import structlog
 
-from .. import __version__, bbolt
+from .. import __version__, bbolt, scratch
 from .. import manifest as manifests
 from ..config import Config
 from ..errors import Cancelled, EtcdBackupError, EtcdUnavailable, IntegrityError
 from ..etcdclient import Member, MemberStatus, connect_healthy, hexid
 from ..model import TRAILER, Check, ClusterMember, Manifest, Verification, new_snapshot_id, rfc3339, utcnow
-from ..spool import Spool, remove_abandoned
+from ..spool import Spool
 from ..storage import SnapshotStore
 
 log = structlog.get_logger(__name__)
@@ -190,9 +190,7 @@ def snapshot_member(
     bound = log.bind(snapshot=snapshot_id, endpoint=conn.endpoint, backend=store.description)
     bound.info("snapshot started", stage="stream", reason=reason)
     spool_dir = cfg.storage.spool_dir or getattr(store, "spool_dir", None)
-    leftovers = remove_abandoned(spool_dir)
-    if leftovers:
-        bound.info("abandoned spool files removed", paths=leftovers)
+    scratch.sweep(spool_dir, cfg.retention.debris_age)
     spool = Spool(
         spool_dir,
         snapshot_id,

@@ -7,16 +7,14 @@ recorded in the manifest (`verification.drill`): what `list`, retention and the 
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import structlog
 
 from .. import manifest as manifests
+from .. import scratch
 from ..config import Config, EtcdConfig
 from ..errors import DrillFailed, EtcdBackupError, IntegrityError, UsageError
 from ..etcdclient import Member
@@ -39,7 +37,8 @@ def drill_verified(cfg: Config, verified: Verified, timeout: float = 120.0) -> C
     manifest = verified.manifest
     tool = find_restore_tool(cfg.tools.etcdutl or None)
     etcd = find_binary("etcd", cfg.tools.etcd or None)
-    work = Path(tempfile.mkdtemp(prefix=f"etcd-backup-drill-{manifest.id}-", dir=cfg.storage.spool_dir))
+    workspace = scratch.create(cfg.storage.spool_dir, scratch.Kind.DRILL, manifest.id)
+    work = workspace.path
     detail: dict[str, object] = {"tool": tool.describe()}
     client_url = f"http://{LOOPBACK}:{free_port()}"
     peer_url = f"http://{LOOPBACK}:{free_port()}"
@@ -87,7 +86,7 @@ def drill_verified(cfg: Config, verified: Verified, timeout: float = 120.0) -> C
     finally:
         if proc is not None:
             proc.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        workspace.discard()
 
 
 @dataclass(frozen=True, slots=True)
