@@ -313,3 +313,11 @@ def test_every_metric_named_is_exported_by_a_running_daemon(
     text = body.decode()
     for stage in ("snapshot", "verify", "upload", "storage", "retention", "drill", "delta", "copy"):
         assert f'etcd_backup_failures_total{{stage="{stage}"}} 0.0' in text, stage
+    # Before any delta: nothing stored yet (NaN), nothing waiting (0), no gap; what ages compare with.
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    assert samples["etcd_backup_delta_last_revision"] == "NaN"
+    assert samples["etcd_backup_delta_last_success_timestamp_seconds"] == "NaN"
+    assert samples["etcd_backup_delta_lag_seconds"] == "0.0"
+    assert samples["etcd_backup_delta_gaps_total"] == "0.0"
+    assert samples["etcd_backup_schedule_period_seconds"] == "1800.0"
+    assert samples["etcd_backup_restore_drill_interval_seconds"] == "NaN"  # drills off in this daemon
