@@ -13,6 +13,14 @@ if ! /usr/bin/etcdctl version 2>/dev/null | grep -q 'etcdctl version: 3\.4'; the
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends etcd-server etcd-client >/dev/null
 fi
+# promtool checks and unit-tests the alerting rules; Debian ships it only in `prometheus` (with a
+# few small JS packages for its web UI; nothing here runs the server).
+if ! command -v promtool >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
 # systemd-analyze checks the unit file (package: systemd).
 if ! command -v systemd-analyze >/dev/null 2>&1; then
     SUDO=""

@@ -30,6 +30,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from . import kubeadm
 from .errors import ConfigError
 
 ENV_PREFIX = "ETCD_BACKUP_"
@@ -146,6 +147,22 @@ class EtcdConfig(_Section):
     stall_timeout: Duration = 30.0
     # gRPC Python cannot skip certificate verification: `true` is refused (see _no_skip_verify).
     insecure_skip_tls_verify: bool = False
+    # A kubeadm static pod manifest: fills endpoints, cacert, cert and key not set explicitly.
+    kubeadm_manifest: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kubeadm(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping) or not data.get("kubeadm_manifest"):
+            return data
+        path = str(data["kubeadm_manifest"])
+        explicit = {k for k, v in data.items() if v not in (None, "", [])}
+        found = kubeadm.settings(kubeadm.parse(_read_manifest(path), path), path, explicit)
+        for key, flag in kubeadm.TLS_FLAGS.items():
+            # Named here by the flag that gave it, not only by the key it fills.
+            if key in found and not os.path.isfile(found[key]):
+                raise kubeadm.fail(path, f"--{flag}={found[key]}: file not found")
+        return {**data, **found}
 
     @field_validator("endpoints")
     @classmethod
@@ -190,6 +207,15 @@ class EtcdConfig(_Section):
         if bool(self.username) != bool(self.password and self.password.get_secret_value()):
             raise ValueError("username and password must be set together")
         return self
+
+
+def _read_manifest(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise kubeadm.fail(path, "file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise kubeadm.fail(path, f"cannot read: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 class StorageConfig(_Section):

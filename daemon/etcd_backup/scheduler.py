@@ -86,6 +86,7 @@ class Daemon:
         )
         self.metrics.info.info({"version": __version__, "mode": cfg.schedule.mode, "storage": store.description})
         self.metrics.is_leader.set(1 if cfg.schedule.mode == "single" else 0)
+        self.metrics.configured(period=self.period, drill_interval=cfg.verify.restore_drill)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
