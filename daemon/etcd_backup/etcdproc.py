@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import process
 from .errors import ToolError
 from .members import member_flags
 
@@ -105,11 +106,13 @@ class EtcdProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout)
+        process.reap(self.process)
 
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+        process.reap(self.process)
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -148,7 +151,7 @@ def start_member(
     log = Path(log_path) if log_path else data_dir.parent / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        proc = subprocess.Popen([binary, *args], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = process.spawn([binary, *args], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     return EtcdProcess(name, data_dir, client_url, peer_url, proc, log, args)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from . import process
 from .errors import ToolError
 from .etcdproc import binary_version, find_binary
 
@@ -98,7 +99,7 @@ def restore_data_dir(
         if mark_compacted:
             cmd.append("--mark-compacted")
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env={**os.environ, "ETCDCTL_API": "3"})
+        proc = process.run(cmd, timeout=3600, env={**os.environ, "ETCDCTL_API": "3"})
         if proc.returncode != 0:
             detail = (proc.stderr or proc.stdout).strip().splitlines()
             raise ToolError(f"{tool.kind} snapshot restore failed: {detail[-1] if detail else proc.returncode}")

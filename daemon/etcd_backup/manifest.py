@@ -8,6 +8,7 @@ Later kinds of object (delta snapshots) get their own folder beside `snapshots/`
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -197,6 +198,20 @@ def list_snapshots(store: SnapshotStore, cache: ManifestCache | None = None) -> 
     listing.orphans = [o for k, o in objects.items() if not k.endswith(MANIFEST_SUFFIX) and k not in claimed]
     listing.manifests.sort(key=lambda m: (m.created, m.id), reverse=True)
     return listing
+
+
+class CachedListing:
+    """A long-running process's listing: manifests unchanged since the last look are not read
+    again, and one listing runs at a time (the cache is shared)."""
+
+    def __init__(self, store: SnapshotStore) -> None:
+        self.store = store
+        self._cache: ManifestCache = {}
+        self._lock = threading.Lock()
+
+    def list(self) -> Listing:
+        with self._lock:
+            return list_snapshots(self.store, self._cache)
 
 
 def resolve(store: SnapshotStore, ref: str, live_cluster: LiveCluster = None) -> Manifest:

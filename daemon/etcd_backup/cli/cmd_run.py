@@ -11,8 +11,10 @@ import structlog
 
 from .. import config, httpapi
 from ..config import ServerConfig
+from ..daemon import Daemon
 from ..errors import ConfigError
-from ..scheduler import Daemon, StopSignals, sd_notify
+from ..process import StopSignals
+from ..systemd import sd_notify
 from .common import Context, add_output
 
 log = structlog.get_logger(__name__)

@@ -20,6 +20,7 @@ from ..errors import DrillFailed, EtcdBackupError, IntegrityError, UsageError
 from ..etcdclient import Member
 from ..etcdproc import LOOPBACK, find_binary, free_port, start_member, wait_healthy
 from ..etcdtools import find_restore_tool, restore_data_dir
+from ..manifest import Listing
 from ..model import Check, Manifest, rfc3339, utcnow
 from ..storage import SnapshotStore
 from ..verify import Verified, fetch_verified
@@ -137,6 +138,18 @@ def _record(store: SnapshotStore, target: Manifest, check: Check, cancel: thread
     updated = target.with_drill(check)
     manifests.write(store, updated)
     return DrillOutcome(updated, check, recorded=True)
+
+
+def drill_target(listing: Listing) -> Manifest | None:
+    """The newest snapshot whose hash and structure checks passed.
+
+    A snapshot whose own drill failed stays the target until a newer one exists: the alert stays
+    red while the newest backup is the broken one.
+    """
+    for m in listing.manifests:
+        if m.verification.hash.ok and m.verification.structure.ok:
+            return m
+    return None
 
 
 def require_passed(outcome: DrillOutcome, consequence: str) -> Manifest:
