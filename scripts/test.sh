@@ -31,4 +31,5 @@ fi
 .venv/bin/ruff check daemon tests bench
 .venv/bin/ruff format --check daemon tests bench
 .venv/bin/mypy daemon/etcd_backup
+.venv/bin/lint-imports --no-cache
 exec .venv/bin/pytest "$@"

@@ -316,7 +316,7 @@ class ScheduleConfig(_Section):
         second = trigger.get_next_fire_time(first, first) if first else None
         if first is None or second is None or second <= first:
             return self.interval
-        return (second - first).total_seconds()
+        return float((second - first).total_seconds())
 
 
 class RetentionConfig(_Section):

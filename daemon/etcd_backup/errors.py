@@ -11,7 +11,8 @@ EtcdBackupError
 │   ├── ToolError              an etcd binary failed or is missing
 │   ├── Busy                   a snapshot is already running (HTTP 409)
 │   ├── ShuttingDown           the daemon is stopping (HTTP 503)
-│   └── Cancelled              an operation was cancelled by a stop
+│   ├── Cancelled              an operation was cancelled by a stop
+│   └── Unhealthy              doctor found the cluster in an outage scenario
 ├── IntegrityError        3  a snapshot failed verification
 │   └── DrillFailed            it did not restore, or served the wrong data
 └── UnsafeError           4  refused: would lose data or act on an unhealthy cluster
@@ -113,6 +114,10 @@ class ShuttingDown(OperationalError):
 
 
 class Cancelled(OperationalError):
+    pass
+
+
+class Unhealthy(OperationalError):
     pass
 
 

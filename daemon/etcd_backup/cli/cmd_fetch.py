@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from .. import manifest as manifests
 from ..errors import UsageError
 from ..verify import fetch_verified, place
-from .common import Context, add_output, emit_json
+from .common import Context, Subparsers, add_output, emit_json
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("fetch", help="download and verify a snapshot to a file")
     p.add_argument("snapshot", metavar="ID|latest")
     p.add_argument("--to", required=True, metavar="FILE", help="where to write the snapshot file")

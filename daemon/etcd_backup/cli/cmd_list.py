@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from .. import manifest as manifests
 from ..model import Manifest
-from .common import Context, add_output, emit_json, human_size, table
+from .common import Context, Subparsers, add_output, emit_json, human_size, table
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="snapshots in storage, newest first")
     add_output(p)
     return p

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from ..service.prechange import PreChange, pre_change
 from .cmd_doctor import add_quota, render_steps
 from .cmd_snapshot import render as render_manifest
-from .common import Context, add_output, emit_json
+from .common import Context, Subparsers, add_output, emit_json
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
         "pre-change",
         help="gate before an HA change: health checks, then a pinned, verified snapshot",

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from ..errors import OperationalError
 from ..model import utcnow
 from ..service.prune import PruneReport, policy_from_config, prune
-from .common import Context, add_output, emit_json
+from .common import Context, Subparsers, add_output, emit_json
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "prune",
         help="apply retention now; print what is deleted and why",

@@ -12,10 +12,10 @@ from ..runbook import Context as RunbookContext
 from ..service import rebuild
 from ..service.rebuild import ClusterRestore, RebuildPlan, RebuiltMember
 from ..service.replace import Replacement, replace_member
-from .common import Context, add_output, emit_json
+from .common import Context, Subparsers, add_output, emit_json
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
         "restore",
         help="rebuild etcd from a snapshot (single, cluster) or replace a failed member",
@@ -67,7 +67,7 @@ def _snapshot_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_single(kinds: Any) -> None:
+def _add_single(kinds: Subparsers) -> None:
     p = kinds.add_parser("single", help="scenario 3: rebuild a one-member cluster's data dir from a snapshot")
     _snapshot_args(p)
     p.add_argument("--name", required=True, help="the member name etcd runs with (--name)")
@@ -76,7 +76,7 @@ def _add_single(kinds: Any) -> None:
     _common(p)
 
 
-def _add_cluster(kinds: Any) -> None:
+def _add_cluster(kinds: Subparsers) -> None:
     p = kinds.add_parser("cluster", help="scenario 4, quorum lost: rebuild every member from one snapshot")
     _snapshot_args(p)
     p.add_argument(
@@ -102,7 +102,7 @@ def _add_cluster(kinds: Any) -> None:
     _common(p)
 
 
-def _add_replace(kinds: Any) -> None:
+def _add_replace(kinds: Subparsers) -> None:
     p = kinds.add_parser("replace-member", help="scenario 4, quorum intact: remove a failed member, add a fresh one")
     p.add_argument("--failed", required=True, metavar="NAME|ID", help="the failed member (name or hex id)")
     p.add_argument("--name", required=True, metavar="NEW_NAME", help="name of the new member")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Any
 
 import structlog
 
@@ -15,14 +14,14 @@ from ..daemon import Daemon
 from ..errors import ConfigError
 from ..process import StopSignals
 from ..systemd import sd_notify
-from .common import Context, add_output
+from .common import Context, Subparsers, add_output
 
 log = structlog.get_logger(__name__)
 
 STOP_BUDGET = 12.0  # seconds for jobs to wind down; the whole stop stays under 15 s
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run",
         help="the daemon: scheduled snapshots, retention, restore drills, HTTP endpoints",

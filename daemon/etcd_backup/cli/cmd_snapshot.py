@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from ..model import Manifest
 from ..service.backup import take_snapshot
-from .common import Context, add_output, emit_json, human_size
+from .common import Context, Subparsers, add_output, emit_json, human_size
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("snapshot", help="take one snapshot now, verify and upload it")
     p.add_argument("--reason", default="manual", help="recorded in the manifest (default: manual)")
     p.add_argument("--pin", action="store_true", help="keep it for retention.keep_pinned_for")

@@ -7,10 +7,10 @@ from typing import Any
 
 from .. import manifest as manifests
 from ..verify import verify_stored
-from .common import Context, add_output, emit_json
+from .common import Context, Subparsers, add_output, emit_json
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="re-download a stored snapshot and check it")
     p.add_argument("snapshot", metavar="ID|latest")
     p.add_argument("--drill", action="store_true", help="also restore it into a scratch etcd")

@@ -7,12 +7,15 @@ import json
 import os
 import sys
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeAlias
 
 from .. import config, logsetup
 from ..config import Config
 from ..runbook import Context as RunbookContext
 from ..storage import SnapshotStore, open_store
+
+# What each command's add_parser gets from main (subscriptable for the type checker only).
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def add_output(p: argparse.ArgumentParser) -> None:
