@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-import yaml
-
 from .errors import ConfigError
 
 KEY = "etcd.kubeadm_manifest"
@@ -54,6 +52,8 @@ def fail(source: str, why: str) -> ConfigError:
 
 def parse(text: str, source: str) -> EtcdFlags:
     """The etcd container's client flags in a static pod manifest (YAML or JSON)."""
+    import yaml  # only when a manifest is configured: one-shot commands start faster without it
+
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from ..assessment import DEFAULT_QUOTA_BYTES, MemberHealth, MemberState
-from ..config import parse_size
 from ..errors import Unhealthy, UsageError
-from ..runbook import Step
-from ..service.doctor import Diagnosis, diagnose
+from ..units import parse_size
 from .common import Context, Subparsers, add_output, emit_json, human_size, table
+
+if TYPE_CHECKING:
+    from ..assessment import MemberHealth
+    from ..runbook import Step
+    from ..service.doctor import Diagnosis
 
 EPILOG = """exit codes:
   0    the cluster is healthy
@@ -35,7 +38,7 @@ def add_quota(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quota-bytes",
         type=quota_arg,
-        default=DEFAULT_QUOTA_BYTES,
+        default=None,
         metavar="SIZE",
         help="the members' --quota-backend-bytes (default: etcd's 2GiB); accepts 8GiB etc.",
     )
@@ -55,8 +58,16 @@ def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def quota(args: argparse.Namespace) -> int:
+    from ..assessment import DEFAULT_QUOTA_BYTES
+
+    return int(args.quota_bytes or DEFAULT_QUOTA_BYTES)
+
+
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    diagnosis = diagnose(ctx.config, lambda: ctx.store, quota_bytes=args.quota_bytes, config_path=ctx.config_path)
+    from ..service.doctor import diagnose
+
+    diagnosis = diagnose(ctx.config, lambda: ctx.store, quota_bytes=quota(args), config_path=ctx.config_path)
     if ctx.json:
         emit_json(diagnosis.to_dict())
     else:
@@ -66,12 +77,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-_STATE_LABEL = {
-    MemberState.OK: "ok",
-    MemberState.NO_LEADER: "NO LEADER",
-    MemberState.DOWN: "DOWN",
-    MemberState.UNSTARTED: "UNSTARTED",
-}
+_STATE_LABEL = {"ok": "ok", "no-leader": "NO LEADER", "down": "DOWN", "unstarted": "UNSTARTED"}
 
 
 def _row(d: Diagnosis, m: MemberHealth) -> list[str]:
@@ -79,7 +85,7 @@ def _row(d: Diagnosis, m: MemberHealth) -> list[str]:
     return [
         m.label,
         m.id,
-        _STATE_LABEL[m.state] + (" learner" if m.learner else ""),
+        _STATE_LABEL[m.state.value] + (" learner" if m.learner else ""),
         "yes" if m.reachable else "NO",
         "yes" if m.started else "NO",
         "*" if m.is_leader else "",

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import manifest as manifests
 from ..errors import UsageError
-from ..verify import fetch_verified, place
 from .common import Context, Subparsers, add_output, emit_json
 
 
@@ -26,6 +24,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         raise UsageError(f"{dest} exists; choose another --to or pass --force")
     if dest.is_dir():
         raise UsageError(f"{dest} is a directory; --to names the snapshot file to write")
+    from .. import manifest as manifests
+    from ..verify import fetch_verified, place
+
     manifest = manifests.resolve(ctx.store, args.snapshot, ctx.live_cluster_id)
     # Download next to the destination so the final step is a rename.
     verified = fetch_verified(ctx.store, manifest, str(dest.absolute().parent), record=True)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-from .. import manifest as manifests
-from ..model import Manifest
 from .common import Context, Subparsers, add_output, emit_json, human_size, table
+
+if TYPE_CHECKING:
+    from ..model import Manifest
 
 
 def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
@@ -26,6 +28,8 @@ def verification_label(m: Manifest) -> str:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    from .. import manifest as manifests
+
     listing = manifests.list_snapshots(ctx.store)
     for problem in listing.problems:
         print(f"etcd-backup: warning: {problem.key}: {problem.error}", file=sys.stderr)

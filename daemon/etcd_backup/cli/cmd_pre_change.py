@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from ..service.prechange import PreChange, pre_change
-from .cmd_doctor import add_quota, render_steps
+from .cmd_doctor import add_quota, quota, render_steps
 from .cmd_snapshot import render as render_manifest
 from .common import Context, Subparsers, add_output, emit_json
+
+if TYPE_CHECKING:
+    from ..service.prechange import PreChange
 
 
 def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
@@ -30,12 +33,14 @@ def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    from ..service.prechange import pre_change
+
     result = pre_change(
         ctx.config,
         ctx.store,
         reason=args.reason,
         drill=args.drill,
-        quota_bytes=args.quota_bytes,
+        quota_bytes=quota(args),
         config_path=ctx.config_path,
     )
     if ctx.json:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from ..errors import OperationalError
-from ..model import utcnow
-from ..service.prune import PruneReport, policy_from_config, prune
 from .common import Context, Subparsers, add_output, emit_json
+
+if TYPE_CHECKING:
+    from ..service.prune import PruneReport
 
 
 def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
@@ -36,6 +38,9 @@ def render(report: PruneReport) -> str:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    from ..model import utcnow
+    from ..service.prune import policy_from_config, prune
+
     cfg = ctx.config
     report = prune(
         ctx.store,

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..members import parse_member
-from ..runbook import AFTER_RESTORE
-from ..runbook import Context as RunbookContext
-from ..service import rebuild
-from ..service.rebuild import ClusterRestore, RebuildPlan, RebuiltMember
-from ..service.replace import Replacement, replace_member
 from .common import Context, Subparsers, add_output, emit_json
+
+if TYPE_CHECKING:
+    from ..runbook import Context as RunbookContext
+    from ..service.rebuild import ClusterRestore, RebuildPlan, RebuiltMember
+    from ..service.replace import Replacement
 
 
 def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
@@ -121,6 +120,9 @@ def _add_replace(kinds: Subparsers) -> None:
 def run(args: argparse.Namespace, ctx: Context) -> int:
     if args.restore_kind == "replace-member":
         return _run_replace(args, ctx)
+    from ..members import parse_member
+    from ..service import rebuild
+
     common: dict[str, Any] = {
         "snapshot": args.snapshot,
         "data_dir": args.data_dir,
@@ -151,6 +153,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _run_replace(args: argparse.Namespace, ctx: Context) -> int:
+    from ..service.replace import replace_member
+
     result = replace_member(
         ctx.config, failed=args.failed, name=args.name, peer_url=args.peer_url, data_dir=args.data_dir, force=args.force
     )
@@ -186,8 +190,11 @@ def render_restore(r: ClusterRestore) -> str:
         lines.append("rebuild the other members on their own hosts with the same snapshot id:")
         lines += [f"  {o.name}: {r.command_for(o.name)}" for o in others]
         lines.append("")
+    from ..runbook import AFTER_RESTORE
+    from ..service.rebuild import client_urls_or_placeholder
+
     ctx = r.plan.ctx
-    endpoints = rebuild.client_urls_or_placeholder(r.rebuilt)
+    endpoints = client_urls_or_placeholder(r.rebuilt)
     lines += [
         "then:",
         "  start every member; the cluster forms once a majority of them runs"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from ..model import Manifest
-from ..service.backup import take_snapshot
 from .common import Context, Subparsers, add_output, emit_json, human_size
+
+if TYPE_CHECKING:
+    from ..model import Manifest
 
 
 def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
@@ -31,6 +33,8 @@ def render(m: Manifest) -> str:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    from ..service.backup import take_snapshot
+
     manifest = take_snapshot(ctx.config, ctx.store, reason=args.reason, pinned=args.pin)
     if ctx.json:
         emit_json(manifest.to_dict())

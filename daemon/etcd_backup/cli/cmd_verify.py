@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .. import manifest as manifests
-from ..verify import verify_stored
 from .common import Context, Subparsers, add_output, emit_json
 
 
@@ -19,6 +17,9 @@ def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    from .. import manifest as manifests
+    from ..verify import verify_stored
+
     cfg = ctx.config
     manifest = manifests.resolve(ctx.store, args.snapshot, ctx.live_cluster_id)
     verified = verify_stored(ctx.store, manifest, cfg.storage.spool_dir)

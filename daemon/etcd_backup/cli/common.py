@@ -7,12 +7,13 @@ import json
 import os
 import sys
 from functools import cached_property
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-from .. import config, logsetup
-from ..config import Config
-from ..runbook import Context as RunbookContext
-from ..storage import SnapshotStore, open_store
+# Heavy modules load inside the commands that need them: `--help` and `list` start fast.
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..runbook import Context as RunbookContext
+    from ..storage import SnapshotStore
 
 # What each command's add_parser gets from main (subscriptable for the type checker only).
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -34,6 +35,8 @@ class Context:
 
     @cached_property
     def config(self) -> Config:
+        from .. import config, logsetup
+
         cfg = config.load(getattr(self.args, "config", None))
         logsetup.register_secrets(
             [
@@ -51,6 +54,8 @@ class Context:
 
     @cached_property
     def store(self) -> SnapshotStore:
+        from ..storage import open_store
+
         storage = self.config.storage
         if storage.insecure_skip_tls_verify and storage.scheme == "s3" and self.args.command != "run":
             # One-shot commands log nothing by default; this must be seen all the same.
@@ -67,6 +72,8 @@ class Context:
 
     @property
     def runbook(self) -> RunbookContext:
+        from ..runbook import Context as RunbookContext
+
         return RunbookContext(self.config.etcd, self.config.restore.data_dir, self.config_path)
 
     def live_cluster_id(self) -> str | None:

@@ -12,8 +12,9 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from .. import __version__, config, logsetup
+from .. import __version__
 from ..errors import ConfigError, EtcdBackupError, UsageError
 from . import (
     cmd_doctor,
@@ -27,6 +28,9 @@ from . import (
     cmd_verify,
 )
 from .common import Context
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 COMMANDS = [cmd_run, cmd_snapshot, cmd_pre_change, cmd_list, cmd_verify, cmd_prune, cmd_doctor, cmd_fetch, cmd_restore]
 
@@ -100,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("etcd-backup: a command is required (see --help)")
         ctx = Context(args)
         cfg = ctx.config
+        from .. import logsetup
+
         logsetup.configure(cfg.log.format, _log_level(args, cfg))
         return int(args.handler(args, ctx) or 0)
     except EtcdBackupError as exc:
@@ -114,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(exc, 1, debug, unexpected=True)
 
 
-def _log_level(args: argparse.Namespace, cfg: config.Config) -> str:
+def _log_level(args: argparse.Namespace, cfg: Config) -> str:
     """The daemon logs at the configured level. One-shot commands stay quiet unless asked
     (--debug, or log.level set explicitly): their result goes to stdout and a failure is the
     one error line on stderr, which is what scripts and operators at a prompt rely on."""
@@ -133,7 +139,9 @@ def _fail(exc: BaseException, code: int, debug: bool, unexpected: bool = False) 
         text = f"internal error: {type(exc).__name__}: {text} (run with --debug for details)"
     label = "configuration error" if isinstance(exc, ConfigError) and "configuration" not in text else None
     prefix = f"etcd-backup: {label}: " if label else "etcd-backup: error: "
-    print(prefix + logsetup.scrub(text), file=sys.stderr)
+    from ..logsetup import scrub
+
+    print(prefix + scrub(text), file=sys.stderr)
     return code
 
 
@@ -141,4 +149,4 @@ def entrypoint() -> None:
     sys.exit(main())
 
 
-__all__ = ["build_parser", "config", "entrypoint", "main"]
+__all__ = ["build_parser", "entrypoint", "main"]
