@@ -18,14 +18,17 @@ from etcd_backup.errors import IntegrityError
 from etcd_backup.spool import Spool, remove_abandoned
 from etcd_backup.storage import SnapshotStore
 from etcd_backup.storage.local import LocalStore
+from etcd_backup.storage.memory import MemoryStore
 from etcd_backup.storage.s3 import S3Store
 
 pytestmark = pytest.mark.timeout(120)
 MiB = 1024 * 1024
 
 
-@pytest.fixture(params=["file", "s3"])
+@pytest.fixture(params=["memory", "file", "s3"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> SnapshotStore:
+    if request.param == "memory":
+        return MemoryStore()
     if request.param == "file":
         return LocalStore(tmp_path / "store")
     bucket: Bucket = request.getfixturevalue("s3_bucket")
@@ -38,7 +41,7 @@ def _upload(store: SnapshotStore, spool: Spool) -> tuple[threading.Thread, list[
     def run() -> None:
         reader = spool.reader()
         try:
-            outcome.append(store.put("snapshots/s.db", reader))  # type: ignore[arg-type]
+            outcome.append(store.put("snapshots/s.db", reader, spooled=reader))  # type: ignore[arg-type]
         except BaseException as exc:  # noqa: BLE001 - inspected by the test
             outcome.append(exc)
         finally:

@@ -193,25 +193,23 @@ def snapshot_member(
     conn, status = member
     bound = log.bind(snapshot=snapshot_id, endpoint=conn.endpoint, backend=store.description)
     bound.info("snapshot started", stage="stream", reason=reason)
-    spool_dir = cfg.storage.spool_dir or getattr(store, "spool_dir", None)
+    spool_dir = cfg.storage.spool_dir or store.capabilities.spool_dir
     leftovers = remove_abandoned(spool_dir)
     if leftovers:
         bound.info("abandoned spool files removed", paths=leftovers)
-    spool = Spool(
-        spool_dir,
-        snapshot_id,
-        durable=getattr(store, "links_spool", False),
-    )
+    spool = Spool(spool_dir, snapshot_id, durable=store.capabilities.links_spool)
     upload_result: list[Any] = []
     upload_error: list[BaseException] = []
 
     def upload() -> None:
         reader = spool.reader()
         try:
-            source: BinaryIO = reader  # type: ignore[assignment]
             if compression == "zstd":
-                source = _Compressing(reader, cfg.storage.compression_level)  # type: ignore[assignment]
-            upload_result.append(store.put(key, source))
+                # The stored bytes are not the spool's: the store reads the compressed stream.
+                source: BinaryIO = _Compressing(reader, cfg.storage.compression_level)  # type: ignore[assignment]
+                upload_result.append(store.put(key, source))
+            else:
+                upload_result.append(store.put(key, reader, spooled=reader))  # type: ignore[arg-type]
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             upload_error.append(exc)
             spool.fail(exc)

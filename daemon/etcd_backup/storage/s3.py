@@ -21,7 +21,7 @@ import structlog
 from boto3.s3.transfer import TransferConfig
 
 from ..errors import ObjectNotFound, StorageError
-from .base import Debris, ObjectInfo
+from .base import Capabilities, Debris, ObjectInfo, SpooledFile
 
 log = structlog.get_logger(__name__)
 
@@ -145,6 +145,7 @@ class S3Store:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.description = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        self.capabilities = Capabilities()
         self.part_size = part_size
         self.concurrency = concurrency
         self.timeout = timeout
@@ -231,12 +232,13 @@ class S3Store:
             return f"{endpoint} closed the connection before answering"
         return None
 
-    def put(self, key: str, source: BinaryIO) -> ObjectInfo:
-        """Upload `source` (multipart above part_size). On any failure s3transfer aborts the
-        multipart upload; if S3 cannot be reached for the abort either, the unfinished upload stays
-        behind, invisible to `list`, and is reported by `list_debris` (prune removes it)."""
-        if callable(getattr(source, "wait_bytes", None)):
-            return self._put_following(key, source)
+    def put(self, key: str, source: BinaryIO, *, spooled: SpooledFile | None = None) -> ObjectInfo:
+        """Upload `source` (multipart above part_size), or the parts of `spooled` as they are written.
+        On any failure the multipart upload is aborted; if S3 cannot be reached for the abort either,
+        the unfinished upload stays behind, invisible to `list`, and is reported by `list_debris`
+        (prune removes it)."""
+        if spooled is not None:
+            return self._put_following(key, spooled)
         full = self._key(key)
         reader = _PartDigests(source, self.part_size)
         try:
@@ -275,7 +277,7 @@ class S3Store:
         modified = head.get("LastModified") or datetime.now(UTC)
         return ObjectInfo(key, size, modified, sha256)
 
-    def _put_following(self, key: str, source: Any) -> ObjectInfo:
+    def _put_following(self, key: str, source: SpooledFile) -> ObjectInfo:
         """Multipart upload of a spool file that is still being written, each part sent as a range
         of the file as soon as it is complete.
 
@@ -292,7 +294,7 @@ class S3Store:
             raise self._error("upload", exc, key) from exc
         try:
             parts, size = self._send_parts(full, upload_id, source)
-            source.complete_file()  # verified, or raises: then nothing is completed
+            source.wait_complete()  # verified, or raises: then nothing is completed
             self.client.complete_multipart_upload(
                 Bucket=self.bucket,
                 Key=full,
@@ -315,7 +317,7 @@ class S3Store:
         composite = base64.b64encode(hashlib.sha256(digests).digest()).decode()
         return self._read_back(key, size, {composite, f"{composite}-{len(parts)}"}, None)
 
-    def _send_parts(self, full: str, upload_id: str, source: Any) -> tuple[list[tuple[int, str, str]], int]:
+    def _send_parts(self, full: str, upload_id: str, source: SpooledFile) -> tuple[list[tuple[int, str, str]], int]:
         """Send each part as soon as the spool holds it; returns (number, ETag, checksum) per part and the size."""
         pending: dict[concurrent.futures.Future[tuple[int, str, str]], int] = {}
         done: list[tuple[int, str, str]] = []
@@ -327,7 +329,7 @@ class S3Store:
                     length = min(self.part_size, written - offset)
                     if length > 0:
                         fut = pool.submit(
-                            self._send_part, full, upload_id, number, source.path, offset=offset, length=length
+                            self._send_part, full, upload_id, number, str(source.path), offset=offset, length=length
                         )
                         pending[fut] = number
                         offset += length
@@ -400,12 +402,13 @@ class S3Store:
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._error("download of", exc, key) from exc
 
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> list[ObjectInfo]:
         full_prefix = self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        extra = {"StartAfter": self._key(start_after)} if start_after is not None else {}
         out: list[ObjectInfo] = []
         try:
             paginator = self.client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix, **extra):
                 for obj in page.get("Contents", []):
                     out.append(ObjectInfo(self._rel(obj["Key"]), int(obj["Size"]), obj["LastModified"]))
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
