@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Bucket
+from conftest import BUCKET_FIXTURES, S3_KINDS, Bucket
 from etcd_backup.errors import IntegrityError, ObjectNotFound, StorageError
 from etcd_backup.storage import SnapshotStore, get_bytes, put_bytes
 from etcd_backup.storage.base import Capabilities
@@ -22,14 +22,14 @@ pytestmark = pytest.mark.timeout(120)
 MiB = 1024 * 1024
 
 
-@pytest.fixture(params=["memory", "file", "moto"])
+@pytest.fixture(params=["memory", "file", *S3_KINDS])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SnapshotStore]:
     if request.param == "memory":
         yield MemoryStore()
     elif request.param == "file":
         yield LocalStore(tmp_path / "store")
     else:
-        bucket: Bucket = request.getfixturevalue("s3_bucket")
+        bucket: Bucket = request.getfixturevalue(BUCKET_FIXTURES[request.param])
         yield S3Store(bucket.name, bucket.prefix, endpoint_url=bucket.server.endpoint, part_size=5 * MiB, concurrency=2)
 
 
@@ -118,6 +118,18 @@ def test_list_is_lexicographic_and_starts_after_a_relative_key(store: SnapshotSt
     assert [o.key for o in store.list(start_after="snapshots/c/d")] == ["snapshotsX"]
 
 
+def test_list_order_and_start_after_are_bytewise_across_folders(store: SnapshotStore) -> None:
+    # A folder "b/" beside "b.json" and "b-x": byte order puts "b-x" < "b.json" < "b/1" ("-" < "." < "/"),
+    # while a store backed by a file tree walks the folder "b" first.
+    keys = ["d/b/1", "d/b/2", "d/b.json", "d/b-x", "d/ba", "d/a/q", "d/c"]
+    for key in keys:
+        put_bytes(store, key, b"x")
+    assert [o.key for o in store.list("d/")] == sorted(keys)
+    for after in ["d/b", "d/b/", "d/b/1", "d/b.json", "d/b-x", "d/a", "d/a/q", "d/", "d/b."]:
+        got = [o.key for o in store.list("d/", start_after=after)]
+        assert got == [k for k in sorted(keys) if k > after], after
+
+
 def test_put_replaces_and_reports_what_it_stored(store: SnapshotStore) -> None:
     put_bytes(store, "snapshots/x.json", b"old contents")
     info = put_bytes(store, "snapshots/x.json", b"new")
@@ -147,8 +159,8 @@ def test_ping(store: SnapshotStore) -> None:
     store.ping()
 
 
-def test_missing_bucket_is_storage_error(s3_bucket: Bucket) -> None:
-    store = S3Store("bucket-that-does-not-exist", "p", endpoint_url=s3_bucket.server.endpoint)
+def test_missing_bucket_is_storage_error(any_s3_bucket: Bucket) -> None:
+    store = S3Store("bucket-that-does-not-exist", "p", endpoint_url=any_s3_bucket.server.endpoint)
     for call in (store.ping, store.list, lambda: put_bytes(store, "k", b"x")):
         with pytest.raises(StorageError, match="does not exist"):
             call()

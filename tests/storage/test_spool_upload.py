@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Bucket
+from conftest import BUCKET_FIXTURES, S3_KINDS, Bucket
 from etcd_backup.errors import IntegrityError
 from etcd_backup.spool import Spool, remove_abandoned
 from etcd_backup.storage import SnapshotStore
@@ -25,13 +25,13 @@ pytestmark = pytest.mark.timeout(120)
 MiB = 1024 * 1024
 
 
-@pytest.fixture(params=["memory", "file", "s3"])
+@pytest.fixture(params=["memory", "file", *S3_KINDS])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> SnapshotStore:
     if request.param == "memory":
         return MemoryStore()
     if request.param == "file":
         return LocalStore(tmp_path / "store")
-    bucket: Bucket = request.getfixturevalue("s3_bucket")
+    bucket: Bucket = request.getfixturevalue(BUCKET_FIXTURES[request.param])
     return S3Store(bucket.name, bucket.prefix, endpoint_url=bucket.server.endpoint, part_size=5 * MiB, concurrency=3)
 
 

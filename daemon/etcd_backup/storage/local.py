@@ -93,8 +93,8 @@ class LocalStore:
         # Walk only the folder the prefix names (a listing of snapshots/ never reads deltas/).
         folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         base = self._path(folder) if folder else self.root
-        if not base.is_dir():
-            return []
+        if not base.exists() and not self.root.is_file():
+            return []  # nothing stored yet (a root that is a file fails below)
         out: list[ObjectInfo] = []
         try:
             for dirpath, dirs, files in os.walk(base, onerror=_raise):

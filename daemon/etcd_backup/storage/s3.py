@@ -125,6 +125,23 @@ class _FileRange(io.RawIOBase):
         return self._length
 
 
+def _safe_start_after(full_prefix: str, start_after: str) -> str | None:
+    """A StartAfter that every store answers with at least the keys greater than `start_after`.
+
+    Stores backed by a file tree (SeaweedFS) compare StartAfter folder by folder, so keys in a
+    folder "b/" are skipped after "b.json" (or after "b" itself), although "b/1" > "b.json" byte by
+    byte. Cut `start_after` before its first character that sorts at or below "/" and drop one
+    more: no key the cut skips on such a store is greater than `start_after`. The caller filters.
+    """
+    rest = start_after[len(full_prefix) :] if start_after.startswith(full_prefix) else ""
+    plain = 0
+    while plain < len(rest) and rest[plain] > "/":
+        plain += 1
+    if plain < 2:
+        return None
+    return full_prefix + rest[: plain - 1]
+
+
 class S3Store:
     def __init__(
         self,
@@ -404,15 +421,23 @@ class S3Store:
 
     def list(self, prefix: str = "", *, start_after: str | None = None) -> list[ObjectInfo]:
         full_prefix = self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
-        extra = {"StartAfter": self._key(start_after)} if start_after is not None else {}
+        extra: dict[str, str] = {}
+        if start_after is not None:
+            server_start = _safe_start_after(full_prefix, self._key(start_after))
+            if server_start is not None:
+                extra["StartAfter"] = server_start
         out: list[ObjectInfo] = []
         try:
             paginator = self.client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix, **extra):
                 for obj in page.get("Contents", []):
-                    out.append(ObjectInfo(self._rel(obj["Key"]), int(obj["Size"]), obj["LastModified"]))
+                    key = self._rel(obj["Key"])
+                    if start_after is None or key > start_after:
+                        out.append(ObjectInfo(key, int(obj["Size"]), obj["LastModified"]))
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._error("listing of", exc) from exc
+        # Stores backed by a file tree (SeaweedFS) list folder by folder: "a/1" before "a.json".
+        out.sort(key=lambda o: o.key)
         return out
 
     def delete(self, key: str) -> None:
