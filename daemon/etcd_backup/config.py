@@ -208,6 +208,12 @@ class StorageConfig(_Section):
     # Connect and read timeout of each S3 request; botocore retries (5 attempts, with backoff).
     timeout: Duration = 60.0
     insecure_skip_tls_verify: bool = False
+    # S3-compatible stores: bucket in the path or in the host name; a private CA for https://.
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    ca_file: str | None = None
+    # How each upload proves the stored bytes (storage/s3checksum.py): "md5" for stores that
+    # reject or ignore the x-amz-checksum headers.
+    checksum: Literal["sha256", "crc32c", "md5"] = "sha256"
 
     @field_validator("url")
     @classmethod
@@ -237,10 +243,17 @@ class StorageConfig(_Section):
             raise ValueError("must be between 5MiB and 5GiB (S3 multipart limits)")
         return value
 
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, value: str | None) -> str | None:
+        return _existing_file("", value)
+
     @model_validator(mode="after")
     def _kms(self) -> StorageConfig:
         if self.kms_key_id and self.sse != "aws:kms":
             raise ValueError('kms_key_id needs sse = "aws:kms"')
+        if self.ca_file and self.insecure_skip_tls_verify:
+            raise ValueError("ca_file and insecure_skip_tls_verify contradict each other: set one")
         return self
 
     @property

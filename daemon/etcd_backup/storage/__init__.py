@@ -29,6 +29,9 @@ def open_store(cfg: StorageConfig) -> SnapshotStore:
         part_size=cfg.part_size,
         concurrency=cfg.concurrency,
         verify_tls=not cfg.insecure_skip_tls_verify,
+        ca_file=cfg.ca_file,
+        addressing_style=cfg.addressing_style,
+        checksum=cfg.checksum,
         timeout=cfg.timeout,
     )
 
