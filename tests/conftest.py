@@ -485,6 +485,13 @@ def seaweedfs_bucket(seaweedfs_server: S3Server, monkeypatch: pytest.MonkeyPatch
     return _new_bucket(seaweedfs_server, monkeypatch)
 
 
+@pytest.fixture(params=["moto", "seaweedfs"])
+def any_locked_bucket(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Bucket:
+    """A fresh bucket with S3 Object Lock enabled (hence versioned), on each real S3 server in turn."""
+    server: S3Server = request.getfixturevalue("s3_server" if request.param == "moto" else "seaweedfs_server")
+    return _new_bucket(server, monkeypatch, ObjectLockEnabledForBucket=True)
+
+
 BUCKET_FIXTURES = {"moto": "s3_bucket", "seaweedfs": "seaweedfs_bucket"}
 S3_KINDS = list(BUCKET_FIXTURES)
 

@@ -75,6 +75,8 @@ def test_config_path_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
         ('[storage]\nconcurrency = "lots"\n', "storage.concurrency"),
         ('[storage]\naddressing_style = "sideways"\n', "storage.addressing_style"),
         ('[storage]\nchecksum = "crc64"\n', "storage.checksum"),
+        ('[storage]\nobject_lock = "governance"\n', "needs an s3:// store"),
+        ('[storage]\nobject_lock = "forever"\n', "storage.object_lock"),
         ('[storage]\nca_file = "/no/ca.crt"\n', "/no/ca.crt"),
         ('[storage]\nca_file = "/etc/hostname"\ninsecure_skip_tls_verify = true\n', "contradict"),
         ('[server]\ntoken_file = "/no/token"\n', "/no/token"),

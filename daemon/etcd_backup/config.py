@@ -214,6 +214,9 @@ class StorageConfig(_Section):
     # How each upload proves the stored bytes (storage/s3checksum.py): "md5" for stores that
     # reject or ignore the x-amz-checksum headers.
     checksum: Literal["sha256", "crc32c", "md5"] = "sha256"
+    # S3 Object Lock on every object written: retain-until = write time + lock_for.
+    object_lock: Literal["off", "governance", "compliance"] = "off"
+    lock_for: Duration = 14 * 86400.0
 
     @field_validator("url")
     @classmethod
@@ -252,6 +255,10 @@ class StorageConfig(_Section):
     def _kms(self) -> StorageConfig:
         if self.kms_key_id and self.sse != "aws:kms":
             raise ValueError('kms_key_id needs sse = "aws:kms"')
+        if self.object_lock != "off" and self.scheme != "s3":
+            raise ValueError(f"object_lock = {self.object_lock!r} needs an s3:// store with Object Lock enabled")
+        if self.object_lock != "off" and self.lock_for < 1:
+            raise ValueError("lock_for must be at least 1s when object_lock is on")
         if self.ca_file and self.insecure_skip_tls_verify:
             raise ValueError("ca_file and insecure_skip_tls_verify contradict each other: set one")
         return self

@@ -6,13 +6,16 @@ EtcdBackupError
 ├── OperationalError      1  etcd or storage unreachable, upload failed
 │   ├── EtcdUnavailable
 │   ├── StorageError
-│   │   └── ObjectNotFound
+│   │   ├── ObjectNotFound
+│   │   └── ObjectLocked  under S3 Object Lock: cannot be deleted before `until`
 │   └── ToolError         an etcd binary failed or is missing
 ├── IntegrityError        3  a snapshot failed verification
 └── UnsafeError           4  refused: would lose data or act on an unhealthy cluster
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 
 class EtcdBackupError(Exception):
@@ -48,6 +51,12 @@ class StorageError(OperationalError):
 
 class ObjectNotFound(StorageError):
     pass
+
+
+class ObjectLocked(StorageError):
+    def __init__(self, message: str, until: datetime | None) -> None:
+        super().__init__(message)
+        self.until = until  # None: a legal hold, no date
 
 
 class ToolError(OperationalError):

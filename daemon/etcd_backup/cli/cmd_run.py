@@ -11,7 +11,7 @@ import structlog
 
 from .. import config, httpapi
 from ..config import ServerConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, OperationalError
 from ..scheduler import Daemon, StopSignals, sd_notify
 from .common import Context, add_output
 
@@ -47,6 +47,10 @@ def server_token(server: ServerConfig) -> str | None:
 def run(args: argparse.Namespace, ctx: Context) -> int:
     cfg = ctx.config
     token = server_token(cfg.server)
+    try:
+        ctx.store.ping()  # a bucket that contradicts the configuration (no Object Lock) is exit 2 now
+    except OperationalError:
+        pass  # storage unreachable at start: the daemon reports it and retries
     signals = StopSignals()
     signals.install()
     daemon = Daemon(cfg, ctx.store)

@@ -28,6 +28,20 @@ class Debris:
 
 
 @dataclass(frozen=True, slots=True)
+class Retention:
+    """An object's S3 Object Lock: it cannot be deleted (or overwritten) before `until`."""
+
+    mode: str  # "governance" or "compliance"
+    until: datetime
+
+
+class LockInspector(Protocol):
+    def retention(self, key: str) -> Retention | None:
+        """The lock on the object's current version, or None when it is not (or no longer) locked."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
 class Capabilities:
     """What a store does with a snapshot's spool file, declared by the store (never probed).
 
@@ -38,6 +52,9 @@ class Capabilities:
 
     spool_dir: str | None = None
     links_spool: bool = False
+    # With S3 Object Lock on, every object written is locked; `delete` then raises ObjectLocked
+    # until the lock has passed, and this tells how long an object stays.
+    locks: LockInspector | None = None
 
 
 class SpooledFile(Protocol):
@@ -65,6 +82,9 @@ class SnapshotStore(Protocol):
     If reading the source raises (a snapshot that failed verification), nothing is left behind
     and the exception propagates. With `spooled`, the same bytes are also a local file (see
     SpooledFile) and the store may read that instead.
+
+    `delete` removes the object for good (on a versioned bucket every version, never only a
+    delete marker); ObjectLocked if a lock forbids it yet.
 
     `list` returns keys below `prefix` in lexicographic order; with `start_after`, only keys
     greater than it (a relative key, as S3's StartAfter). It is complete or raises StorageError:

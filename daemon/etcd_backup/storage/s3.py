@@ -15,8 +15,9 @@ import structlog
 from boto3.s3.transfer import TransferConfig
 
 from ..errors import ObjectNotFound, StorageError
-from .base import Capabilities, Debris, ObjectInfo, SpooledFile
+from .base import Capabilities, Debris, ObjectInfo, Retention, SpooledFile
 from .s3checksum import Algorithm, Checksum
+from .s3lock import Locking
 from .s3upload import Uploader
 
 log = structlog.get_logger(__name__)
@@ -61,13 +62,14 @@ class S3Store:
         ca_file: str | None = None,
         addressing_style: str = "auto",
         checksum: Algorithm = "sha256",
+        object_lock: str = "off",
+        lock_for: float = 14 * 86400.0,
         timeout: float = 60.0,
         client: Any = None,
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.description = f"s3://{bucket}/{self.prefix}".rstrip("/")
-        self.capabilities = Capabilities()
         self.part_size = part_size
         self.concurrency = concurrency
         self.timeout = timeout
@@ -111,8 +113,19 @@ class S3Store:
             )
         self.client = client
         self.checksum = Checksum(checksum)
+        self._locking = Locking(client, bucket, object_lock, lock_for, self._error)
+        self.capabilities = Capabilities(locks=self if self._locking.mode else None)
         self._uploader = Uploader(
-            client, bucket, self.checksum, part_size, concurrency, self._extra, self._error, self.description
+            client,
+            bucket,
+            self.checksum,
+            part_size,
+            concurrency,
+            write_args=lambda: {**self._extra, **self._locking.write_args()},
+            error=self._error,
+            description=self.description,
+            after_write=self._locking.ensure_locked,
+            remove=self._locking.delete,
         )
 
     def _key(self, key: str) -> str:
@@ -218,10 +231,10 @@ class S3Store:
         return out
 
     def delete(self, key: str) -> None:
-        try:
-            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
-            raise self._error("delete of", exc, key) from exc
+        self._locking.delete(key, self._key(key))
+
+    def retention(self, key: str) -> Retention | None:
+        return self._locking.retention(self._key(key))
 
     def ping(self) -> None:
         try:
@@ -233,6 +246,7 @@ class S3Store:
             raise self._error("access to", exc) from exc
         except botocore.exceptions.BotoCoreError as exc:
             raise self._error("access to", exc) from exc
+        self._locking.check_bucket()
 
     def list_debris(self) -> builtins.list[Debris]:  # `list` is a method here
         out: list[Debris] = []

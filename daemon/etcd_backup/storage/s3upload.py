@@ -92,9 +92,11 @@ class Uploader:
     checksum: Checksum
     part_size: int
     concurrency: int
-    extra: dict[str, Any]  # SSE, storage class, Object Lock: on PutObject and CreateMultipartUpload
+    write_args: Callable[[], dict[str, Any]]  # SSE, storage class, Object Lock: PutObject, CreateMultipartUpload
     error: ErrorFn  # translates a botocore error: (action, exc, key) -> StorageError
     description: str
+    after_write: Callable[[str, str, dict[str, Any]], None]  # (key, full key, HeadObject answer) once proven
+    remove: Callable[[str, str], None]  # (key, full key): delete for good
 
     def put_stream(self, key: str, full: str, source: BinaryIO) -> ObjectInfo:
         whole = hashlib.sha256()
@@ -104,7 +106,7 @@ class Uploader:
             digest = self._digest(first)
             try:
                 self.client.put_object(
-                    Bucket=self.bucket, Key=full, Body=first, **self.extra, **self.checksum.request_args(digest)
+                    Bucket=self.bucket, Key=full, Body=first, **self.write_args(), **self.checksum.request_args(digest)
                 )
             except _BOTO_ERRORS as exc:
                 raise self.error("upload", exc, key) from exc
@@ -151,7 +153,7 @@ class Uploader:
     def _create(self, key: str, full: str) -> str:
         try:
             answer = self.client.create_multipart_upload(
-                Bucket=self.bucket, Key=full, **self.extra, **self.checksum.create_args()
+                Bucket=self.bucket, Key=full, **self.write_args(), **self.checksum.create_args()
             )
         except _BOTO_ERRORS as exc:
             raise self.error("upload", exc, key) from exc
@@ -277,8 +279,9 @@ class Uploader:
             ok = self._download_digests(key, full, size) == digests
             problem = "" if ok else f"the downloaded bytes differ ({self.checksum.algorithm})"
         if problem:
-            self._delete_quietly(full)
+            self._remove_quietly(key, full)
             raise StorageError(f"read-back of {self.description}/{key} does not match what was sent: {problem}")
+        self.after_write(key, full, head)
         modified = head.get("LastModified") or datetime.now(UTC)
         return ObjectInfo(key, size, modified, sha256)
 
@@ -290,8 +293,9 @@ class Uploader:
         except _BOTO_ERRORS as exc:
             raise self.error("read-back of", exc, key) from exc
 
-    def _delete_quietly(self, full: str) -> None:
+    def _remove_quietly(self, key: str, full: str) -> None:
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=full)
-        except _BOTO_ERRORS:
-            pass
+            self.remove(key, full)
+        except StorageError as exc:
+            # Locked, or S3 gone: without a manifest it is debris, removed by a later prune.
+            log.warning("could not remove the object that failed its read-back", key=full, error=str(exc))
