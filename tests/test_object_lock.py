@@ -59,7 +59,7 @@ def _prune(env: dict[str, str]) -> dict:
 def test_prune_refuses_a_locked_snapshot_then_deletes_it(etcd_single: Cluster, any_locked_bucket: Bucket) -> None:
     bucket = any_locked_bucket
     etcd_single.put("k", "v")
-    lock = {"object_lock": "governance", "lock_for": "4s"}
+    lock = {"object_lock": "governance", "lock_for": "20s"}  # outlasts the steps before the first prune
     cfg = _cfg(etcd_single, bucket, **lock)
     old, older, kept = _snapshots(cfg, [timedelta(days=2), timedelta(days=3), timedelta(0)])
     store = open_store(cfg.storage)
@@ -70,7 +70,7 @@ def test_prune_refuses_a_locked_snapshot_then_deletes_it(etcd_single: Cluster, a
             held = locks.retention(key)
             assert held is not None and held.mode == "governance", key
     env = {
-        **config_env(etcd_single, storage__object_lock="governance", storage__lock_for="4s", **KEEP_ONE),
+        **config_env(etcd_single, storage__object_lock="governance", storage__lock_for="20s", **KEEP_ONE),
         **bucket.env(),
     }
     r = run_cli("list", "--output", "json", env=env)
@@ -87,7 +87,8 @@ def test_prune_refuses_a_locked_snapshot_then_deletes_it(etcd_single: Cluster, a
     assert [doc["id"] for doc in json.loads(r.stdout)] == [kept.id, old.id, older.id], "a locked snapshot vanished"
 
     deadline = time.monotonic() + 30
-    while any(locks.retention(manifests.manifest_key(m.id)) for m in (old, older)):
+    keys = [k for m in (old, older) for k in (manifests.manifest_key(m.id), m.object_key)]
+    while any(locks.retention(key) for key in keys):
         assert time.monotonic() < deadline, "the lock never passed"
         time.sleep(0.2)
     second = _prune(env)

@@ -230,7 +230,11 @@ def snapshot_member(
         if cancel is not None and cancel.is_set():
             raise Cancelled("snapshot cancelled (shutting down)")
         spool.release()
-        uploader.join()
+        while uploader.is_alive():
+            uploader.join(0.1)
+            if cancel is not None and cancel.is_set():
+                # Parts still going out: the upload is aborted, not completed (the spool raises).
+                spool.fail(Cancelled("snapshot cancelled (shutting down)"))
         if upload_error:
             raise upload_error[0]
         info = upload_result[0]
