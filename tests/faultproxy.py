@@ -13,7 +13,9 @@ HTTP/1.1 (S3), with `http=True`: each request is parsed (head and body framing) 
 requests. `add_rule(Rule(...))` arms one: answer `503 SlowDown`, reset the connection after some
 body bytes (mid-part), stall (read the request, never answer), hold (until `release()`), or go
 away (refuse every connection until `come_back()`). Rules match on method and path+query and fire
-`count` times (None: for ever). `seen` records what happened to every request.
+`count` times (None: for ever). `seen` records what happened to every request. Two more stand in
+for a store that is not AWS: `reject` answers an S3 error (`status`, `code`), `corrupt` flips one
+body byte on the way; `strip_head_headers` drops response headers of HEAD answers.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-Action = Literal["slowdown", "reset", "stall", "hold", "gone"]
+Action = Literal["slowdown", "reset", "stall", "hold", "gone", "reject", "corrupt"]
 
 _SLOWDOWN_BODY = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
@@ -66,7 +68,9 @@ class Rule:
     action: Action
     match: Callable[[Request], bool] = any_request
     count: int | None = None  # how many matching requests it applies to; None: all of them
-    after_bytes: int = 0  # reset: body bytes forwarded to the server first
+    after_bytes: int = 0  # reset: body bytes forwarded to the server first; corrupt: the byte flipped
+    status: int = 400  # reject: the answer's status and S3 error code
+    code: str = "InvalidArgument"
     fired: int = 0
 
 
@@ -76,6 +80,8 @@ class FaultProxy:
     corrupt_http2_data_at: int | None = None
     on_server_bytes: tuple[int, Callable[[], None]] | None = None
     http: bool = False
+    # HEAD answers lose the response headers starting with these (a store that ignores checksums).
+    strip_head_headers: tuple[str, ...] = ()
     listen_host: str = "127.0.0.1"
     corrupted: threading.Event = field(default_factory=threading.Event)
     triggered: threading.Event = field(default_factory=threading.Event)  # on_server_bytes fired
@@ -245,6 +251,13 @@ class FaultProxy:
                 if action == "slowdown":
                     self._answer_slowdown(client, reader, req)
                     return
+                if action == "reject":
+                    assert rule is not None
+                    self._answer_error(client, reader, req, rule.status, rule.code)
+                    continue
+                if req.method == "HEAD" and self.strip_head_headers:
+                    self._head_stripped(client, head)
+                    continue
                 if action == "stall":
                     # Read whatever the client sends, never answer: its read timeout must fire.
                     reader.drain_until(self._closed)
@@ -264,7 +277,7 @@ class FaultProxy:
                     _reset(client)
                     _reset(server)
                     return
-                reader.forward_body(req, server)
+                reader.forward_body(req, server, flip_at=rule.after_bytes if action == "corrupt" and rule else None)
         except OSError:
             pass
         finally:
@@ -277,6 +290,41 @@ class FaultProxy:
                 client.close()
             except OSError:
                 pass
+
+    def _head_stripped(self, client: socket.socket, head: bytes) -> None:
+        """Answer a HEAD over a connection of its own (its answer has no body), headers filtered."""
+        with socket.create_connection(self.upstream, timeout=10) as server:
+            server.sendall(head)
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                data = server.recv(65536)
+                if not data:
+                    break
+                answer += data
+        lines = answer.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+        kept = [lines[0]] + [
+            line for line in lines[1:] if not line.decode("latin-1").lower().startswith(self.strip_head_headers)
+        ]
+        client.sendall(b"\r\n".join(kept) + b"\r\n\r\n")
+
+    @staticmethod
+    def _answer_error(client: socket.socket, reader: _Reader, req: Request, status: int, code: str) -> None:
+        """An S3 error answer to this request; the connection stays usable."""
+        if req.headers.get("expect", "").lower() != "100-continue":
+            reader.skip_body(req)
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+            f"<Message>rejected by faultproxy</Message><RequestId>faultproxy</RequestId></Error>"
+        ).encode()
+        close = req.headers.get("expect", "").lower() == "100-continue"
+        client.sendall(
+            f"HTTP/1.1 {status} Rejected\r\nContent-Type: application/xml\r\nContent-Length: {len(body)}\r\n".encode()
+            + (b"Connection: close\r\n" if close else b"")
+            + b"\r\n"
+            + body
+        )
+        if close:
+            raise ConnectionError("closed after rejecting a request whose body was never sent")
 
     @staticmethod
     def _answer_slowdown(client: socket.socket, reader: _Reader, req: Request) -> None:
@@ -372,13 +420,19 @@ class _Reader:
                 left -= len(piece)
                 yield piece
 
-    def forward_body(self, req: Request, dst: socket.socket, limit: int | None = None) -> None:
+    def forward_body(
+        self, req: Request, dst: socket.socket, limit: int | None = None, flip_at: int | None = None
+    ) -> None:
         sent = 0
         for piece in self._body_pieces(req):
             if limit is not None and sent + len(piece) >= limit:
                 dst.sendall(piece[: max(0, limit - sent)])
                 return
-            dst.sendall(piece)
+            out = piece
+            if flip_at is not None and sent <= flip_at < sent + len(piece):
+                i = flip_at - sent
+                out = piece[:i] + bytes([piece[i] ^ 0xFF]) + piece[i + 1 :]
+            dst.sendall(out)
             sent += len(piece)
 
     def skip_body(self, req: Request) -> None:

@@ -105,7 +105,6 @@ def running(
     return Running(cluster, d, store, notify)
 
 
-@pytest.mark.xdist_group("one-daemon")
 class TestOneDaemon:
     def test_retention_after_each_run_keeps_the_newest_three(self, running: Running) -> None:
         d, store = running.daemon, running.store

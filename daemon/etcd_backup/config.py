@@ -166,6 +166,15 @@ class StorageConfig(_Section):
     # Connect and read timeout of each S3 request; botocore retries (5 attempts, with backoff).
     timeout: Duration = 60.0
     insecure_skip_tls_verify: bool = False
+    # S3-compatible stores: bucket in the path or in the host name; a private CA for https://.
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    ca_file: str | None = None
+    # How each upload proves the stored bytes (storage/s3checksum.py): "md5" for stores that
+    # reject or ignore the x-amz-checksum headers.
+    checksum: Literal["sha256", "crc32c", "md5"] = "sha256"
+    # S3 Object Lock on every object written: retain-until = write time + lock_for.
+    object_lock: Literal["off", "governance", "compliance"] = "off"
+    lock_for: Duration = 14 * 86400.0
 
     @field_validator("url")
     @classmethod
@@ -195,10 +204,21 @@ class StorageConfig(_Section):
             raise ValueError("must be between 5MiB and 5GiB (S3 multipart limits)")
         return value
 
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, value: str | None) -> str | None:
+        return _existing_file("", value)
+
     @model_validator(mode="after")
     def _kms(self) -> StorageConfig:
         if self.kms_key_id and self.sse != "aws:kms":
             raise ValueError('kms_key_id needs sse = "aws:kms"')
+        if self.object_lock != "off" and self.scheme != "s3":
+            raise ValueError(f"object_lock = {self.object_lock!r} needs an s3:// store with Object Lock enabled")
+        if self.object_lock != "off" and self.lock_for < 1:
+            raise ValueError("lock_for must be at least 1s when object_lock is on")
+        if self.ca_file and self.insecure_skip_tls_verify:
+            raise ValueError("ca_file and insecure_skip_tls_verify contradict each other: set one")
         return self
 
     @property

@@ -68,7 +68,7 @@ class Daemon:
     def start(self) -> None:
         # Snapshots spool beside a file:// store unless storage.spool_dir is set; downloads and
         # drills use spool_dir or the temp dir. A killed run may have left files in either.
-        spool_dirs = {self.cfg.storage.spool_dir, getattr(self.store, "spool_dir", None) or None}
+        spool_dirs = {self.cfg.storage.spool_dir, self.store.capabilities.spool_dir}
         for directory in spool_dirs:
             scratch.sweep(directory, self.cfg.retention.debris_age)
         self.health.refresh()

@@ -7,7 +7,8 @@ EtcdBackupError
 ├── OperationalError      1  etcd or storage unreachable, upload failed
 │   ├── EtcdUnavailable        carries the gRPC status and etcd's error kind
 │   ├── StorageError
-│   │   └── ObjectNotFound
+│   │   ├── ObjectNotFound
+│   │   └── ObjectLocked       under S3 Object Lock: cannot be deleted before `until`
 │   ├── ToolError              an etcd binary failed or is missing
 │   ├── Busy                   a snapshot is already running (HTTP 409)
 │   ├── ShuttingDown           the daemon is stopping (HTTP 503)
@@ -20,6 +21,7 @@ EtcdBackupError
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import Enum
 
 
@@ -99,6 +101,12 @@ class StorageError(OperationalError):
 
 class ObjectNotFound(StorageError):
     pass
+
+
+class ObjectLocked(StorageError):
+    def __init__(self, message: str, until: datetime | None) -> None:
+        super().__init__(message)
+        self.until = until  # None: a legal hold, no date
 
 
 class ToolError(OperationalError):

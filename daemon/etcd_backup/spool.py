@@ -175,7 +175,7 @@ class SpoolReader:
         self._pos += len(data)
         return data
 
-    def complete_file(self) -> Path:
+    def wait_complete(self) -> Path:
         """For stores on the same filesystem: the finished spool file, to link instead of copy."""
         return self._spool.wait_complete()
 

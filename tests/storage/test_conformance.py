@@ -1,7 +1,8 @@
-"""One suite over every storage backend: file:// and s3:// (a real S3 endpoint over HTTP)."""
+"""One suite over every storage backend: memory, file:// and s3:// (real S3 servers over HTTP)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from collections.abc import Iterator
@@ -9,22 +10,26 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Bucket
+from conftest import BUCKET_FIXTURES, S3_KINDS, Bucket
 from etcd_backup.errors import IntegrityError, ObjectNotFound, StorageError
 from etcd_backup.storage import SnapshotStore, get_bytes, put_bytes
+from etcd_backup.storage.base import Capabilities
 from etcd_backup.storage.local import LocalStore
+from etcd_backup.storage.memory import MemoryStore
 from etcd_backup.storage.s3 import S3Store
 
 pytestmark = pytest.mark.timeout(120)
 MiB = 1024 * 1024
 
 
-@pytest.fixture(params=["file", "s3"])
+@pytest.fixture(params=["memory", "file", *S3_KINDS])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SnapshotStore]:
-    if request.param == "file":
+    if request.param == "memory":
+        yield MemoryStore()
+    elif request.param == "file":
         yield LocalStore(tmp_path / "store")
     else:
-        bucket: Bucket = request.getfixturevalue("s3_bucket")
+        bucket: Bucket = request.getfixturevalue(BUCKET_FIXTURES[request.param])
         yield S3Store(bucket.name, bucket.prefix, endpoint_url=bucket.server.endpoint, part_size=5 * MiB, concurrency=2)
 
 
@@ -86,6 +91,61 @@ def test_list_is_relative_and_filtered(store: SnapshotStore) -> None:
     assert len(store.list()) == 3
 
 
+def test_list_is_lexicographic_and_starts_after_a_relative_key(store: SnapshotStore) -> None:
+    keys = ["snapshots/b.json", "snapshots/a.db", "snapshots/a.json", "snapshots/c/d", "snapshotsX", "deltas/1"]
+    for key in keys:
+        put_bytes(store, key, b"x")
+    assert [o.key for o in store.list()] == sorted(keys)
+    assert [o.key for o in store.list("snapshots/")] == [
+        "snapshots/a.db",
+        "snapshots/a.json",
+        "snapshots/b.json",
+        "snapshots/c/d",
+    ]
+    # S3 StartAfter: strictly greater, need not exist, relative to the store's prefix.
+    assert [o.key for o in store.list("snapshots/", start_after="snapshots/a.json")] == [
+        "snapshots/b.json",
+        "snapshots/c/d",
+    ]
+    assert [o.key for o in store.list("snapshots/", start_after="snapshots/a")] == [
+        "snapshots/a.db",
+        "snapshots/a.json",
+        "snapshots/b.json",
+        "snapshots/c/d",
+    ]
+    assert [o.key for o in store.list("snapshots/", start_after="snapshots/b.zzz")] == ["snapshots/c/d"]
+    assert store.list("snapshots/", start_after="snapshots/z") == []
+    assert [o.key for o in store.list(start_after="snapshots/c/d")] == ["snapshotsX"]
+
+
+def test_list_order_and_start_after_are_bytewise_across_folders(store: SnapshotStore) -> None:
+    # A folder "b/" beside "b.json" and "b-x": byte order puts "b-x" < "b.json" < "b/1" ("-" < "." < "/"),
+    # while a store backed by a file tree walks the folder "b" first.
+    keys = ["d/b/1", "d/b/2", "d/b.json", "d/b-x", "d/ba", "d/a/q", "d/c"]
+    for key in keys:
+        put_bytes(store, key, b"x")
+    assert [o.key for o in store.list("d/")] == sorted(keys)
+    for after in ["d/b", "d/b/", "d/b/1", "d/b.json", "d/b-x", "d/a", "d/a/q", "d/", "d/b."]:
+        got = [o.key for o in store.list("d/", start_after=after)]
+        assert got == [k for k in sorted(keys) if k > after], after
+
+
+def test_put_replaces_and_reports_what_it_stored(store: SnapshotStore) -> None:
+    put_bytes(store, "snapshots/x.json", b"old contents")
+    info = put_bytes(store, "snapshots/x.json", b"new")
+    assert info.key == "snapshots/x.json" and info.size == 3
+    if info.sha256 is not None:
+        assert info.sha256 == hashlib.sha256(b"new").hexdigest()
+    assert get_bytes(store, "snapshots/x.json") == b"new"
+    assert [(o.key, o.size) for o in store.list()] == [("snapshots/x.json", 3)]
+
+
+def test_capabilities_are_declared(store: SnapshotStore) -> None:
+    caps = store.capabilities
+    assert isinstance(caps, Capabilities)
+    assert caps.links_spool == (caps.spool_dir is not None)
+
+
 def test_delete_and_missing(store: SnapshotStore) -> None:
     put_bytes(store, "snapshots/gone.json", b"{}")
     store.delete("snapshots/gone.json")
@@ -99,8 +159,8 @@ def test_ping(store: SnapshotStore) -> None:
     store.ping()
 
 
-def test_missing_bucket_is_storage_error(s3_bucket: Bucket) -> None:
-    store = S3Store("bucket-that-does-not-exist", "p", endpoint_url=s3_bucket.server.endpoint)
+def test_missing_bucket_is_storage_error(any_s3_bucket: Bucket) -> None:
+    store = S3Store("bucket-that-does-not-exist", "p", endpoint_url=any_s3_bucket.server.endpoint)
     for call in (store.ping, store.list, lambda: put_bytes(store, "k", b"x")):
         with pytest.raises(StorageError, match="does not exist"):
             call()

@@ -13,23 +13,26 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Bucket
+from conftest import BUCKET_FIXTURES, S3_KINDS, Bucket
 from etcd_backup.errors import IntegrityError
 from etcd_backup.scratch import sweep
 from etcd_backup.spool import Spool
 from etcd_backup.storage import SnapshotStore
 from etcd_backup.storage.local import LocalStore
+from etcd_backup.storage.memory import MemoryStore
 from etcd_backup.storage.s3 import S3Store
 
 pytestmark = pytest.mark.timeout(120)
 MiB = 1024 * 1024
 
 
-@pytest.fixture(params=["file", "s3"])
+@pytest.fixture(params=["memory", "file", *S3_KINDS])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> SnapshotStore:
+    if request.param == "memory":
+        return MemoryStore()
     if request.param == "file":
         return LocalStore(tmp_path / "store")
-    bucket: Bucket = request.getfixturevalue("s3_bucket")
+    bucket: Bucket = request.getfixturevalue(BUCKET_FIXTURES[request.param])
     return S3Store(bucket.name, bucket.prefix, endpoint_url=bucket.server.endpoint, part_size=5 * MiB, concurrency=3)
 
 
@@ -39,7 +42,7 @@ def _upload(store: SnapshotStore, spool: Spool) -> tuple[threading.Thread, list[
     def run() -> None:
         reader = spool.reader()
         try:
-            outcome.append(store.put("snapshots/s.db", reader))  # type: ignore[arg-type]
+            outcome.append(store.put("snapshots/s.db", reader, spooled=reader))  # type: ignore[arg-type]
         except BaseException as exc:  # noqa: BLE001 - inspected by the test
             outcome.append(exc)
         finally:

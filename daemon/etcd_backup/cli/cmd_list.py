@@ -10,6 +10,7 @@ from .common import Context, Subparsers, add_output, emit_json, human_size, tabl
 
 if TYPE_CHECKING:
     from ..model import Manifest
+    from ..storage import Retention
 
 
 def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
@@ -27,16 +28,31 @@ def verification_label(m: Manifest) -> str:
     return "verified"
 
 
+def lock_label(retention: Retention | None) -> str:
+    from ..model import rfc3339
+
+    return f"{retention.mode} until {rfc3339(retention.until)}" if retention else ""
+
+
 def run(args: argparse.Namespace, ctx: Context) -> int:
     from .. import manifest as manifests
+    from ..model import rfc3339
 
     listing = manifests.list_snapshots(ctx.store)
+    locks = ctx.store.capabilities.locks
+    # With Object Lock on, the lock of each snapshot's data object: when prune may delete it.
+    held = {m.id: locks.retention(m.object_key) for m in listing.manifests} if locks else {}
     for problem in listing.problems:
         print(f"etcd-backup: warning: {problem.key}: {problem.error}", file=sys.stderr)
     for warning in listing.warnings():
         print(f"etcd-backup: warning: {warning}", file=sys.stderr)
     if ctx.json:
-        emit_json([m.to_dict() for m in listing.manifests])
+        docs = [m.to_dict() for m in listing.manifests]
+        if locks:
+            for doc, m in zip(docs, listing.manifests, strict=True):
+                r = held[m.id]
+                doc["lock"] = {"mode": r.mode, "until": rfc3339(r.until)} if r else None
+        emit_json(docs)
         return 0
     if not listing.manifests:
         print(f"no snapshots in {ctx.store.description}")
@@ -51,8 +67,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             m.reason,
             "yes" if m.pinned else "",
             verification_label(m),
+            *([lock_label(held[m.id])] if locks else []),
         ]
         for m in listing.manifests
     ]
-    print(table(rows, ["ID", "CREATED", "REVISION", "KEYS", "SIZE", "REASON", "PINNED", "VERIFICATION"]))
+    headers = ["ID", "CREATED", "REVISION", "KEYS", "SIZE", "REASON", "PINNED", "VERIFICATION"]
+    print(table(rows, [*headers, *(["LOCK"] if locks else [])]))
     return 0

@@ -7,7 +7,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError
+from ..errors import ConfigError, OperationalError
 from .common import Context, Subparsers, add_output
 
 if TYPE_CHECKING:
@@ -53,6 +53,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     from ..systemd import sd_notify
 
     log = structlog.get_logger(__name__)
+    try:
+        ctx.store.ping()  # a bucket that contradicts the configuration (no Object Lock) is exit 2 now
+    except OperationalError:
+        pass  # storage unreachable at start: the daemon reports it and retries
     signals = StopSignals()
     signals.install()
     daemon = Daemon(cfg, ctx.store)

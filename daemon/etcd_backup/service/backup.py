@@ -189,23 +189,21 @@ def snapshot_member(
     conn, status = member
     bound = log.bind(snapshot=snapshot_id, endpoint=conn.endpoint, backend=store.description)
     bound.info("snapshot started", stage="stream", reason=reason)
-    spool_dir = cfg.storage.spool_dir or getattr(store, "spool_dir", None)
+    spool_dir = cfg.storage.spool_dir or store.capabilities.spool_dir
     scratch.sweep(spool_dir, cfg.retention.debris_age)
-    spool = Spool(
-        spool_dir,
-        snapshot_id,
-        durable=getattr(store, "links_spool", False),
-    )
+    spool = Spool(spool_dir, snapshot_id, durable=store.capabilities.links_spool)
     upload_result: list[Any] = []
     upload_error: list[BaseException] = []
 
     def upload() -> None:
         reader = spool.reader()
         try:
-            source: BinaryIO = reader  # type: ignore[assignment]
             if compression == "zstd":
-                source = _Compressing(reader, cfg.storage.compression_level)  # type: ignore[assignment]
-            upload_result.append(store.put(key, source))
+                # The stored bytes are not the spool's: the store reads the compressed stream.
+                source: BinaryIO = _Compressing(reader, cfg.storage.compression_level)  # type: ignore[assignment]
+                upload_result.append(store.put(key, source))
+            else:
+                upload_result.append(store.put(key, reader, spooled=reader))  # type: ignore[arg-type]
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             upload_error.append(exc)
             spool.fail(exc)
@@ -227,7 +225,11 @@ def snapshot_member(
         if cancel is not None and cancel.is_set():
             raise Cancelled("snapshot cancelled (shutting down)")
         spool.release()
-        uploader.join()
+        while uploader.is_alive():
+            uploader.join(0.1)
+            if cancel is not None and cancel.is_set():
+                # Parts still going out: the upload is aborted, not completed (the spool raises).
+                spool.fail(Cancelled("snapshot cancelled (shutting down)"))
         if upload_error:
             raise upload_error[0]
         info = upload_result[0]

@@ -15,9 +15,9 @@ import structlog
 
 from .. import manifest as manifests
 from ..config import RetentionConfig
-from ..errors import EtcdBackupError
+from ..errors import EtcdBackupError, ObjectLocked
 from ..manifest import Listing, Problem
-from ..model import id_time
+from ..model import id_time, rfc3339
 from ..retention import Decision, Policy, apply_policy
 from ..storage import Debris, ObjectInfo, SnapshotStore
 
@@ -38,6 +38,22 @@ class DebrisItem:
     age_seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class LockedItem:
+    """Due for deletion but under S3 Object Lock: deleted by a later prune once the lock passed."""
+
+    id: str  # the snapshot id, or "" for debris
+    key: str
+    until: datetime | None  # None: a legal hold
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id or None, "key": self.key, "until": rfc3339(self.until) if self.until else None}
+
+    @property
+    def label(self) -> str:
+        return f"locked until {rfc3339(self.until)}" if self.until else "under a legal hold"
+
+
 @dataclass
 class PruneReport:
     dry_run: bool
@@ -46,6 +62,7 @@ class PruneReport:
     debris: list[DebrisItem] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    locked: list[LockedItem] = field(default_factory=list)
     remaining: int = 0  # snapshots left in storage afterwards
 
     def to_dict(self) -> dict[str, Any]:
@@ -56,6 +73,7 @@ class PruneReport:
             "debris": [{"key": d.key, "kind": d.kind, "age_seconds": round(d.age_seconds)} for d in self.debris],
             "problems": [{"key": p.key, "error": p.error} for p in self.problems],
             "errors": self.errors,
+            "locked": [item.to_dict() for item in self.locked],
         }
 
 
@@ -112,6 +130,9 @@ def _remove_debris(
                     store.remove_debris(target)
                 else:
                     store.delete(target.key)
+            except ObjectLocked as exc:
+                report.locked.append(LockedItem("", item.key, exc.until))
+                continue
             except EtcdBackupError as exc:
                 report.errors.append(f"removing {item.key}: {exc}")
                 continue
@@ -132,11 +153,18 @@ def _delete_snapshots(store: SnapshotStore, listing: Listing, decision: Decision
         if not report.dry_run:
             try:
                 store.delete(manifests.manifest_key(m.id))
+            except ObjectLocked as exc:
+                # Not a failure: it stays listed (and restorable) and goes once the lock has passed.
+                report.locked.append(LockedItem(m.id, manifests.manifest_key(m.id), exc.until))
+                log.info("snapshot due for deletion is locked", snapshot=m.id, reason=reason, stage="retention")
+                continue
             except EtcdBackupError as exc:
                 report.errors.append(f"deleting {m.id}: {exc}")
                 continue
             try:
                 store.delete(m.object_key)
+            except ObjectLocked as exc:
+                report.locked.append(LockedItem(m.id, m.object_key, exc.until))  # debris once unlocked
             except EtcdBackupError as exc:
                 # The manifest is gone, so this is debris now; the next prune removes it.
                 report.errors.append(f"deleting data of {m.id}: {exc}")

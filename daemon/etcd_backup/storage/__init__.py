@@ -6,9 +6,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from ..config import StorageConfig
-from .base import Debris, ObjectInfo, SnapshotStore, get_bytes, put_bytes
+from .base import Debris, ObjectInfo, Retention, SnapshotStore, get_bytes, put_bytes
 
-__all__ = ["Debris", "ObjectInfo", "SnapshotStore", "get_bytes", "open_store", "put_bytes"]
+__all__ = ["Debris", "ObjectInfo", "Retention", "SnapshotStore", "get_bytes", "open_store", "put_bytes"]
 
 
 def open_store(cfg: StorageConfig) -> SnapshotStore:
@@ -29,6 +29,11 @@ def open_store(cfg: StorageConfig) -> SnapshotStore:
         part_size=cfg.part_size,
         concurrency=cfg.concurrency,
         verify_tls=not cfg.insecure_skip_tls_verify,
+        ca_file=cfg.ca_file,
+        addressing_style=cfg.addressing_style,
+        checksum=cfg.checksum,
+        object_lock=cfg.object_lock,
+        lock_for=cfg.lock_for,
         timeout=cfg.timeout,
     )
 

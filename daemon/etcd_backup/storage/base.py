@@ -1,4 +1,4 @@
-"""The storage contract every backend implements."""
+"""The storage contract every backend implements, and what a backend can do beyond it."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import builtins
 import io
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import BinaryIO, Protocol
 
 
@@ -26,22 +27,78 @@ class Debris:
     handle: str  # backend-specific: a path or an upload id
 
 
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """An object's S3 Object Lock: it cannot be deleted (or overwritten) before `until`."""
+
+    mode: str  # "governance" or "compliance"
+    until: datetime
+
+
+class LockInspector(Protocol):
+    def retention(self, key: str) -> Retention | None:
+        """The lock on the object's current version, or None when it is not (or no longer) locked."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a store does with a snapshot's spool file, declared by the store (never probed).
+
+    `spool_dir`: spool snapshots there (the store's own filesystem), so the finished spool file
+    can become the object without a copy. `links_spool`: it does become the object (hard link),
+    so the spool is worth writing back to disk while it grows.
+    """
+
+    spool_dir: str | None = None
+    links_spool: bool = False
+    # With S3 Object Lock on, every object written is locked; `delete` then raises ObjectLocked
+    # until the lock has passed, and this tells how long an object stays.
+    locks: LockInspector | None = None
+
+
+class SpooledFile(Protocol):
+    """An object's bytes as a local file that is still being written (the snapshot spool).
+
+    Given to `put` beside the stream, it lets a store send ranges of the file as they arrive or
+    link the finished file instead of copying it. `wait_complete` returns only once every byte is
+    written and verified, and raises if the snapshot failed: nothing may become visible before.
+    """
+
+    @property
+    def path(self) -> Path: ...
+
+    def wait_bytes(self, target: int) -> tuple[int, bool]:
+        """Block until `target` bytes are written or the file ended: (bytes written, ended)."""
+        ...
+
+    def wait_complete(self) -> Path: ...
+
+
 class SnapshotStore(Protocol):
     """Object storage under one prefix. Keys are relative and use '/'.
 
     `put` reads `source` to EOF; the object becomes visible only when the whole source was read.
     If reading the source raises (a snapshot that failed verification), nothing is left behind
-    and the exception propagates. `list` is complete or raises StorageError: never a partial
-    listing, so retention never acts on one.
+    and the exception propagates. With `spooled`, the same bytes are also a local file (see
+    SpooledFile) and the store may read that instead.
+
+    `delete` removes the object for good (on a versioned bucket every version, never only a
+    delete marker); ObjectLocked if a lock forbids it yet.
+
+    `list` returns keys below `prefix` in lexicographic order; with `start_after`, only keys
+    greater than it (a relative key, as S3's StartAfter). It is complete or raises StorageError:
+    never a partial listing, so retention never acts on one.
     """
 
     description: str
+    capabilities: Capabilities
 
-    def put(self, key: str, source: BinaryIO) -> ObjectInfo: ...
+    def put(self, key: str, source: BinaryIO, *, spooled: SpooledFile | None = None) -> ObjectInfo: ...
 
     def get(self, key: str, dest: BinaryIO) -> int: ...
 
-    def list(self, prefix: str = "") -> list[ObjectInfo]: ...
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> list[ObjectInfo]: ...
 
     def delete(self, key: str) -> None: ...
 

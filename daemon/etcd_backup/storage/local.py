@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import ObjectNotFound, StorageError
-from .base import Debris, ObjectInfo
+from .base import Capabilities, Debris, ObjectInfo, SpooledFile
 
 _PARTIAL = ".partial-"
+_SPOOL = ".spool"  # below the root, never listed as objects
 _CHUNK = 1024 * 1024
 
 
@@ -21,6 +22,8 @@ class LocalStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).absolute()
         self.description = f"file://{self.root}"
+        # Spool on the store's filesystem, so the finished spool file is linked into place, not copied.
+        self.capabilities = Capabilities(spool_dir=str(self.root / _SPOOL), links_spool=True)
 
     def _path(self, key: str) -> Path:
         parts = [p for p in key.split("/") if p]
@@ -34,15 +37,7 @@ class LocalStore:
         except OSError as exc:
             raise StorageError(f"{self.description}: cannot create directory: {exc.strerror}") from exc
 
-    # The finished spool file becomes the object (hard link): worth writing it back early.
-    links_spool = True
-
-    @property
-    def spool_dir(self) -> str:
-        """Spool here, on the store's filesystem, so a finished snapshot is linked, not copied."""
-        return str(self.root / ".spool")
-
-    def put(self, key: str, source: BinaryIO) -> ObjectInfo:
+    def put(self, key: str, source: BinaryIO, *, spooled: SpooledFile | None = None) -> ObjectInfo:
         self._ensure_root()
         final = self._path(key)
         tmp = final.with_name(f"{_PARTIAL}{final.name}.{secrets.token_hex(4)}")
@@ -50,7 +45,7 @@ class LocalStore:
         size = 0
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
-            linked = self._link_complete(source, tmp)
+            linked = spooled is not None and _link(spooled.wait_complete(), tmp)
             if linked:
                 digest = None  # the producer hashed these bytes already
                 size = tmp.stat().st_size
@@ -80,18 +75,6 @@ class LocalStore:
             raise StorageError(f"{self.description}: {key} has {stat.st_size} bytes after writing {size}")
         return ObjectInfo(key, size, datetime.fromtimestamp(stat.st_mtime, UTC), digest.hexdigest() if digest else None)
 
-    @staticmethod
-    def _link_complete(source: BinaryIO, tmp: Path) -> bool:
-        complete = getattr(source, "complete_file", None)
-        if complete is None:
-            return False
-        path = complete()
-        try:
-            os.link(path, tmp)
-        except OSError:
-            return False  # another filesystem: copy instead
-        return True
-
     def get(self, key: str, dest: BinaryIO) -> int:
         path = self._path(key)
         try:
@@ -106,18 +89,23 @@ class LocalStore:
         except OSError as exc:
             raise StorageError(f"{self.description}: reading {key} failed: {exc.strerror}") from exc
 
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
-        if not self.root.exists():
-            return []
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> list[ObjectInfo]:
+        # Walk only the folder the prefix names (a listing of snapshots/ never reads deltas/).
+        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        base = self._path(folder) if folder else self.root
+        if not base.exists() and not self.root.is_file():
+            return []  # nothing stored yet (a root that is a file fails below)
         out: list[ObjectInfo] = []
         try:
-            for dirpath, _dirs, files in os.walk(self.root, onerror=_raise):
+            for dirpath, dirs, files in os.walk(base, onerror=_raise):
+                if dirpath == str(self.root):
+                    dirs[:] = [d for d in dirs if d != _SPOOL]
                 for name in files:
                     if name.startswith(_PARTIAL):
                         continue
                     path = Path(dirpath) / name
                     key = path.relative_to(self.root).as_posix()
-                    if not key.startswith(prefix):
+                    if not key.startswith(prefix) or (start_after is not None and key <= start_after):
                         continue
                     st = path.stat()
                     out.append(ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
@@ -154,6 +142,14 @@ class LocalStore:
 
     def remove_debris(self, debris: Debris) -> None:
         Path(debris.handle).unlink(missing_ok=True)
+
+
+def _link(path: Path, tmp: Path) -> bool:
+    try:
+        os.link(path, tmp)
+    except OSError:
+        return False  # another filesystem: copy instead
+    return True
 
 
 def _raise(exc: OSError) -> None:

@@ -1,17 +1,11 @@
-"""s3:// backend on boto3's transfer manager (multipart, concurrent parts, SHA-256 part checksums).
+"""s3:// backend: AWS S3 and S3-compatible stores (uploads in s3upload.py, their proof in s3checksum.py).
 
 botocore errors are translated here; nothing above this module sees a vendor exception.
 """
 
 from __future__ import annotations
 
-import base64
 import builtins
-import concurrent.futures
-import hashlib
-import io
-import os
-from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 import boto3
@@ -21,108 +15,34 @@ import structlog
 from boto3.s3.transfer import TransferConfig
 
 from ..errors import ObjectNotFound, StorageError
-from .base import Debris, ObjectInfo
+from .base import Capabilities, Debris, ObjectInfo, Retention, SpooledFile
+from .s3checksum import Algorithm, Checksum
+from .s3lock import Locking
+from .s3upload import Uploader
 
 log = structlog.get_logger(__name__)
 
 _ATTEMPTS = 5  # per request, with botocore's exponential backoff (standard retry mode)
 
 
-class _PartDigests:
-    """Reads through a source, hashing the whole object and each part as S3 will see it.
+def _safe_start_after(full_prefix: str, start_after: str) -> str | None:
+    """A StartAfter that every store answers with at least the keys greater than `start_after`.
 
-    With the digests, the checksum S3 reports after the upload (a plain SHA-256 for one part,
-    a SHA-256 of the part digests plus "-N" for multipart) can be checked against what was sent.
+    Stores backed by a file tree (SeaweedFS) compare StartAfter folder by folder, so keys in a
+    folder "b/" are skipped after "b.json" (or after "b" itself), although "b/1" > "b.json" byte by
+    byte. Cut `start_after` before its first character that sorts at or below "/" and drop one
+    more: no key the cut skips on such a store is greater than `start_after`. The caller filters.
     """
-
-    def __init__(self, source: BinaryIO, part_size: int) -> None:
-        self._source = source
-        self._part_size = part_size
-        self._whole = hashlib.sha256()
-        self._part = hashlib.sha256()
-        self._in_part = 0
-        self.parts: list[bytes] = []
-        self.size = 0
-
-    def read(self, n: int = -1) -> bytes:
-        # s3transfer takes a short read for the end of the stream (and would upload a truncated
-        # object), so fill the request unless the source is really at EOF.
-        data = self._source.read(n)
-        if n is not None and n > 0 and 0 < len(data) < n:
-            parts = [data]
-            got = len(data)
-            while got < n and (more := self._source.read(n - got)):
-                parts.append(more)
-                got += len(more)
-            data = b"".join(parts)
-        self._whole.update(data)
-        self.size += len(data)
-        view = memoryview(data)
-        while view:
-            take = min(len(view), self._part_size - self._in_part)
-            self._part.update(view[:take])
-            self._in_part += take
-            view = view[take:]
-            if self._in_part == self._part_size:
-                self.parts.append(self._part.digest())
-                self._part = hashlib.sha256()
-                self._in_part = 0
-        return data
-
-    def expected_checksums(self) -> set[str]:
-        parts = list(self.parts)
-        if self._in_part:
-            parts.append(self._part.digest())
-        single = base64.b64encode(self._whole.digest()).decode()
-        composite = base64.b64encode(hashlib.sha256(b"".join(parts)).digest()).decode()
-        # Real S3 reports a composite as "<digest>-<parts>"; some compatible stores omit the count.
-        return {single, composite, f"{composite}-{len(parts)}"}
-
-    @property
-    def hexdigest(self) -> str:
-        return self._whole.hexdigest()
+    rest = start_after[len(full_prefix) :] if start_after.startswith(full_prefix) else ""
+    plain = 0
+    while plain < len(rest) and rest[plain] > "/":
+        plain += 1
+    if plain < 2:
+        return None
+    return full_prefix + rest[: plain - 1]
 
 
-_READ_MAX = 256 * 1024
-
-
-class _FileRange(io.RawIOBase):
-    """A seekable window [start, start+length) of an open file: one part's body."""
-
-    def __init__(self, fh: BinaryIO, start: int, length: int) -> None:
-        super().__init__()
-        self._fd = fh.fileno()
-        self._start = start
-        self._length = length
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
-        self._pos = max(0, min(self._length, base + pos))
-        return self._pos
-
-    def read(self, n: int | None = -1) -> bytes:
-        remaining = self._length - self._pos
-        # Short reads are allowed (raw I/O) and every consumer loops. Capped below the malloc mmap
-        # threshold (cli.main) so each read reuses heap memory instead of faulting in fresh pages.
-        want = min(remaining if n is None or n < 0 else n, remaining, _READ_MAX)
-        if want <= 0:
-            return b""
-        data = os.pread(self._fd, want, self._start + self._pos)
-        self._pos += len(data)
-        return data
-
-    def __len__(self) -> int:
-        return self._length
+_REJECTED_HEADER_CODES = {"InvalidArgument", "NotImplemented", "InvalidRequest", "BadRequest", "400", "501"}
 
 
 class S3Store:
@@ -139,6 +59,11 @@ class S3Store:
         part_size: int = 8 * 1024 * 1024,
         concurrency: int = 4,
         verify_tls: bool = True,
+        ca_file: str | None = None,
+        addressing_style: str = "auto",
+        checksum: Algorithm = "sha256",
+        object_lock: str = "off",
+        lock_for: float = 14 * 86400.0,
         timeout: float = 60.0,
         client: Any = None,
     ) -> None:
@@ -148,14 +73,14 @@ class S3Store:
         self.part_size = part_size
         self.concurrency = concurrency
         self.timeout = timeout
-        self._extra: dict[str, str] = {"ChecksumAlgorithm": "SHA256"}
+        self._extra: dict[str, Any] = {}
         if sse:
             self._extra["ServerSideEncryption"] = sse
         if kms_key_id:
             self._extra["SSEKMSKeyId"] = kms_key_id
         if storage_class:
             self._extra["StorageClass"] = storage_class
-        # Parts of a non-seekable stream are buffered in memory: bound how many at once.
+        # Downloads to a file: concurrent ranged GETs.
         self._transfer = TransferConfig(
             multipart_threshold=part_size,
             multipart_chunksize=part_size,
@@ -163,7 +88,6 @@ class S3Store:
             max_io_queue=concurrency * 2,
             use_threads=True,
         )
-        self._transfer.max_in_memory_upload_chunks = concurrency + 1
         if client is None:
             if not verify_tls:
                 log.warning(
@@ -178,15 +102,31 @@ class S3Store:
                 max_pool_connections=max(10, concurrency * 2),
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
-                # Every upload carries its own SHA-256 checksum header, which is signed: hashing the
-                # body a second time for the signature (botocore does so only over http://) adds
-                # nothing. Over https:// this is botocore's default anyway.
-                s3={"payload_signing_enabled": False},
+                # Every upload carries its own checksum header (Content-MD5 or x-amz-checksum-*), which
+                # is signed: hashing the body a second time for the signature (botocore does so only
+                # over http://) adds nothing. Over https:// this is botocore's default anyway.
+                s3={"payload_signing_enabled": False, "addressing_style": addressing_style},
             )
+            verify: bool | str = ca_file if ca_file and verify_tls else verify_tls
             client = boto3.session.Session().client(
-                "s3", endpoint_url=endpoint_url, region_name=region, config=cfg, verify=verify_tls
+                "s3", endpoint_url=endpoint_url, region_name=region, config=cfg, verify=verify
             )
         self.client = client
+        self.checksum = Checksum(checksum)
+        self._locking = Locking(client, bucket, object_lock, lock_for, self._error)
+        self.capabilities = Capabilities(locks=self if self._locking.mode else None)
+        self._uploader = Uploader(
+            client,
+            bucket,
+            self.checksum,
+            part_size,
+            concurrency,
+            write_args=lambda: {**self._extra, **self._locking.write_args()},
+            error=self._error,
+            description=self.description,
+            after_write=self._locking.ensure_locked,
+            remove=self._locking.delete,
+        )
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -205,9 +145,19 @@ class S3Store:
                 return ObjectNotFound(f"{where}: not found")
             if code in {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
                 return StorageError(f"{action} {where} failed: access denied ({code}); check the credentials")
-            return StorageError(f"{action} {where} failed: {code}: {err.get('Message', '')}".rstrip(": "))
+            hint = ""
+            if action == "upload" and code in _REJECTED_HEADER_CODES and self.checksum.algorithm != "md5":
+                # A store that does not know the x-amz-checksum headers answers one of these.
+                hint = '; if this store rejects x-amz-checksum headers, set storage.checksum = "md5"'
+            return StorageError(f"{action} {where} failed: {code}: {err.get('Message', '')}".rstrip(": ") + hint)
         if isinstance(exc, botocore.exceptions.NoCredentialsError):
             return StorageError(f"{action} {where} failed: no AWS credentials found")
+        if isinstance(exc, botocore.exceptions.SSLError):
+            endpoint = getattr(self.client.meta, "endpoint_url", "the S3 endpoint")
+            return StorageError(
+                f"{action} {where} failed: TLS handshake with {endpoint} failed "
+                "(certificate not trusted?); set storage.ca_file to the CA that signed it"
+            )
         network = self._network_problem(exc)
         if network:
             # botocore's own text repeats the whole request URL (upload ids and all): say it shorter.
@@ -231,157 +181,16 @@ class S3Store:
             return f"{endpoint} closed the connection before answering"
         return None
 
-    def put(self, key: str, source: BinaryIO) -> ObjectInfo:
-        """Upload `source` (multipart above part_size). On any failure s3transfer aborts the
-        multipart upload; if S3 cannot be reached for the abort either, the unfinished upload stays
-        behind, invisible to `list`, and is reported by `list_debris` (prune removes it)."""
-        if callable(getattr(source, "wait_bytes", None)):
-            return self._put_following(key, source)
-        full = self._key(key)
-        reader = _PartDigests(source, self.part_size)
+    def put(self, key: str, source: BinaryIO, *, spooled: SpooledFile | None = None) -> ObjectInfo:
+        """One PutObject, or a multipart upload (of `spooled`'s parts as they are written). On any
+        failure the multipart upload is aborted; if S3 cannot be reached for the abort either, the
+        unfinished upload stays behind, invisible to `list`, and is reported by `list_debris`."""
+        if spooled is not None:
+            return self._uploader.put_spooled(key, self._key(key), spooled)
         try:
-            self.client.upload_fileobj(reader, self.bucket, full, ExtraArgs=self._extra, Config=self._transfer)
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            return self._uploader.put_stream(key, self._key(key), source)
+        except OSError as exc:
             raise self._error("upload", exc, key) from exc
-        except Exception as exc:
-            # s3transfer wraps errors from the source; surface the original (e.g. IntegrityError).
-            cause = exc.__cause__ or exc.__context__
-            from ..errors import EtcdBackupError
-
-            if isinstance(exc, EtcdBackupError):
-                raise
-            if isinstance(cause, EtcdBackupError):
-                raise cause from exc
-            if isinstance(exc, botocore.exceptions.BotoCoreError | OSError):
-                raise self._error("upload", exc, key) from exc
-            raise
-        return self._read_back(key, reader.size, reader.expected_checksums(), reader.hexdigest)
-
-    def _read_back(self, key: str, sent: int, checksums: set[str] | None, sha256: str | None) -> ObjectInfo:
-        """Size and SHA-256 checksum as S3 reports them must match what was sent."""
-        full = self._key(key)
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=full, ChecksumMode="ENABLED")
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
-            raise self._error("read-back of", exc, key) from exc
-        size = int(head["ContentLength"])
-        reported = head.get("ChecksumSHA256")
-        if size != sent or (reported and checksums is not None and reported not in checksums):
-            self._delete_quietly(full)
-            raise StorageError(
-                f"read-back of {self.description}/{key} does not match what was sent "
-                f"(size {size} vs {sent}, checksum {reported}); object removed"
-            )
-        modified = head.get("LastModified") or datetime.now(UTC)
-        return ObjectInfo(key, size, modified, sha256)
-
-    def _put_following(self, key: str, source: Any) -> ObjectInfo:
-        """Multipart upload of a spool file that is still being written, each part sent as a range
-        of the file as soon as it is complete.
-
-        Why not the transfer manager here: for a stream of unknown size it buffers every part in
-        memory (memory grows with concurrency) and re-hashes what we hash anyway. Ranges of the
-        spool file keep memory flat at any concurrency, and a retried part is simply re-read.
-        The upload is completed only after the source is released (the snapshot verified);
-        any failure aborts it.
-        """
-        full = self._key(key)
-        try:
-            upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=full, **self._extra)["UploadId"]
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
-            raise self._error("upload", exc, key) from exc
-        try:
-            parts, size = self._send_parts(full, upload_id, source)
-            source.complete_file()  # verified, or raises: then nothing is completed
-            self.client.complete_multipart_upload(
-                Bucket=self.bucket,
-                Key=full,
-                UploadId=upload_id,
-                MultipartUpload={
-                    "Parts": [
-                        {"PartNumber": n, "ETag": etag, **({"ChecksumSHA256": c} if c else {})} for n, etag, c in parts
-                    ]
-                },
-            )
-        except BaseException as exc:
-            self._abort_quietly(full, upload_id)
-            if isinstance(exc, botocore.exceptions.ClientError | botocore.exceptions.BotoCoreError):
-                raise self._error("upload", exc, key) from exc
-            raise
-        if not all(c for _, _, c in parts):
-            # A store that does not return part checksums: the read-back can only compare sizes.
-            return self._read_back(key, size, None, None)
-        digests = b"".join(base64.b64decode(c) for _, _, c in parts if c)
-        composite = base64.b64encode(hashlib.sha256(digests).digest()).decode()
-        return self._read_back(key, size, {composite, f"{composite}-{len(parts)}"}, None)
-
-    def _send_parts(self, full: str, upload_id: str, source: Any) -> tuple[list[tuple[int, str, str]], int]:
-        """Send each part as soon as the spool holds it; returns (number, ETag, checksum) per part and the size."""
-        pending: dict[concurrent.futures.Future[tuple[int, str, str]], int] = {}
-        done: list[tuple[int, str, str]] = []
-        offset, number = 0, 1
-        with concurrent.futures.ThreadPoolExecutor(self.concurrency, thread_name_prefix="s3-part") as pool:
-            try:
-                while True:
-                    written, ended = source.wait_bytes(offset + self.part_size)
-                    length = min(self.part_size, written - offset)
-                    if length > 0:
-                        fut = pool.submit(
-                            self._send_part, full, upload_id, number, source.path, offset=offset, length=length
-                        )
-                        pending[fut] = number
-                        offset += length
-                        number += 1
-                    if ended and offset >= written:
-                        break
-                    # Bound the parts in flight; surface a failed part without waiting for the end.
-                    while len(pending) >= self.concurrency * 2:
-                        finished, _ = concurrent.futures.wait(pending, return_when="FIRST_COMPLETED")
-                        for f in finished:
-                            pending.pop(f)
-                            done.append(f.result())
-                    for f in [f for f in pending if f.done()]:
-                        pending.pop(f)
-                        done.append(f.result())
-                for f in concurrent.futures.as_completed(list(pending)):
-                    done.append(f.result())
-                pending.clear()
-            finally:
-                for f in pending:
-                    f.cancel()
-        if not done:
-            raise StorageError(f"upload of {full}: the stream was empty")
-        done.sort()
-        return done, offset
-
-    def _send_part(
-        self, full: str, upload_id: str, number: int, path: str, *, offset: int, length: int
-    ) -> tuple[int, str, str]:
-        with open(path, "rb") as fh:
-            body = _FileRange(fh, offset, length)
-            r = self.client.upload_part(
-                Bucket=self.bucket,
-                Key=full,
-                UploadId=upload_id,
-                PartNumber=number,
-                Body=body,
-                ContentLength=length,
-                ChecksumAlgorithm="SHA256",
-            )
-        return number, r["ETag"], r.get("ChecksumSHA256", "")
-
-    def _abort_quietly(self, full: str, upload_id: str) -> None:
-        try:
-            self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
-            # S3 unreachable: the upload stays behind as debris for prune (list_debris).
-            log.warning("could not abort multipart upload; prune will remove it", key=full)
-
-    def _delete_quietly(self, full: str) -> None:
-        try:
-            self.client.delete_object(Bucket=self.bucket, Key=full)
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
-            pass
 
     def get(self, key: str, dest: BinaryIO) -> int:
         full = self._key(key)
@@ -400,23 +209,32 @@ class S3Store:
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._error("download of", exc, key) from exc
 
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> list[ObjectInfo]:
         full_prefix = self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        extra: dict[str, str] = {}
+        if start_after is not None:
+            server_start = _safe_start_after(full_prefix, self._key(start_after))
+            if server_start is not None:
+                extra["StartAfter"] = server_start
         out: list[ObjectInfo] = []
         try:
             paginator = self.client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix, **extra):
                 for obj in page.get("Contents", []):
-                    out.append(ObjectInfo(self._rel(obj["Key"]), int(obj["Size"]), obj["LastModified"]))
+                    key = self._rel(obj["Key"])
+                    if start_after is None or key > start_after:
+                        out.append(ObjectInfo(key, int(obj["Size"]), obj["LastModified"]))
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._error("listing of", exc) from exc
+        # Stores backed by a file tree (SeaweedFS) list folder by folder: "a/1" before "a.json".
+        out.sort(key=lambda o: o.key)
         return out
 
     def delete(self, key: str) -> None:
-        try:
-            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
-            raise self._error("delete of", exc, key) from exc
+        self._locking.delete(key, self._key(key))
+
+    def retention(self, key: str) -> Retention | None:
+        return self._locking.retention(self._key(key))
 
     def ping(self) -> None:
         try:
@@ -428,6 +246,7 @@ class S3Store:
             raise self._error("access to", exc) from exc
         except botocore.exceptions.BotoCoreError as exc:
             raise self._error("access to", exc) from exc
+        self._locking.check_bucket()
 
     def list_debris(self) -> builtins.list[Debris]:  # `list` is a method here
         out: list[Debris] = []
