@@ -562,3 +562,27 @@ def test_other_page_size_and_broken_meta0(tmp_path: Path) -> None:
     fallback = check(path)
     assert fallback.txid == 6
     assert as_tool_json(fallback) == as_tool_json(status)
+
+
+def test_a_compacted_trailing_delete_keeps_the_revision_etcd_serves(etcd_cluster: Any, tmp_path: Path) -> None:
+    """The newest revision can be a tombstone that compaction removed: the key bucket then ends
+    one revision early (etcdutl reports that), and etcd serves the compaction revision. The
+    manifest must record what etcd serves, or a chain of deltas would start one revision off."""
+    from conftest import config_env, run_cli
+
+    cluster = etcd_cluster(1)
+    cluster.put("k", "v")
+    cluster.put("j", "v")
+    cluster.etcdctl("del", "k")
+    live = json.loads(cluster.etcdctl("endpoint", "status", "-w", "json"))[0]["Status"]["header"]["revision"]
+    cluster.etcdctl("compact", str(live))
+    r = run_cli("snapshot", "--output", "json", env=config_env(cluster, f"file://{tmp_path}/store"))
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads(r.stdout)
+    assert manifest["revision"] == live == 4
+    raw = tmp_path / "store" / manifest["object_key"]
+    status = check(raw, size=raw.stat().st_size - 32)
+    assert (status.revision, status.compact_revision, status.current_revision) == (3, 4, 4)
+    assert manifest["verification"]["structure"]["compact_revision"] == 4
+    verify = run_cli("verify", manifest["id"], env=config_env(cluster, f"file://{tmp_path}/store"))
+    assert verify.returncode == 0, verify.stderr

@@ -59,11 +59,29 @@ _RELEASE_EVERY = 16 * 1024 * 1024  # bytes of pages visited between drops of the
 @dataclass(frozen=True, slots=True)
 class BoltStatus:
     hash: int  # CRC-32C (Castagnoli) exactly as etcdutl snapshot status computes it
-    revision: int  # main revision of the last key in the "key" bucket (0 if none)
+    revision: int  # main revision of the last key in the "key" bucket (0 if none), as etcdutl reports it
     total_key: int  # number of entries in all top-level buckets
     total_size: int  # high-water page id (meta.pgid) * page size
     page_size: int
     txid: int
+    # The "meta" bucket's finishedCompactRev: compaction can remove the newest revision (a
+    # tombstone), and etcd then starts at this revision instead (mvcc's restore does the same).
+    compact_revision: int = 0
+
+    @property
+    def current_revision(self) -> int:
+        """The revision etcd serves when it starts from this database."""
+        return max(self.revision, self.compact_revision)
+
+    def detail(self) -> dict[str, int]:
+        """What a manifest's `verification.structure` records."""
+        return {
+            "hash": self.hash,
+            "revision": self.revision,
+            "compact_revision": self.compact_revision,
+            "total_key": self.total_key,
+            "total_size": self.total_size,
+        }
 
     def to_dict(self) -> dict[str, int]:
         return {
@@ -170,6 +188,7 @@ class _Walker:
         self.total_key = 0
         self.revision = 0
         self.visited = 0
+        self.meta_bucket: tuple[int, int] | None = None  # (offset, end) of the "meta" bucket's value
 
     def close(self) -> None:
         # Views still held by an exception's traceback keep it exported; GC releases it then.
@@ -369,6 +388,31 @@ class _Walker:
             e += _ELEM
         return out
 
+    def bucket_entries(self, voff: int, vend: int) -> list[tuple[bytes, bytes]]:
+        """Plain (key, value) entries of a small bucket, already checked by the walk."""
+        root, _ = _BUCKET_HEADER.unpack_from(self.mm, voff)
+        pages: list[tuple[int, int]] = []
+        if root == 0:
+            pages.append((voff + _BUCKET_HEADER.size, vend))
+        else:
+            stack = [root]
+            while stack:
+                pgid = stack.pop()
+                off = pgid * self.ps
+                _, flags, count, overflow = _PAGE_HEADER.unpack_from(self.mm, off)
+                end = off + (overflow + 1) * self.ps
+                if flags == _BRANCH:
+                    stack.extend(e[0] for e in self._scan(off + _HDR, end, count, pgid, branch=True))
+                else:
+                    pages.append((off, end))
+        out: list[tuple[bytes, bytes]] = []
+        for off, end in pages:
+            _, flags, count, _ = _PAGE_HEADER.unpack_from(self.mm, off)
+            for eflags, _k0, k1, v1, key in self._scan(off + _HDR, end, count, off):
+                if not eflags:
+                    out.append((key, bytes(self.mm[k1:v1])))
+        return out
+
     def leaf(
         self,
         off: int,
@@ -451,6 +495,8 @@ class _Walker:
             if flags:
                 # To ForEach a bucket's value is nil: only its name is hashed.
                 child_is_key = depth == 0 and key == b"key"
+                if depth == 0 and key == b"meta":
+                    self.meta_bucket = (k1, v1)
                 self.bucket(k1, v1, depth + 1, child_is_key, f"{_where(where)} element {i}")
             elif depth == 0:
                 raise _Corrupt(f"{_where(where)}: top-level entry {i} is not a bucket")
@@ -504,6 +550,7 @@ def _check(mm: mmap.mmap, limit: int) -> BoltStatus:
             f"{meta.pgid * meta.page_size} bytes, the file has {limit} (truncated?)"
         )
     walker = _Walker(mm, meta)
+    compact = 0
     try:
         stored_freelist = meta.freelist != _NO_FREELIST
         if stored_freelist:
@@ -512,6 +559,10 @@ def _check(mm: mmap.mmap, limit: int) -> BoltStatus:
         # Without a stored freelist bolt rebuilds it from the unreachable pages: nothing to check.
         if stored_freelist:
             walker.unfreed()
+        if walker.meta_bucket is not None:
+            for key, value in walker.bucket_entries(*walker.meta_bucket):
+                if key == b"finishedCompactRev" and len(value) >= 8:
+                    compact = int.from_bytes(value[:8], "big")
     finally:
         walker.close()
     return BoltStatus(
@@ -521,4 +572,5 @@ def _check(mm: mmap.mmap, limit: int) -> BoltStatus:
         total_size=meta.pgid * meta.page_size,
         page_size=meta.page_size,
         txid=meta.txid,
+        compact_revision=compact,
     )

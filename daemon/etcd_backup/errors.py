@@ -66,6 +66,8 @@ class EtcdErrorKind(Enum):
     NO_SPACE = "no-space"
     MEMBER_NOT_FOUND = "member-not-found"
     MEMBER_EXISTS = "member-exists"  # peer URL already in the member list
+    LEASE_EXISTS = "lease-exists"
+    LEASE_NOT_FOUND = "lease-not-found"
     AUTH = "auth"  # authentication or permission
     INVALID = "invalid"  # etcd refused the request as malformed
 

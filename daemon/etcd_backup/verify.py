@@ -120,21 +120,14 @@ def fetch_verified(
         except IntegrityError as exc:
             raise IntegrityError(f"snapshot {manifest.id}: {exc}") from None
         expected = manifest.verification.structure.detail
-        if status.revision != manifest.revision or ("hash" in expected and expected["hash"] != status.hash):
+        # Manifests before compact revisions were read recorded the last key's revision.
+        revision_ok = manifest.revision in (status.current_revision, status.revision)
+        if not revision_ok or ("hash" in expected and expected["hash"] != status.hash):
             raise IntegrityError(
                 f"snapshot {manifest.id}: structure differs from the manifest "
-                f"(revision {status.revision} vs {manifest.revision})"
+                f"(revision {status.current_revision} vs {manifest.revision})"
             )
-        structure = Check(
-            True,
-            rfc3339(utcnow()),
-            {
-                "hash": status.hash,
-                "revision": status.revision,
-                "total_key": status.total_key,
-                "total_size": status.total_size,
-            },
-        )
+        structure = Check(True, rfc3339(utcnow()), status.detail())
         return Verified(manifest, out, status, hash_check, structure)
     except BaseException as exc:
         raw.discard()

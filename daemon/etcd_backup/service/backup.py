@@ -93,16 +93,7 @@ def receive(chunks: Iterable[bytes], spool: Spool, cancel: threading.Event | Non
 
 def structure_check(path: str, db_size: int) -> tuple[bbolt.BoltStatus, Check]:
     status = bbolt.check(path, size=db_size)
-    return status, Check(True, rfc3339(utcnow()), _structure_detail(status))
-
-
-def _structure_detail(status: bbolt.BoltStatus) -> dict[str, Any]:
-    return {
-        "hash": status.hash,
-        "revision": status.revision,
-        "total_key": status.total_key,
-        "total_size": status.total_size,
-    }
+    return status, Check(True, rfc3339(utcnow()), status.detail())
 
 
 class _Compressing:
@@ -220,7 +211,8 @@ def snapshot_member(
         bound.info("snapshot received", stage="verify", bytes=stream.total, seconds=round(stream_at - started, 3))
         hash_check = Check(True, rfc3339(utcnow()), {"sha256": stream.db_sha256})
         bolt_status, structure = structure_check(str(spool.path), db_size)
-        keys = _count_keys(conn, bolt_status.revision)
+        # From the snapshot itself, never from a read before the stream (which may be older).
+        keys = _count_keys(conn, bolt_status.current_revision)
         cluster = _member_list(conn)
         if cancel is not None and cancel.is_set():
             raise Cancelled("snapshot cancelled (shutting down)")
@@ -245,7 +237,7 @@ def snapshot_member(
             member_id=hexid(status.member_id),
             endpoint=conn.endpoint,
             etcd_version=status.version,
-            revision=bolt_status.revision,
+            revision=bolt_status.current_revision,
             keys=keys,
             db_size=db_size,
             object_key=key,
