@@ -3,6 +3,7 @@
 EtcdBackupError
 ├── UsageError            2  bad command line
 ├── ConfigError           2  bad configuration (names the key and why)
+│   └── MissingIdentity      no configured age identity opens an encrypted object
 ├── OperationalError      1  etcd or storage unreachable, upload failed
 │   ├── EtcdUnavailable
 │   ├── StorageError
@@ -32,6 +33,10 @@ class UsageError(EtcdBackupError):
 
 class ConfigError(EtcdBackupError):
     exit_code = 2
+
+
+class MissingIdentity(ConfigError):
+    """An encrypted object needs a private key that encryption.identity_file does not hold."""
 
 
 class OperationalError(EtcdBackupError):

@@ -36,6 +36,7 @@ from .service.backup import Cancelled, take_snapshot
 from .service.daemon import (
     Health,
     completed_at,
+    drill_needs_identity,
     drill_snapshot,
     drill_target,
     failure_stage,
@@ -86,6 +87,7 @@ class Daemon:
         self._listing_lock = threading.Lock()
         self._cache: ManifestCache = {}
         self._members: frozenset[tuple[Any, ...]] | None = None
+        self._drill_skip_warned = False
         self._active = 0
         self._active_cond = threading.Condition()
         misfire = max(1, int(self.period))  # a run late by up to a period (suspend, overload) still happens
@@ -352,6 +354,17 @@ class Daemon:
                 return
             if target is None:
                 log.info("restore drill skipped: no snapshot yet", stage="drill")
+                return
+            if drill_needs_identity(self.cfg, target):
+                self.metrics.drill_skipped("no_identity")
+                if not self._drill_skip_warned:
+                    self._drill_skip_warned = True
+                    log.warning(
+                        "restore drills skipped: snapshots are encrypted and this host has no "
+                        "encryption.identity_file (write-only); run them where the identity is",
+                        snapshot=target.id,
+                        stage="drill",
+                    )
                 return
             log.info("restore drill started", snapshot=target.id, stage="drill")
             started = time.monotonic()

@@ -1,7 +1,8 @@
 """Prove a stored snapshot intact: download it, re-hash it, check its trailer and bbolt structure.
 
 Used by `verify`, `fetch`, restores (before anything is touched) and drills. The checked file
-is left on local disk (mode 0600) for the caller, or removed on failure.
+(the plaintext snapshot, decrypted and decompressed as the manifest says) is left on local disk
+(mode 0600) for the caller, or removed on failure.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import structlog
 
 from . import bbolt
 from . import manifest as manifests
+from .codec import decode
+from .crypto import Identities, require
 from .errors import EtcdBackupError, IntegrityError, ObjectNotFound
 from .model import TRAILER, Check, Manifest, rfc3339, utcnow
 from .storage import SnapshotStore
@@ -73,27 +76,17 @@ def _trailer_ok(path: Path) -> tuple[bool, str]:
     return digest.digest() == trailer, digest.hexdigest()
 
 
-def _decompress(src: Path, dest_fd: int) -> None:
-    import zstandard
-
-    with open(src, "rb") as fin, os.fdopen(os.dup(dest_fd), "wb") as fout:
-        try:
-            zstandard.ZstdDecompressor().copy_stream(fin, fout, read_size=_CHUNK, write_size=_CHUNK)
-        except zstandard.ZstdError as exc:
-            raise IntegrityError(f"data object does not decompress: {exc}") from None
+def check_stored(store: SnapshotStore, manifest: Manifest, work_dir: str | None = None) -> Check:
+    """Size and SHA-256 of the stored object only: what can be proven without the plaintext (an
+    encrypted snapshot on a host without the identity). A failure is recorded in the manifest."""
+    raw = _download_checked(store, manifest, work_dir, record=True)
+    raw.unlink()
+    return Check(True, rfc3339(utcnow()), {"object_sha256": manifest.object_sha256})
 
 
-def fetch_verified(
-    store: SnapshotStore, manifest: Manifest, work_dir: str | None = None, *, record: bool = False
-) -> Verified:
-    """Download the data object and check it against the manifest. IntegrityError on any mismatch.
-
-    With `record`, a failure is also written into the manifest (the failed check, its time and
-    error), so `list` shows it FAILED and neither `latest` nor retention counts it as verified.
-    """
+def _download_checked(store: SnapshotStore, manifest: Manifest, work_dir: str | None, *, record: bool) -> Path:
+    """The stored object, downloaded to a private file, its size and SHA-256 matching the manifest."""
     fd, raw = _private_temp(work_dir, f"{manifest.id}-download")
-    out: Path | None = None
-    stage = "hash"
     try:
         with os.fdopen(fd, "w+b") as fh:
             try:
@@ -107,12 +100,57 @@ def fetch_verified(
             )
         if _sha256_file(raw) != manifest.object_sha256:
             raise IntegrityError(f"snapshot {manifest.id}: data object SHA-256 does not match the manifest")
-        if manifest.compression == "zstd":
-            out_fd, out = _private_temp(work_dir, f"{manifest.id}-db")
-            try:
-                _decompress(raw, out_fd)
-            finally:
-                os.close(out_fd)
+        return raw
+    except BaseException as exc:
+        raw.unlink(missing_ok=True)
+        if record and isinstance(exc, IntegrityError):
+            record_failure(store, manifest, "hash", str(exc))
+        raise
+
+
+def _decode(raw: Path, manifest: Manifest, identities: Identities | None, work_dir: str | None) -> Path:
+    """The plaintext snapshot of a compressed and/or encrypted object, as a new private file."""
+    out_fd, out = _private_temp(work_dir, f"{manifest.id}-db")
+    try:
+        with open(raw, "rb") as fin, os.fdopen(out_fd, "wb") as fout:
+            decode(
+                fin,
+                fout,
+                compression=manifest.compression,
+                encryption=manifest.encryption,
+                identities=identities,
+                what=f"snapshot {manifest.id}",
+            )
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def fetch_verified(
+    store: SnapshotStore,
+    manifest: Manifest,
+    work_dir: str | None = None,
+    *,
+    record: bool = False,
+    identities: Identities | None = None,
+) -> Verified:
+    """Download the data object and check it against the manifest. IntegrityError on any mismatch.
+
+    In order: the stored object's size and SHA-256, then decryption (age authenticates every
+    chunk) and decompression, then etcd's trailer and the bbolt structure. An encrypted snapshot
+    that none of `identities` opens is refused before anything is downloaded (MissingIdentity).
+    With `record`, a failure is also written into the manifest (the failed check, its time and
+    error), so `list` shows it FAILED and neither `latest` nor retention counts it as verified.
+    """
+    if manifest.encryption is not None:
+        require(identities, manifest.encryption.recipients, f"snapshot {manifest.id}")
+    raw = _download_checked(store, manifest, work_dir, record=record)
+    out: Path | None = None
+    stage = "hash"
+    try:
+        if manifest.compression != "none" or manifest.encryption is not None:
+            out = _decode(raw, manifest, identities, work_dir)
             raw.unlink()
         else:
             out = raw
@@ -167,8 +205,10 @@ def record_failure(store: SnapshotStore, manifest: Manifest, stage: str, error: 
         log.warning("could not record the failed verification", snapshot=manifest.id, error=str(exc))
 
 
-def verify_stored(store: SnapshotStore, manifest: Manifest, work_dir: str | None = None) -> Verified:
-    verified = fetch_verified(store, manifest, work_dir, record=True)
+def verify_stored(
+    store: SnapshotStore, manifest: Manifest, work_dir: str | None = None, *, identities: Identities | None = None
+) -> Verified:
+    verified = fetch_verified(store, manifest, work_dir, record=True, identities=identities)
     log.info("snapshot verified", snapshot=manifest.id, revision=manifest.revision, db_size=manifest.db_size)
     return verified
 
@@ -197,4 +237,4 @@ def place(verified: Verified, dest: Path) -> Path:
     return dest
 
 
-__all__ = ["EtcdBackupError", "Verified", "fetch_verified", "place", "verify_stored"]
+__all__ = ["EtcdBackupError", "Verified", "check_stored", "fetch_verified", "place", "verify_stored"]

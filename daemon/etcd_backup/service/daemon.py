@@ -96,6 +96,12 @@ def drill_target(listing: Listing) -> Manifest | None:
     return None
 
 
+def drill_needs_identity(cfg: Config, target: Manifest) -> bool:
+    """A write-only host (recipients, no identity) cannot drill an encrypted snapshot: it skips the
+    drill rather than failing it. A configured identity that does not open it is a failure."""
+    return target.encryption is not None and cfg.encryption.identity_file is None
+
+
 @dataclass(frozen=True, slots=True)
 class DrillOutcome:
     manifest: Manifest
@@ -115,7 +121,7 @@ def drill_snapshot(
     from .drill import drill_verified
 
     try:
-        verified = fetch_verified(store, target, cfg.storage.spool_dir)
+        verified = fetch_verified(store, target, cfg.storage.spool_dir, identities=cfg.encryption.identities())
     except IntegrityError as exc:
         check = Check(False, rfc3339(utcnow()), {"stage": "download"}, error=str(exc))
     else:

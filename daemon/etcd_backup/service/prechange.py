@@ -95,7 +95,7 @@ def _drill(cfg: Config, store: SnapshotStore, manifest: Manifest) -> Manifest:
     """Download the stored snapshot again, restore it into a scratch etcd, record the outcome."""
     from .drill import drill_verified
 
-    verified = fetch_verified(store, manifest, cfg.storage.spool_dir)
+    verified = fetch_verified(store, manifest, cfg.storage.spool_dir, identities=cfg.encryption.identities())
     try:
         check: Check = drill_verified(cfg, verified)
     finally:

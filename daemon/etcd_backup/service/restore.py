@@ -267,7 +267,7 @@ def restore_cluster(
     for _, path in targets:
         refuse_occupied(path, force)
     manifest = manifests.resolve(store, snapshot)
-    verified = fetch_verified(store, manifest, cfg.storage.spool_dir)
+    verified = fetch_verified(store, manifest, cfg.storage.spool_dir, identities=cfg.encryption.identities())
     try:
         for _, path in targets:
             refuse_occupied(path, force)
