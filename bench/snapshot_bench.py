@@ -1,13 +1,15 @@
 """Benchmark: `etcd-backup snapshot` against the manual baseline, at a given database size.
 
-    .venv/bin/python bench/snapshot_bench.py 256 [--storage s3,file] [--runs 1]
+    .venv/bin/python bench/snapshot_bench.py 256 [--storage s3,file] [--runs 1] [--encrypt]
 
 Fills a throwaway local etcd 3.5 to SIZE_MB with incompressible values, starts a local S3
 endpoint (moto server), then times, per storage kind:
   baseline  `etcdctl snapshot save` + `sha256sum` + boto3 `upload_file` (S3) or `cp` (file)
   ours      `etcd-backup snapshot` (streamed, verified, stored, manifest written)
+  ours+age  with --encrypt, also `etcd-backup snapshot` encrypting to a fresh age recipient
 and prints wall time, the ratio, each one's peak RSS (largest single process), and the time of
-the structural (bbolt) verification alone. Loopback only; everything is cleaned up on exit.
+the structural (bbolt) verification alone. With --encrypt each run is baseline, ours, ours+age,
+and the encrypted run's ratios to both are printed. Loopback only; everything is cleaned up on exit.
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "daemon"))
 
-from etcd_backup import bbolt  # noqa: E402
+from etcd_backup import bbolt, crypto  # noqa: E402
 from etcd_backup.etcdproc import find_binary, free_port, start_member, wait_healthy  # noqa: E402
 
 AWS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -114,7 +116,9 @@ def baseline(kind: str, endpoint: str, moto: str, bucket: str, work: Path) -> tu
     return t1 + t2 + t3, max(r1, r2, r3)
 
 
-def ours(kind: str, endpoint: str, moto: str, bucket: str, work: Path, *, concurrency: int) -> Measured:
+def ours(
+    kind: str, endpoint: str, moto: str, bucket: str, work: Path, *, concurrency: int, recipient: str | None = None
+) -> Measured:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_BACKUP_")}
     env.update(AWS)
     env.update(
@@ -125,11 +129,23 @@ def ours(kind: str, endpoint: str, moto: str, bucket: str, work: Path, *, concur
             "ETCD_BACKUP_STORAGE__CONCURRENCY": str(concurrency),
         }
     )
+    if recipient:
+        env["ETCD_BACKUP_ENCRYPTION__RECIPIENTS"] = recipient
     if kind == "s3":
         env.update({"ETCD_BACKUP_STORAGE__URL": f"s3://{bucket}/ours", "ETCD_BACKUP_STORAGE__ENDPOINT_URL": moto})
     else:
         env["ETCD_BACKUP_STORAGE__URL"] = f"file://{work}/ours-store"
     return run_measured([sys.executable, "-m", "etcd_backup", "snapshot"], env)
+
+
+def clear_store(s3: Any, work: Path) -> None:
+    """Every run starts from the same store: moto keeps objects in its own process, so each kept
+    1 GiB snapshot would make the next run's S3 slower than the one before."""
+    shutil.rmtree(work / "ours-store", ignore_errors=True)
+    shutil.rmtree(work / "baseline-store", ignore_errors=True)
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket="bench"):
+        for obj in page.get("Contents", []):
+            s3.delete_object(Bucket="bench", Key=obj["Key"])
 
 
 def main() -> None:
@@ -139,7 +155,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--concurrency", type=int, default=4, help="storage.concurrency for etcd-backup (default 4)")
     ap.add_argument("--workdir", default=None, help="where etcd data and spool files go (default: a temp dir)")
+    ap.add_argument("--encrypt", action="store_true", help="also time etcd-backup with age encryption")
     args = ap.parse_args()
+    recipient = crypto.generate()[1] if args.encrypt else None  # the private key is not even kept
 
     work = Path(tempfile.mkdtemp(prefix="etcd-backup-bench-", dir=args.workdir))
     client_url, peer_url = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
@@ -176,19 +194,31 @@ def main() -> None:
                 # Flush dirty pages first so neither side pays for the other's writeback.
                 os.sync()
                 bt, br = baseline(kind, client_url, moto_url, "bench", work)
-                os.sync()
-                ot, orss, cpu = ours(kind, client_url, moto_url, "bench", work, concurrency=args.concurrency)
+                # With --encrypt, plain and encrypted take turns going first (page cache, moto's state).
+                variants = [None, recipient] if recipient else [None]
+                if run % 2 == 0:
+                    variants.reverse()
+                timed: dict[str | None, Measured] = {}
+                for variant in variants:
+                    os.sync()
+                    timed[variant] = ours(
+                        kind, client_url, moto_url, "bench", work, concurrency=args.concurrency, recipient=variant
+                    )
+                    clear_store(s3, work)
+                ot, orss, cpu = timed[None]
                 print(
                     f"{kind:8} {run:>3} {bt:>10.2f} {ot:>8.2f} {ot / bt:>6.2f} {br / 1024:>12.1f} "
-                    f"{orss / 1024:>12.1f}   (etcd-backup used {cpu:.1f} CPU s)"
+                    f"{orss / 1024:>12.1f}   (etcd-backup used {cpu:.1f} CPU s)",
+                    flush=True,
                 )
-                shutil.rmtree(work / "ours-store", ignore_errors=True)
-                shutil.rmtree(work / "baseline-store", ignore_errors=True)
-                # Every run starts from the same store: moto keeps objects in its own process, so
-                # each kept 1 GiB snapshot would make the next run's S3 slower than the one before.
-                for page in s3.get_paginator("list_objects_v2").paginate(Bucket="bench"):
-                    for obj in page.get("Contents", []):
-                        s3.delete_object(Bucket="bench", Key=obj["Key"])
+                if recipient:
+                    et, erss, ecpu = timed[recipient]
+                    print(
+                        f"{kind + '+age':8} {run:>3} {bt:>10.2f} {et:>8.2f} {et / bt:>6.2f} {br / 1024:>12.1f} "
+                        f"{erss / 1024:>12.1f}   (etcd-backup used {ecpu:.1f} CPU s; "
+                        f"{et / ot:.3f}x etcd-backup without encryption)",
+                        flush=True,
+                    )
         snap = work / "verify.db"
         subprocess.run(
             [find_binary("etcdctl"), f"--endpoints={client_url}", "snapshot", "save", str(snap)],

@@ -115,7 +115,7 @@ def test_a_failing_consumer_stops_the_encryption(tmp_path: Path, keys: tuple[cry
     _, recipient = keys
     spool_dir = tmp_path / "spool"
     spool = Spool(str(spool_dir), "plain")
-    spool.append(os.urandom(MiB))  # the stream is still "arriving": no finish yet
+    spool.append(os.urandom(3 * MiB))  # the stream is still "arriving": no finish yet
     reader = spool.reader()
     with (
         pytest.raises(RuntimeError),

@@ -95,6 +95,8 @@ class _Sealing:
         self.spool = spool
         self.encoded = Encoded(spool.reader())
         self._hash = hashlib.sha256()
+        self._batch: list[bytes] = []
+        self._pending = 0
         self._users = 2
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"encrypt-{spool.path.name}", daemon=True)
@@ -103,14 +105,24 @@ class _Sealing:
         self._thread.start()
 
     def write(self, data: bytes) -> int:
+        # age writes 64 KiB chunks: hash each, spool them ~1 MiB at a time (fewer syscalls and wake-ups).
         self._hash.update(data)
-        self.spool.append(data)
+        self._batch.append(data)
+        self._pending += len(data)
+        if self._pending >= _CHUNK:
+            self._flush()
         return len(data)
+
+    def _flush(self) -> None:
+        if self._batch:
+            self.spool.append_all(self._batch, self._pending)
+            self._batch, self._pending = [], 0
 
     def _run(self) -> None:
         try:
             source = Compressing(self._source, self._form.level) if self._form.compression == "zstd" else self._source
             crypto.encrypt(source, self, self._form.recipients)
+            self._flush()
             self.encoded.sha256 = self._hash.hexdigest()
             self.encoded.size = self.spool.written
             self.spool.finish()

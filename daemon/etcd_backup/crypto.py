@@ -33,7 +33,9 @@ IDENTITY_PREFIX = "AGE-SECRET-KEY-1"
 # A private key anywhere in a text: what logs and error lines are scrubbed of.
 SECRET_KEY_RE = re.compile(r"AGE-SECRET-KEY-1[0-9A-Z]+", re.IGNORECASE)
 
-_READ_BUFFER = 1024 * 1024  # pyrage reads 8 KiB at a time: serve those from a buffer, not Python
+# pyrage reads 8 KiB at a time: serve those from a C buffer, not Python. Below the mmap threshold
+# set in cli.main, so each refill reuses heap memory instead of faulting in fresh pages.
+_READ_BUFFER = 128 * 1024
 
 
 class Reader(Protocol):
