@@ -200,11 +200,12 @@ def main() -> None:
                     variants.reverse()
                 timed: dict[str | None, Measured] = {}
                 for variant in variants:
+                    clear_store(s3, work)  # each meets an empty store (the baseline's object gone too)
                     os.sync()
                     timed[variant] = ours(
                         kind, client_url, moto_url, "bench", work, concurrency=args.concurrency, recipient=variant
                     )
-                    clear_store(s3, work)
+                clear_store(s3, work)
                 ot, orss, cpu = timed[None]
                 print(
                     f"{kind:8} {run:>3} {bt:>10.2f} {ot:>8.2f} {ot / bt:>6.2f} {br / 1024:>12.1f} "
