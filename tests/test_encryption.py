@@ -224,6 +224,9 @@ def test_write_only_host_backs_up_lists_prunes_but_cannot_read(
     )
     assert_clean_failure(r.returncode, r.stderr, 2, "encryption.identity_file")
     assert not target.exists() and not target.parent.exists()
+    r = run_cli("pre-change", "--reason", "add a member", "--drill", env=env)
+    assert_clean_failure(r.returncode, r.stderr, 2, "--drill", "encryption.identity_file")
+    assert len(json.loads(cli(env, "list", "--output", "json").stdout)) == 1  # refused before any snapshot
     # Nothing recorded as a failure: the snapshot is fine, this host just cannot read it.
     assert json.loads(cli(env, "list", "--output", "json").stdout)[0]["verification"]["hash"]["ok"] is True
 

@@ -14,7 +14,7 @@ import structlog
 
 from .. import manifest as manifests
 from ..config import Config
-from ..errors import IntegrityError, UnsafeError
+from ..errors import IntegrityError, MissingIdentity, UnsafeError
 from ..model import Check, Manifest
 from ..storage import SnapshotStore
 from ..verify import fetch_verified
@@ -78,6 +78,12 @@ def pre_change(
     drill: bool = False,
     quota_bytes: int = DEFAULT_QUOTA_BYTES,
 ) -> PreChange:
+    if drill and cfg.encryption.enabled and cfg.encryption.identity_file is None:
+        # Before the snapshot: the drill would restore an object this host cannot decrypt.
+        raise MissingIdentity(
+            "pre-change --drill restores the new snapshot, which is encrypted: it needs encryption.identity_file "
+            "on this host (or leave out --drill and drill it where the identity is)"
+        )
     diagnosis = diagnose(cfg, quota_bytes=quota_bytes)
     problems = gate(diagnosis, quota_bytes)
     if problems:
