@@ -21,6 +21,14 @@ if ! command -v age >/dev/null 2>&1 || ! command -v age-keygen >/dev/null 2>&1 |
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends age zstd >/dev/null
 fi
+# promtool checks and unit-tests the alerting rules; Debian ships it only in `prometheus` (with a
+# few small JS packages for its web UI; nothing here runs the server).
+if ! command -v promtool >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
 # systemd-analyze checks the unit file (package: systemd).
 if ! command -v systemd-analyze >/dev/null 2>&1; then
     SUDO=""
@@ -31,4 +39,5 @@ fi
 .venv/bin/ruff check daemon tests bench
 .venv/bin/ruff format --check daemon tests bench
 .venv/bin/mypy daemon/etcd_backup
+.venv/bin/lint-imports --no-cache
 exec .venv/bin/pytest "$@"

@@ -6,6 +6,7 @@ fails loudly: CI installs everything, and a skipped test would hide a missing in
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -153,9 +154,9 @@ def _wait_tls(cluster: Cluster, m: EtcdProcess, timeout: float) -> None:
 ClusterFactory = Callable[..., Cluster]
 
 
-@pytest.fixture
-def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterFactory]:
-    """Factory: etcd_cluster(size=1, version="3.5", tls=None, extra_args=[]) -> a running Cluster."""
+@contextlib.contextmanager
+def _clusters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterFactory]:
+    """make(size=1, version="3.5", tls=None, extra_args=[]) -> a running Cluster; all killed at the end."""
     clusters: list[Cluster] = []
 
     def make(
@@ -196,9 +197,26 @@ def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterFa
         _wait_cluster(cluster)
         return cluster
 
-    yield make
-    for c in clusters:
-        c.stop()
+    try:
+        yield make
+    finally:
+        for c in clusters:
+            c.stop()
+
+
+@pytest.fixture
+def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterFactory]:
+    """Factory: etcd_cluster(size=1, version="3.5", tls=None, extra_args=[]) -> a running Cluster."""
+    with _clusters(tmp_path_factory) as make:
+        yield make
+
+
+@pytest.fixture(scope="class")
+def class_etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterFactory]:
+    """The same factory, its clusters shared by the tests of one class (one behaviour per test
+    of one running thing, without starting it again for each)."""
+    with _clusters(tmp_path_factory) as make:
+        yield make
 
 
 @pytest.fixture
@@ -575,9 +593,8 @@ class DaemonProcess:
 DaemonFactory = Callable[..., DaemonProcess]
 
 
-@pytest.fixture
-def start_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonFactory]:
-    """Factory: start_daemon(env, port=None) -> a running `etcd-backup run` serving HTTP."""
+@contextlib.contextmanager
+def _daemons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonFactory]:
     started: list[DaemonProcess] = []
 
     def make(env: dict[str, str], port: int | None = None, wait: bool = True) -> DaemonProcess:
@@ -598,9 +615,24 @@ def start_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonFac
             daemon.wait_serving()
         return daemon
 
-    yield make
-    for d in started:
-        d.kill()
+    try:
+        yield make
+    finally:
+        for d in started:
+            d.kill()
+
+
+@pytest.fixture
+def start_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonFactory]:
+    """Factory: start_daemon(env, port=None) -> a running `etcd-backup run` serving HTTP."""
+    with _daemons(tmp_path_factory) as make:
+        yield make
+
+
+@pytest.fixture(scope="class")
+def class_start_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonFactory]:
+    with _daemons(tmp_path_factory) as make:
+        yield make
 
 
 # --- a small filesystem, for "disk full" ----------------------------------------------------

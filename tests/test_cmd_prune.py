@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -41,11 +40,14 @@ def test_prune_keeps_exactly_what_the_policy_says(etcd_single: Cluster, s3_bucke
     )
     store = open_store(cfg.storage)
     now = datetime.now(UTC)
-    noon = now.replace(hour=12, minute=0, second=0, microsecond=0)
+    # Every time is placed within its UTC day, so the daily buckets are the same at any time of day
+    # (the newest two sit just after today's midnight, never on yesterday's side of it).
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    noon = midnight + timedelta(hours=12)
     day = timedelta(days=1)
     s = {
-        "a": _snapshot_at(cfg, now - timedelta(seconds=2)),  # keep_last 2
-        "b": _snapshot_at(cfg, now - timedelta(seconds=1)),  # keep_last 2, daily (today)
+        "a": _snapshot_at(cfg, midnight + timedelta(seconds=1)),  # keep_last 2
+        "b": _snapshot_at(cfg, midnight + timedelta(seconds=2)),  # keep_last 2, daily (today)
         "x": _snapshot_at(cfg, noon - 1 * day),  # drill failed: counts for nothing, older than b
         "c": _snapshot_at(cfg, noon - 3 * day),  # daily
         "d": _snapshot_at(cfg, noon - 3 * day - timedelta(hours=1)),  # same day as c, older
@@ -62,9 +64,12 @@ def test_prune_keeps_exactly_what_the_policy_says(etcd_single: Cluster, s3_bucke
     put_bytes(store, "snapshots/20200102T000000000Z-0rphan.db", b"y" * 64)
     client = s3_bucket.server.client()
     client.create_multipart_upload(Bucket=s3_bucket.name, Key=f"{s3_bucket.prefix}/snapshots/unfinished.db")
-    time.sleep(1.2)  # ages the debris past retention.debris_age = 1s
-
-    env = {**config_env(etcd_single), **s3_bucket.env(), **config_env(None, **POLICY)}
+    # debris_age 0s: the debris is old enough the moment prune looks (no waiting for it to age).
+    env = {
+        **config_env(etcd_single),
+        **s3_bucket.env(),
+        **config_env(None, **{**POLICY, "retention__debris_age": "0s"}),
+    }
     before = sorted(s3_bucket.keys())
     r = run_cli("prune", "--dry-run", "--output", "json", env=env)
     assert r.returncode == 0, r.stderr

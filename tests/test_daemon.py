@@ -6,12 +6,13 @@ import json
 import secrets
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import Bucket, Cluster, DaemonFactory, DaemonProcess, config_env, run_cli
+from conftest import Bucket, Cluster, ClusterFactory, DaemonFactory, DaemonProcess, config_env, run_cli
 from etcd_backup.etcdproc import free_port
 
 pytestmark = pytest.mark.timeout(180)
@@ -65,16 +66,29 @@ def post(d: DaemonProcess, body: bytes, token: str | None) -> tuple[int, Any]:
     return status, json.loads(raw) if raw else None
 
 
-def test_daemon_schedule_retention_http_and_sigterm(
-    etcd_single: Cluster, tmp_path: Path, start_daemon: DaemonFactory
-) -> None:
-    etcd_single.put("/app/a", "1")
-    store = tmp_path / "store"
-    token_file = tmp_path / "token"
+@dataclass
+class Running:
+    """One daemon on a 2 s schedule, shared by the tests of TestOneDaemon (in this order)."""
+
+    cluster: Cluster
+    daemon: DaemonProcess
+    store: Path
+    notify: NotifySocket
+
+
+@pytest.fixture(scope="class")
+def running(
+    class_etcd_cluster: ClusterFactory, class_start_daemon: DaemonFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Running:
+    cluster = class_etcd_cluster(1)
+    cluster.put("/app/a", "1")
+    tmp = tmp_path_factory.mktemp("one-daemon")
+    store = tmp / "store"
+    token_file = tmp / "token"
     token_file.write_text(TOKEN + "\n")  # a trailing newline is fine
     notify = NotifySocket()
     env = config_env(
-        etcd_single,
+        cluster,
         f"file://{store}",
         schedule__interval="2s",
         verify__restore_drill="off",
@@ -82,67 +96,90 @@ def test_daemon_schedule_retention_http_and_sigterm(
         **KEEP_ONLY_LAST_3,
     )
     env.update(NOTIFY_SOCKET=notify.name, WATCHDOG_USEC="1000000")
-    d = start_daemon(env)
-
-    # Several scheduled snapshots, and retention after each keeps exactly the newest three.
+    d = class_start_daemon(env)
     d.wait_until(
         lambda: d.metrics().get('etcd_backup_snapshots_total{reason="schedule"}', 0) >= 5,
         40,
         "five scheduled snapshots",
     )
-    d.wait_until(lambda: len(manifests_in(store)) == 3, 10, "retention down to keep_last 3")
-    assert {m["reason"] for m in manifests_in(store)} == {"schedule"}
-    assert any(
-        e.get("event") == "snapshot deleted" and e.get("reason", "").startswith("outside policy") for e in d.logs()
-    )
+    return Running(cluster, d, store, notify)
 
-    assert d.request("GET", "/healthz")[0] == 200
-    d.wait_until(lambda: d.request("GET", "/readyz")[0] == 200, 10, "/readyz 200")
-    assert d.get_json("/readyz") == (200, {"ready": True})
-    metrics = d.metrics()
-    assert metrics["etcd_backup_last_success_timestamp_seconds"] > time.time() - 30
-    assert metrics["etcd_backup_snapshot_duration_seconds"] > 0
-    assert metrics["etcd_backup_snapshot_size_bytes"] > 0
-    assert metrics['etcd_backup_failures_total{stage="snapshot"}'] == 0
-    assert metrics["etcd_backup_snapshots_stored"] >= 3
-    assert metrics["etcd_backup_is_leader"] == 1
-    assert metrics["etcd_backup_revision_lag"] == 0
 
-    # GET needs no token and lists newest first.
-    status, listed = d.get_json("/v1/snapshots")
-    assert status == 200 and len(listed) >= 3
-    assert [m["created_at"] for m in listed] == sorted((m["created_at"] for m in listed), reverse=True)
+@pytest.mark.xdist_group("one-daemon")
+class TestOneDaemon:
+    def test_retention_after_each_run_keeps_the_newest_three(self, running: Running) -> None:
+        d, store = running.daemon, running.store
+        d.wait_until(lambda: len(manifests_in(store)) == 3, 10, "retention down to keep_last 3")
+        assert {m["reason"] for m in manifests_in(store)} == {"schedule"}
+        assert any(
+            e.get("event") == "snapshot deleted" and e.get("reason", "").startswith("outside policy") for e in d.logs()
+        )
 
-    # POST: token required, constant answers for missing/wrong, validation, then a real snapshot.
-    assert post(d, b'{"reason": "x"}', None)[0] == 401
-    assert post(d, b'{"reason": "x"}', "wrong-token")[0] == 401
-    assert post(d, b'{"reason": "x"}', TOKEN[:-1])[0] == 401
-    status, err = post(d, b"{not json", TOKEN)
-    assert status == 400 and "JSON" in err["error"]
-    assert post(d, b'{"reason": 5}', TOKEN)[0] == 400
-    assert post(d, b'{"pin": "yes"}', TOKEN)[0] == 400
-    assert post(d, b" " * (65 * 1024), TOKEN)[0] == 413
-    status, manifest = post(d, b'{"reason": "before upgrade", "pin": true}', TOKEN)
-    assert status == 201, manifest
-    assert manifest["reason"] == "before upgrade" and manifest["pinned"] is True
-    assert manifest["verification"]["hash"]["ok"] and manifest["verification"]["structure"]["ok"]
-    assert (store / manifest["object_key"]).is_file()
-    assert TOKEN not in d.log_path.read_text()
+    def test_live_and_ready(self, running: Running) -> None:
+        d = running.daemon
+        assert d.request("GET", "/healthz")[0] == 200
+        d.wait_until(lambda: d.request("GET", "/readyz")[0] == 200, 10, "/readyz 200")
+        assert d.get_json("/readyz") == (200, {"ready": True})
 
-    # A member-list change triggers a "member-change" snapshot soon after.
-    etcd_single.etcdctl("member", "add", "learner1", "--learner", f"--peer-urls=http://127.0.0.1:{free_port()}")
-    d.wait_until(lambda: any(m["reason"] == "member-change" for m in manifests_in(store)), 20, "member-change snapshot")
+    def test_metrics_of_the_newest_snapshot(self, running: Running) -> None:
+        metrics = running.daemon.metrics()
+        assert metrics["etcd_backup_last_success_timestamp_seconds"] > time.time() - 30
+        assert metrics["etcd_backup_snapshot_duration_seconds"] > 0
+        assert metrics["etcd_backup_snapshot_size_bytes"] > 0
+        assert metrics['etcd_backup_failures_total{stage="snapshot"}'] == 0
+        assert metrics["etcd_backup_snapshots_stored"] >= 3
+        assert metrics["etcd_backup_is_leader"] == 1
+        assert metrics["etcd_backup_revision_lag"] == 0
 
-    # Every log line of a snapshot names it and its stage; durations are recorded.
-    stored = [e for e in d.logs() if e.get("event") == "snapshot stored"]
-    assert stored and all(e.get("snapshot") and e.get("stage") == "commit" and "seconds" in e for e in stored)
+    def test_get_needs_no_token_and_lists_newest_first(self, running: Running) -> None:
+        status, listed = running.daemon.get_json("/v1/snapshots")
+        assert status == 200 and len(listed) >= 3
+        assert [m["created_at"] for m in listed] == sorted((m["created_at"] for m in listed), reverse=True)
 
-    assert notify.seen("READY=1")
-    d.wait_until(lambda: notify.seen("WATCHDOG=1"), 5, "watchdog ping")
-    rc, took = d.terminate()
-    assert rc == 0 and took < 15
-    assert notify.seen("STOPPING=1")
-    assert_every_manifest_has_its_data(store)
+    def test_post_needs_the_token(self, running: Running) -> None:
+        d = running.daemon
+        assert post(d, b'{"reason": "x"}', None)[0] == 401
+        assert post(d, b'{"reason": "x"}', "wrong-token")[0] == 401
+        assert post(d, b'{"reason": "x"}', TOKEN[:-1])[0] == 401
+
+    def test_post_rejects_bad_bodies(self, running: Running) -> None:
+        d = running.daemon
+        status, err = post(d, b"{not json", TOKEN)
+        assert status == 400 and "JSON" in err["error"]
+        assert post(d, b'{"reason": 5}', TOKEN)[0] == 400
+        assert post(d, b'{"pin": "yes"}', TOKEN)[0] == 400
+        assert post(d, b" " * (65 * 1024), TOKEN)[0] == 413
+
+    def test_post_takes_a_verified_pinned_snapshot(self, running: Running) -> None:
+        d = running.daemon
+        status, manifest = post(d, b'{"reason": "before upgrade", "pin": true}', TOKEN)
+        assert status == 201, manifest
+        assert manifest["reason"] == "before upgrade" and manifest["pinned"] is True
+        assert manifest["verification"]["hash"]["ok"] and manifest["verification"]["structure"]["ok"]
+        assert (running.store / manifest["object_key"]).is_file()
+        assert TOKEN not in d.log_path.read_text()
+
+    def test_member_list_change_triggers_a_snapshot(self, running: Running) -> None:
+        running.cluster.etcdctl("member", "add", "learner1", "--learner", f"--peer-urls=http://127.0.0.1:{free_port()}")
+        running.daemon.wait_until(
+            lambda: any(m["reason"] == "member-change" for m in manifests_in(running.store)),
+            20,
+            "member-change snapshot",
+        )
+
+    def test_log_lines_name_the_snapshot_and_stage(self, running: Running) -> None:
+        stored = [e for e in running.daemon.logs() if e.get("event") == "snapshot stored"]
+        assert stored and all(e.get("snapshot") and e.get("stage") == "commit" and "seconds" in e for e in stored)
+
+    def test_systemd_ready_and_watchdog(self, running: Running) -> None:
+        assert running.notify.seen("READY=1")
+        running.daemon.wait_until(lambda: running.notify.seen("WATCHDOG=1"), 5, "watchdog ping")
+
+    def test_sigterm_stops_within_15s_leaving_every_manifest_whole(self, running: Running) -> None:
+        rc, took = running.daemon.terminate()
+        assert rc == 0 and took < 15
+        assert running.notify.seen("STOPPING=1")
+        assert_every_manifest_has_its_data(running.store)
 
 
 def test_sigterm_during_upload_leaves_nothing_half_done(

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, DaemonFactory, config_env
+from etcd_backup import kubeadm
 from etcd_backup.config import Config, ServerConfig, _check_env_names
 from etcd_backup.etcdproc import free_port
 
@@ -96,16 +97,14 @@ def test_sidecar_example_is_valid_configuration() -> None:
     env = {e["name"]: e["value"] for e in c["env"]}
     _check_env_names(env)  # every ETCD_BACKUP_ name is a real setting
     assert env["ETCD_BACKUP_SCHEDULE__MODE"] == "sidecar"
-    assert len(env["ETCD_BACKUP_ETCD__ENDPOINTS"].split(",")) == 1  # its own member only
+    # Endpoint and TLS files come from the pod's own manifest, mounted at the path it names.
+    manifest = env["ETCD_BACKUP_ETCD__KUBEADM_MANIFEST"]
+    assert any(m["mountPath"] == manifest and m.get("readOnly") for m in c["volumeMounts"])
+    assert len(kubeadm.parse(SIDECAR.read_text(), str(SIDECAR)).client_urls) == 1  # its own member only
     listen = ServerConfig(listen=env["ETCD_BACKUP_SERVER__LISTEN"])
     assert listen.is_loopback() or env.get("ETCD_BACKUP_SERVER__TOKEN_FILE")
     # The values parse (files that exist only on a node are left out).
-    node_files = {
-        "ETCD_BACKUP_ETCD__CACERT",
-        "ETCD_BACKUP_ETCD__CERT",
-        "ETCD_BACKUP_ETCD__KEY",
-        "ETCD_BACKUP_SERVER__TOKEN_FILE",
-    }
+    node_files = {"ETCD_BACKUP_ETCD__KUBEADM_MANIFEST", "ETCD_BACKUP_SERVER__TOKEN_FILE"}
     sections: dict[str, dict[str, str]] = {}
     for name, value in env.items():
         if name.startswith("ETCD_BACKUP_") and name not in node_files:

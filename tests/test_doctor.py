@@ -74,7 +74,7 @@ def test_healthy_cluster_table_and_json(etcd_cluster: ClusterFactory, tmp_path: 
 
 def test_frozen_member_and_dead_endpoint_cost_one_timeout(etcd_cluster: ClusterFactory, tmp_path: Path) -> None:
     cluster = etcd_cluster(3)
-    dial_timeout = 3.0
+    dial_timeout = 4.0  # two stacked timeouts (8 s) stay clear of one plus a slow CLI start on a loaded machine
     # Only m1 and an address nobody listens on are configured: the frozen member is found through
     # the member list, and probed in parallel with everything else.
     dead = f"http://127.0.0.9:{free_port()}"

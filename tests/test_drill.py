@@ -79,7 +79,7 @@ def test_daemon_drills_on_schedule_and_records_failure(
 
     rc, took = d.terminate()
     assert rc == 0 and took < 15
-    assert list(store.glob("**/etcd-backup-drill-*")) == []
+    assert list(store.glob("**/.*-drill-*")) == []
 
 
 def test_drill_of_an_empty_keyspace_passes(etcd_single: Cluster, tmp_path: Path) -> None:

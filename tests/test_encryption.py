@@ -33,7 +33,9 @@ def assert_clean_failure(code: int, stderr: str, expected: int, *words: str) -> 
     """The exit code, and one error line (the last one, no traceback) with every word in it."""
     assert code == expected, f"exit {code}, expected {expected}: {stderr[-2000:]}"
     assert "Traceback" not in stderr, stderr
-    errors = [line for line in stderr.splitlines() if line.startswith("etcd-backup:")]
+    # Notes and warnings (e.g. restore's advice about --bump-revision) may come before the error.
+    notes = ("etcd-backup: note:", "etcd-backup: warning:")
+    errors = [line for line in stderr.splitlines() if line.startswith("etcd-backup:") and not line.startswith(notes)]
     assert len(errors) == 1 and stderr.strip().splitlines()[-1] == errors[0], stderr
     print("error line:", errors[0])  # shown with -rP, and for a failing test
     for word in words:

@@ -16,9 +16,9 @@ import pytest
 
 from etcd_backup import httpapi
 from etcd_backup.config import Config
+from etcd_backup.daemon import Daemon
 from etcd_backup.etcdproc import free_port
 from etcd_backup.httpapi import BadRequest, parse_snapshot_request
-from etcd_backup.scheduler import Daemon
 from etcd_backup.storage import open_store
 
 pytestmark = pytest.mark.timeout(60)

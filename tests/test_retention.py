@@ -243,3 +243,38 @@ def test_newest_verified_of_every_cluster_is_kept() -> None:
     d = apply_policy(Policy(keep_last=2), old_cluster + current, NOW)
     assert d.keep[old_cluster[0].id] == ["newest verified of cluster 0ld"]
     assert set(d.keep) == ids(current[:2]) | {old_cluster[0].id}
+
+
+# --- edges ------------------------------------------------------------------------------------
+
+
+def test_pin_window_edge_is_exclusive() -> None:
+    pinned = snap(NOW - timedelta(days=30), pinned=True)
+    newer = hourly_series(3)
+    policy = Policy(keep_last=3, keep_pinned_for=30 * 86400)
+    decision = apply_policy(policy, [pinned, *newer], NOW)
+    assert pinned.id in decision.delete and "pin expired" in decision.delete[pinned.id]
+    just_inside = apply_policy(policy, [pinned, *newer], NOW - timedelta(microseconds=1))
+    assert pinned.id in just_inside.keep
+
+
+def test_keep_last_larger_than_what_exists_keeps_all() -> None:
+    series = hourly_series(4)
+    decision = apply_policy(Policy(keep_last=100), series, NOW)
+    assert set(decision.keep) == ids(series) and decision.delete == {}
+
+
+def test_ties_on_created_at_are_broken_by_id() -> None:
+    twins = [snap(NOW), snap(NOW)]
+    decision = apply_policy(Policy(keep_last=1), twins, NOW)
+    kept = max(twins, key=lambda m: m.id)
+    assert list(decision.keep) == [kept.id] and set(decision.delete) == {min(twins, key=lambda m: m.id).id}
+
+
+def test_buckets_use_utc_days_whatever_the_offset_in_created_at() -> None:
+    # 23:30 at UTC-2 is 01:30 UTC the next day: the daily bucket follows UTC.
+    late = snap(datetime(2026, 6, 14, 23, 30, tzinfo=timezone(timedelta(hours=-2))))
+    earlier = snap(datetime(2026, 6, 15, 0, 30, tzinfo=UTC))
+    decision = apply_policy(Policy(keep_last=1, daily=2), [late, earlier], NOW)
+    assert "daily 2026-06-15" in decision.keep[late.id]
+    assert earlier.id in decision.delete  # the same UTC day, older

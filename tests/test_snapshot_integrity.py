@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import struct
 import subprocess
 from pathlib import Path
 
@@ -101,12 +103,50 @@ def test_corrupted_stream_stores_nothing_in_directory(etcd_single: Cluster, tmp_
     assert files == []
 
 
-def test_manifest_is_written_after_data(etcd_single: Cluster, tmp_path: Path) -> None:
+class _Renames:
+    """inotify on a directory: the names things were renamed to (committed) there, in order.
+    LocalStore commits every object by renaming a finished partial file into place."""
+
+    IN_MOVED_TO = 0x00000080
+
+    def __init__(self, directory: Path) -> None:
+        import ctypes
+        import ctypes.util
+
+        self._libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        self.fd = self._libc.inotify_init1(os.O_NONBLOCK)
+        assert self.fd >= 0, ctypes.get_errno()
+        assert self._libc.inotify_add_watch(self.fd, str(directory).encode(), self.IN_MOVED_TO) >= 0
+
+    def names(self) -> list[str]:
+        out: list[str] = []
+        try:
+            data = os.read(self.fd, 1 << 16)
+        except BlockingIOError:
+            return out
+        pos = 0
+        while pos < len(data):
+            _wd, _mask, _cookie, length = struct.unpack_from("iIII", data, pos)
+            name = data[pos + 16 : pos + 16 + length].rstrip(b"\0").decode()
+            out.append(name)
+            pos += 16 + length
+        return out
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def test_manifest_is_committed_after_data(etcd_single: Cluster, tmp_path: Path) -> None:
+    """The manifest is the commit point: in the store, the data object appears first."""
     _fill(etcd_single)
-    env = config_env(etcd_single, f"file://{tmp_path}/store")
-    r = run_cli("snapshot", "--output", "json", env=env)
-    assert r.returncode == 0, r.stderr
+    folder = tmp_path / "store" / "snapshots"
+    folder.mkdir(parents=True)
+    renames = _Renames(folder)
+    try:
+        r = run_cli("snapshot", "--output", "json", env=config_env(etcd_single, f"file://{tmp_path}/store"))
+        assert r.returncode == 0, r.stderr
+        order = renames.names()
+    finally:
+        renames.close()
     m = json.loads(r.stdout)
-    data = tmp_path / "store" / m["object_key"]
-    manifest = tmp_path / "store" / "snapshots" / f"{m['id']}.json"
-    assert manifest.stat().st_mtime_ns >= data.stat().st_mtime_ns
+    assert order == [Path(m["object_key"]).name, f"{m['id']}.json"]

@@ -179,7 +179,7 @@ class _Decompressing:
     def __init__(self, dest: BinaryIO) -> None:
         import zstandard
 
-        self._writer = zstandard.ZstdDecompressor().stream_writer(dest, write_size=_CHUNK, closefd=False)
+        self._writer: Any = zstandard.ZstdDecompressor().stream_writer(dest, write_size=_CHUNK, closefd=False)
 
     def write(self, data: bytes) -> int:
         import zstandard

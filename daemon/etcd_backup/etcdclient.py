@@ -19,7 +19,7 @@ import grpc.experimental
 import structlog
 
 from .config import EtcdConfig
-from .errors import ConfigError, EtcdUnavailable, UnsafeError
+from .errors import ConfigError, EtcdErrorKind, EtcdUnavailable
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -94,6 +94,58 @@ def _describe(exc: grpc.RpcError) -> str:
     return f"{name}: {(details or '').splitlines()[0] if details else ''}".rstrip(": ")
 
 
+# etcd names its errors by their text (its own client maps them the same way, rpctypes.Error):
+# this table and _kind are the only places that read it.
+_ETCD_ERRORS = {
+    "etcdserver: mvcc: required revision has been compacted": EtcdErrorKind.COMPACTED,
+    "etcdserver: mvcc: required revision is a future revision": EtcdErrorKind.FUTURE_REVISION,
+    "etcdserver: mvcc: database space exceeded": EtcdErrorKind.NO_SPACE,
+    "etcdserver: no leader": EtcdErrorKind.NO_LEADER,
+    "etcdserver: not leader": EtcdErrorKind.NOT_LEADER,
+    "etcdserver: leader changed": EtcdErrorKind.LEADER_CHANGED,
+    "etcdserver: unhealthy cluster": EtcdErrorKind.UNHEALTHY,
+    "etcdserver: re-configuration failed due to not enough started members": EtcdErrorKind.TOO_SOON,
+    "etcdserver: too many requests": EtcdErrorKind.TOO_SOON,
+    "etcdserver: request timed out": EtcdErrorKind.TIMEOUT,
+    "etcdserver: request timed out, possibly due to previous leader failure": EtcdErrorKind.TIMEOUT,
+    "etcdserver: request timed out, possibly due to connection lost": EtcdErrorKind.TIMEOUT,
+    "etcdserver: server stopped": EtcdErrorKind.UNAVAILABLE,
+    "etcdserver: member not found": EtcdErrorKind.MEMBER_NOT_FOUND,
+    "etcdserver: Peer URLs already exists": EtcdErrorKind.MEMBER_EXISTS,
+    "etcdserver: member ID already exist": EtcdErrorKind.MEMBER_EXISTS,
+    "etcdserver: permission denied": EtcdErrorKind.AUTH,
+    "etcdserver: invalid auth token": EtcdErrorKind.AUTH,
+    "etcdserver: authentication failed, invalid user ID or password": EtcdErrorKind.AUTH,
+    "etcdserver: given member URLs are invalid": EtcdErrorKind.INVALID,
+}
+_BY_CODE = {
+    grpc.StatusCode.UNAVAILABLE: EtcdErrorKind.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED: EtcdErrorKind.TIMEOUT,
+    grpc.StatusCode.UNAUTHENTICATED: EtcdErrorKind.AUTH,
+    grpc.StatusCode.PERMISSION_DENIED: EtcdErrorKind.AUTH,
+    grpc.StatusCode.INVALID_ARGUMENT: EtcdErrorKind.INVALID,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: EtcdErrorKind.NO_SPACE,
+}
+
+
+def _kind(exc: grpc.RpcError) -> tuple[EtcdErrorKind, str | None]:
+    code = exc.code() if hasattr(exc, "code") else None
+    details = (exc.details() if hasattr(exc, "details") else "") or ""
+    kind = _ETCD_ERRORS.get(details.strip())
+    if kind is None:
+        kind = _BY_CODE.get(code, EtcdErrorKind.UNKNOWN) if code is not None else EtcdErrorKind.UNKNOWN
+    return kind, code.name if code is not None else None
+
+
+def rpc_error(what: str, exc: grpc.RpcError) -> EtcdUnavailable:
+    """A gRPC failure as the project's error, carrying etcd's error kind and the status code."""
+    kind, code = _kind(exc)
+    text = _describe(exc)
+    if "handshake" in text.lower():
+        text += " (check etcd.cacert, etcd.cert and etcd.key: wrong CA, expired or mismatched certificate?)"
+    return EtcdUnavailable(f"{what} failed: {text}", kind, code)
+
+
 def _newer_fields(msg: Any, number: int) -> list[Any]:
     """Values of field `number` that python3-etcd3's protos (older than etcd 3.4) do not declare:
     protobuf keeps them as unknown fields. Varints come back as int, strings as bytes."""
@@ -133,10 +185,15 @@ class Member:
             )
         except grpc.RpcError as exc:
             ep.close()
-            raise EtcdUnavailable(f"etcd {endpoint}: authentication failed: {_describe(exc)}") from None
+            kind, code = _kind(exc)
+            raise EtcdUnavailable(
+                f"etcd {endpoint}: authentication failed: {_describe(exc)}",
+                EtcdErrorKind.AUTH if kind is EtcdErrorKind.UNKNOWN else kind,
+                code,
+            ) from None
         except etcd3.exceptions.Etcd3Exception as exc:
             ep.close()
-            raise EtcdUnavailable(f"etcd {endpoint}: {type(exc).__name__}") from None
+            raise EtcdUnavailable(f"etcd {endpoint}: {type(exc).__name__}", EtcdErrorKind.UNAVAILABLE) from None
         if password and not secure:
             # gRPC refuses call credentials on a plaintext channel ("insufficient security level");
             # the token also travels as plain metadata, which is what etcdctl does over http://.
@@ -156,10 +213,7 @@ class Member:
         try:
             return fn()
         except grpc.RpcError as exc:
-            text = _describe(exc)
-            if "handshake" in text.lower():
-                text += " (check etcd.cacert, etcd.cert and etcd.key: wrong CA, expired or mismatched certificate?)"
-            raise EtcdUnavailable(f"etcd {self.endpoint}: {what} failed: {text}") from None
+            raise rpc_error(f"etcd {self.endpoint}: {what}", exc) from None
 
     def _kw(self, timeout: float | None = None) -> dict[str, Any]:
         return {
@@ -244,9 +298,10 @@ class Member:
         except grpc.RpcError as exc:
             if stalled.is_set():
                 raise EtcdUnavailable(
-                    f"etcd {self.endpoint}: snapshot stream stalled for {self.stall_timeout:.0f}s"
+                    f"etcd {self.endpoint}: snapshot stream stalled for {self.stall_timeout:.0f}s",
+                    EtcdErrorKind.TIMEOUT,
                 ) from None
-            raise EtcdUnavailable(f"etcd {self.endpoint}: snapshot stream failed: {_describe(exc)}") from None
+            raise rpc_error(f"etcd {self.endpoint}: snapshot stream", exc) from None
         finally:
             done.set()
             call.cancel()
@@ -332,9 +387,9 @@ def connect_healthy(
         try:
             status = member.status()
             if status.is_learner:
-                raise EtcdUnavailable(f"etcd {endpoint}: is a learner, not a voting member")
+                raise EtcdUnavailable(f"etcd {endpoint}: is a learner, not a voting member", EtcdErrorKind.NOT_LEADER)
             if status.leader == 0:
-                raise EtcdUnavailable(f"etcd {endpoint}: has no leader (quorum lost?)")
+                raise EtcdUnavailable(f"etcd {endpoint}: has no leader (quorum lost?)", EtcdErrorKind.NO_LEADER)
             if not allow_alarms:
                 _refuse_own_alarms(member, status)
             return member, status
@@ -343,7 +398,7 @@ def connect_healthy(
             problems.append(str(exc))
             log.warning("etcd endpoint skipped", endpoint=endpoint, reason=str(exc))
     detail = "; ".join(problems) if problems else "no endpoints configured"
-    raise EtcdUnavailable(f"no healthy etcd endpoint ({detail})")
+    raise EtcdUnavailable(f"no healthy etcd endpoint ({detail})", EtcdErrorKind.UNAVAILABLE)
 
 
 _ALARM_HINTS = {
@@ -362,10 +417,6 @@ def _refuse_own_alarms(member: Member, status: MemberStatus) -> None:
     if own:
         hints = "; ".join(_ALARM_HINTS.get(a, a) for a in own)
         raise EtcdUnavailable(
-            f"etcd {member.endpoint}: member {hexid(status.member_id)} raised the {', '.join(own)} alarm ({hints})"
+            f"etcd {member.endpoint}: member {hexid(status.member_id)} raised the {', '.join(own)} alarm ({hints})",
+            EtcdErrorKind.NO_SPACE if "NOSPACE" in own else EtcdErrorKind.UNKNOWN,
         )
-
-
-def require_quorum(probes: list[Probe]) -> None:
-    if not any(p.status and p.status.leader for p in probes):
-        raise UnsafeError("no member reports a leader: quorum is lost")

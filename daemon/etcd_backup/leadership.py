@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from .config import Config
 from .errors import EtcdUnavailable
 from .etcdclient import Member, MemberStatus, connect_healthy, hexid
+from .metrics import Metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,3 +44,25 @@ def observe(cfg: Config) -> Observation:
     if status.is_leader:
         return Observation(True, f"local member {hexid(status.member_id)} is the raft leader", status=status)
     return Observation(False, f"raft leader is member {hexid(status.leader)}, not this one", status=status)
+
+
+class Leadership:
+    """Asks before each job whether this copy acts, and keeps `etcd_backup_is_leader` true to it."""
+
+    def __init__(self, cfg: Config, metrics: Metrics) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        metrics.is_leader.set(1 if cfg.schedule.mode == "single" else 0)
+
+    def acting(self) -> Observation:
+        if self.cfg.schedule.mode == "single":
+            return Observation(True, "single mode")
+        return self.seen(observe(self.cfg), stage="leader_check")
+
+    def seen(self, obs: Observation, stage: str) -> Observation:
+        """Record an observation made elsewhere (the health check) too."""
+        if self.cfg.schedule.mode == "sidecar":
+            self.metrics.is_leader.set(1 if obs.acting else 0)
+        if obs.error:
+            self.metrics.failure(stage)
+        return obs

@@ -1,19 +1,22 @@
 """Quick start on a laptop: run the daemon with the built-in defaults, starting a throwaway
 etcd when nothing answers at the default endpoint (scripts/run-local.sh calls this).
 
-Only for the default endpoint: when endpoints are configured, nothing is started.
+Only for the default endpoint: when endpoints are configured, nothing is started. The daemon
+itself is `etcd-backup run` in a child process (stop signals are passed on), so this module
+needs nothing of the CLI; the throwaway etcd is stopped when the daemon has exited.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
 from . import config
-from .cli.main import main as cli_main
 from .errors import EtcdBackupError
 from .etcdclient import Member
 from .etcdproc import EtcdProcess, find_binary, free_port, start_member, wait_healthy
@@ -83,10 +86,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         proc = _start_throwaway(base)
         _seed(cfg)
     try:
-        return cli_main(["run", *args])
+        return _run_daemon(args)
     finally:
         if proc is not None:
             proc.stop()
+
+
+def _run_daemon(args: list[str]) -> int:
+    daemon = subprocess.Popen([sys.executable, "-m", "etcd_backup", "run", *args])
+
+    def forward(signum: int, _frame: object) -> None:
+        if daemon.poll() is None:
+            daemon.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    return daemon.wait()
 
 
 if __name__ == "__main__":

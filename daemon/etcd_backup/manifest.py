@@ -9,6 +9,7 @@ Later kinds of object (delta snapshots) get their own folder beside `snapshots/`
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -106,15 +107,18 @@ class Listing:
         live = live_cluster() if callable(live_cluster) else live_cluster
         if live is not None and live in clusters:
             return clusters[live][0]
-        summary = ", ".join(f"cluster {cid} ({len(ms)} snapshot(s), newest {ms[0].id})" for cid, ms in clusters.items())
+        summary = "; ".join(
+            f"cluster {cid}: {len(ms)} snapshot(s), newest {ms[0].id} taken {ms[0].created_at}"
+            for cid, ms in clusters.items()
+        )
         if live is not None:
-            raise EtcdBackupError(
+            raise UsageError(
                 f"no verified snapshot of the live cluster {live} in {where}, only of "
-                f"other clusters: {summary}; name the snapshot by id"
+                f"other clusters ({summary}): name the snapshot by id"
             )
         raise UsageError(
-            f"snapshots of {len(clusters)} etcd clusters in {where} ({summary}) and etcd does not "
-            "answer to tell which one is this cluster: name the snapshot by id"
+            f"snapshots of {len(clusters)} etcd clusters in {where} ({summary}) and no configured etcd "
+            "endpoint answers to tell which one is this cluster: name the snapshot by id"
         )
 
     def warnings(self) -> list[str]:
@@ -196,6 +200,20 @@ def list_snapshots(store: SnapshotStore, cache: ManifestCache | None = None) -> 
     listing.orphans = [o for k, o in objects.items() if not k.endswith(MANIFEST_SUFFIX) and k not in claimed]
     listing.manifests.sort(key=lambda m: (m.created, m.id), reverse=True)
     return listing
+
+
+class CachedListing:
+    """A long-running process's listing: manifests unchanged since the last look are not read
+    again, and one listing runs at a time (the cache is shared)."""
+
+    def __init__(self, store: SnapshotStore) -> None:
+        self.store = store
+        self._cache: ManifestCache = {}
+        self._lock = threading.Lock()
+
+    def list(self) -> Listing:
+        with self._lock:
+            return list_snapshots(self.store, self._cache)
 
 
 def resolve(store: SnapshotStore, ref: str, live_cluster: LiveCluster = None) -> Manifest:

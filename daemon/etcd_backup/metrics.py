@@ -15,9 +15,11 @@ from prometheus_client import (
 )
 
 # `*_created` series double the output and nobody alerts on them (process-wide switch).
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
-STAGES = ("snapshot", "upload", "verify", "retention", "drill", "leader_check", "storage", "etcd")
+# `delta` (the watch and its delta objects) and `copy` (storage.copy_to) exist from start so that
+# alerts on them see a 0 before the first failure.
+STAGES = ("snapshot", "upload", "verify", "retention", "drill", "leader_check", "storage", "etcd", "delta", "copy")
 
 
 class Metrics:
@@ -45,7 +47,39 @@ class Metrics:
             "Snapshots (valid manifests) in storage at the last listing.",
             registry=r,
         )
+        # contract: point-in-time recovery (set by the delta watcher)
+        self.delta_last_revision = Gauge(
+            "etcd_backup_delta_last_revision",
+            "Newest etcd revision stored in a delta object (NaN until the first delta).",
+            registry=r,
+        )
+        self.delta_last_success = Gauge(
+            "etcd_backup_delta_last_success_timestamp_seconds",
+            "Unix time the newest delta object was committed (NaN until the first delta).",
+            registry=r,
+        )
+        self.delta_lag = Gauge(
+            "etcd_backup_delta_lag_seconds",
+            "Age of the oldest change seen but not yet stored; 0 when all are stored.",
+            registry=r,
+        )
+        self.delta_gaps = Counter(
+            "etcd_backup_delta_gaps",
+            "Gaps recorded in the delta chain (revisions etcd compacted before the watch saw them).",
+            registry=r,
+        )
         # beyond the contract
+        # What alerts compare ages with, so that rules need no copy of the configuration.
+        self.schedule_period = Gauge(
+            "etcd_backup_schedule_period_seconds",
+            "Seconds between two scheduled snapshots (schedule.interval, or the cron period).",
+            registry=r,
+        )
+        self.drill_interval = Gauge(
+            "etcd_backup_restore_drill_interval_seconds",
+            "Seconds between restore drills (verify.restore_drill; NaN when drills are off).",
+            registry=r,
+        )
         self.is_leader = Gauge(
             "etcd_backup_is_leader",
             "1 if this copy takes scheduled snapshots (sidecar beside the raft leader, or single mode).",
@@ -95,6 +129,13 @@ class Metrics:
         self._last_drill_at = 0.0
         self.revision_lag.set(math.nan)
         self.last_drill_success.set(math.nan)
+        self.delta_last_revision.set(math.nan)
+        self.delta_last_success.set(math.nan)
+        self.drill_interval.set(math.nan)
+
+    def configured(self, *, period: float, drill_interval: float | None) -> None:
+        self.schedule_period.set(period)
+        self.drill_interval.set(math.nan if drill_interval is None else drill_interval)
 
     def failure(self, stage: str) -> None:
         self.failures.labels(stage=stage).inc()
@@ -117,10 +158,6 @@ class Metrics:
         self.duration.set(seconds)
         self.size.set(size)
         self.snapshot_revision.set(revision)
-
-    @property
-    def last_success_time(self) -> float:
-        return self._last_success
 
     def drill_result(self, ok: bool, at: float) -> None:
         self._last_drill_at = at

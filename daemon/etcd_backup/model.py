@@ -135,6 +135,40 @@ _STR_FIELDS = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterMember:
+    """One entry of the member list as it was when the snapshot was taken (ids hex)."""
+
+    id: str
+    name: str
+    peer_urls: tuple[str, ...]
+    client_urls: tuple[str, ...]
+    learner: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "peer_urls": list(self.peer_urls),
+            "client_urls": list(self.client_urls),
+            "learner": self.learner,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ClusterMember:
+        if not isinstance(data, dict):
+            raise ValueError("members entry must be an object")
+        urls: dict[str, tuple[str, ...]] = {}
+        for name in ("peer_urls", "client_urls"):
+            value = data.get(name, [])
+            if not isinstance(value, list) or not all(isinstance(u, str) for u in value):
+                raise ValueError(f"members entry field {name!r} must be a list of strings")
+            urls[name] = tuple(value)
+        if not isinstance(data.get("id"), str) or not isinstance(data.get("name", ""), str):
+            raise ValueError("members entry needs a string 'id' and 'name'")
+        return cls(data["id"], data.get("name", ""), urls["peer_urls"], urls["client_urls"], bool(data.get("learner")))
+
+
 def _finite(value: Any, name: str) -> float:
     number = float(value)
     if not math.isfinite(number):
@@ -168,7 +202,12 @@ class Manifest:
     tool_version: str = ""
     # The snapshot's own trailer digest (SHA-256 of the db bytes): what etcdutl checks on restore.
     db_sha256: str = ""
+    # The member list when the snapshot was taken: names, peer and client URLs for the runbook.
+    members: tuple[ClusterMember, ...] = ()
     encryption: Encryption | None = None
+
+    def member_named(self, name: str) -> ClusterMember | None:
+        return next((m for m in self.members if m.name == name), None)
 
     @property
     def created(self) -> datetime:
@@ -184,6 +223,7 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["verification"] = self.verification.to_dict()
+        data["members"] = [m.to_dict() for m in self.members]
         data["encryption"] = self.encryption.to_dict() if self.encryption else None
         # Contract order first, extras after: easier to read in `cat`.
         order = [
@@ -206,6 +246,7 @@ class Manifest:
             "verification",
             "duration_seconds",
             "tool_version",
+            "members",
         ]
         return {k: data[k] for k in order}
 
@@ -233,6 +274,9 @@ class Manifest:
             if not isinstance(data.get("pinned"), bool):
                 raise ValueError("field 'pinned' missing or not a boolean")
             parse_time(values["created_at"])
+            members = data.get("members", [])
+            if not isinstance(members, list):
+                raise ValueError("field 'members' must be a list")
             return cls(
                 **values,
                 pinned=data["pinned"],
@@ -242,6 +286,7 @@ class Manifest:
                 schema_version=schema,
                 tool_version=str(data.get("tool_version", "")),
                 db_sha256=str(data.get("db_sha256", "")),
+                members=tuple(ClusterMember.from_dict(m) for m in members),
                 encryption=Encryption.from_dict(data.get("encryption")),
             )
         except (ValueError, TypeError, OverflowError) as exc:

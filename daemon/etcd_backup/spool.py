@@ -2,55 +2,23 @@
 
 The snapshot stream lands here; the uploader reads behind the writer. The reader does not
 return EOF until the snapshot has been verified (`release`), so an upload can only complete
-for a good snapshot; `fail` makes the reader raise, which aborts the upload.
-
-A live spool file is flock'ed by its writer, so a killed run's file is recognisably abandoned
-(`remove_abandoned`) and goes at the next run instead of after `retention.debris_age`.
+for a good snapshot; `fail` makes the reader raise, which aborts the upload. The file itself
+is a scratch file (`scratch.Kind.SPOOL`): locked by its writer, swept when abandoned.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
-import stat
-import tempfile
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import scratch
 from .errors import OperationalError
 
 _FLUSH_EVERY = 32 * 1024 * 1024
 _IOV_MAX = 1024  # buffers per writev (Linux's IOV_MAX)
-_PATTERN = ".*.spool"
-# Between mkstemp and flock a new spool is briefly unlocked: only older files count as abandoned.
-_GRACE = 60.0
-
-
-def remove_abandoned(directory: str | None, grace: float = _GRACE) -> list[str]:
-    """Delete spool files in `directory` that no live writer holds (left by a killed run)."""
-    removed: list[str] = []
-    for path in Path(directory or tempfile.gettempdir()).glob(_PATTERN):
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:
-            continue
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or time.time() - st.st_mtime < grace:
-                continue
-            # Busy: a writer holds it. Any other failure (no locks on this filesystem): leave the
-            # file to the age-based sweep.
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.unlink(path)
-            removed.append(str(path))
-        except OSError:
-            continue
-        finally:
-            os.close(fd)
-    return removed
 
 
 class _Flusher:
@@ -91,19 +59,9 @@ class _Flusher:
 
 class Spool:
     def __init__(self, directory: str | None, prefix: str, *, durable: bool = False) -> None:
-        directory = directory or tempfile.gettempdir()
-        try:
-            os.makedirs(directory, mode=0o700, exist_ok=True)  # new directories only: ours alone
-            fd, name = tempfile.mkstemp(prefix=f".{prefix}-", suffix=".spool", dir=directory)
-        except OSError as exc:
-            raise OperationalError(f"cannot create a spool file in {directory}: {exc.strerror}") from exc
-        os.fchmod(fd, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            pass  # no locks on this filesystem: only the age-based sweep will remove a leftover
-        self.path = Path(name)
-        self._fd = fd
+        self._file = scratch.create(directory, scratch.Kind.SPOOL, prefix)
+        self.path = self._file.path
+        fd = self._fd = self._file.fd
         self._cond = threading.Condition()
         self.written = 0
         self._finished = False
@@ -197,11 +155,7 @@ class Spool:
     def close(self) -> None:
         if self._flusher is not None:
             self._flusher.close()  # before the fd goes away under it
-        try:
-            os.close(self._fd)
-        except OSError:
-            pass
-        self.path.unlink(missing_ok=True)
+        self._file.discard()
 
 
 class SpoolReader:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import structlog
 
-from . import bbolt
+from . import bbolt, scratch
 from . import manifest as manifests
 from .codec import decode
 from .crypto import Identities, require
@@ -33,21 +32,17 @@ class Verified:
     """A stored snapshot that passed every check, as a local db file (trailer included)."""
 
     manifest: Manifest
-    path: Path
+    file: scratch.Scratch
     status: bbolt.BoltStatus
     hash_check: Check
     structure_check: Check
 
+    @property
+    def path(self) -> Path:
+        return self.file.path
+
     def discard(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def _private_temp(directory: str | None, label: str) -> tuple[int, Path]:
-    directory = directory or tempfile.gettempdir()
-    os.makedirs(directory, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{label}-", suffix=".part", dir=directory)
-    os.fchmod(fd, 0o600)
-    return fd, Path(name)
+        self.file.discard()
 
 
 def _sha256_file(path: Path) -> str:
@@ -79,40 +74,41 @@ def _trailer_ok(path: Path) -> tuple[bool, str]:
 def check_stored(store: SnapshotStore, manifest: Manifest, work_dir: str | None = None) -> Check:
     """Size and SHA-256 of the stored object only: what can be proven without the plaintext (an
     encrypted snapshot on a host without the identity). A failure is recorded in the manifest."""
-    raw = _download_checked(store, manifest, work_dir, record=True)
-    raw.unlink()
+    _download_checked(store, manifest, work_dir, record=True).discard()
     return Check(True, rfc3339(utcnow()), {"object_sha256": manifest.object_sha256})
 
 
-def _download_checked(store: SnapshotStore, manifest: Manifest, work_dir: str | None, *, record: bool) -> Path:
+def _download_checked(
+    store: SnapshotStore, manifest: Manifest, work_dir: str | None, *, record: bool
+) -> scratch.Scratch:
     """The stored object, downloaded to a private file, its size and SHA-256 matching the manifest."""
-    fd, raw = _private_temp(work_dir, f"{manifest.id}-download")
+    raw = scratch.create(work_dir, scratch.Kind.DOWNLOAD, manifest.id)
     try:
-        with os.fdopen(fd, "w+b") as fh:
+        with os.fdopen(os.dup(raw.fd), "w+b") as fh:
             try:
                 store.get(manifest.object_key, fh)
             except ObjectNotFound:
                 raise IntegrityError(f"snapshot {manifest.id}: data object {manifest.object_key} is missing") from None
-        size = raw.stat().st_size
+        size = raw.path.stat().st_size
         if size != manifest.object_size:
             raise IntegrityError(
                 f"snapshot {manifest.id}: data object has {size} bytes, manifest says {manifest.object_size}"
             )
-        if _sha256_file(raw) != manifest.object_sha256:
+        if _sha256_file(raw.path) != manifest.object_sha256:
             raise IntegrityError(f"snapshot {manifest.id}: data object SHA-256 does not match the manifest")
         return raw
     except BaseException as exc:
-        raw.unlink(missing_ok=True)
+        raw.discard()
         if record and isinstance(exc, IntegrityError):
             record_failure(store, manifest, "hash", str(exc))
         raise
 
 
-def _decode(raw: Path, manifest: Manifest, identities: Identities | None, work_dir: str | None) -> Path:
+def _decode(raw: Path, manifest: Manifest, identities: Identities | None, work_dir: str | None) -> scratch.Scratch:
     """The plaintext snapshot of a compressed and/or encrypted object, as a new private file."""
-    out_fd, out = _private_temp(work_dir, f"{manifest.id}-db")
+    out = scratch.create(work_dir, scratch.Kind.PLAIN, manifest.id)
     try:
-        with open(raw, "rb") as fin, os.fdopen(out_fd, "wb") as fout:
+        with open(raw, "rb") as fin, os.fdopen(os.dup(out.fd), "wb") as fout:
             decode(
                 fin,
                 fout,
@@ -122,7 +118,7 @@ def _decode(raw: Path, manifest: Manifest, identities: Identities | None, work_d
                 what=f"snapshot {manifest.id}",
             )
     except BaseException:
-        out.unlink(missing_ok=True)
+        out.discard()
         raise
     return out
 
@@ -146,15 +142,15 @@ def fetch_verified(
     if manifest.encryption is not None:
         require(identities, manifest.encryption.recipients, f"snapshot {manifest.id}")
     raw = _download_checked(store, manifest, work_dir, record=record)
-    out: Path | None = None
+    out: scratch.Scratch | None = None
     stage = "hash"
     try:
         if manifest.compression != "none" or manifest.encryption is not None:
-            out = _decode(raw, manifest, identities, work_dir)
-            raw.unlink()
+            out = _decode(raw.path, manifest, identities, work_dir)
+            raw.discard()
         else:
             out = raw
-        ok, db_sha = _trailer_ok(out)
+        ok, db_sha = _trailer_ok(out.path)
         if not ok:
             raise IntegrityError(f"snapshot {manifest.id}: etcd's SHA-256 trailer does not match the data")
         if manifest.db_sha256 and db_sha != manifest.db_sha256:
@@ -162,7 +158,7 @@ def fetch_verified(
         hash_check = Check(True, rfc3339(utcnow()), {"sha256": db_sha})
         stage = "structure"
         try:
-            status = bbolt.check(out, size=out.stat().st_size - TRAILER)
+            status = bbolt.check(out.path, size=out.path.stat().st_size - TRAILER)
         except IntegrityError as exc:
             raise IntegrityError(f"snapshot {manifest.id}: {exc}") from None
         expected = manifest.verification.structure.detail
@@ -183,9 +179,9 @@ def fetch_verified(
         )
         return Verified(manifest, out, status, hash_check, structure)
     except BaseException as exc:
-        raw.unlink(missing_ok=True)
+        raw.discard()
         if out is not None:
-            out.unlink(missing_ok=True)
+            out.discard()
         if record and isinstance(exc, IntegrityError):
             record_failure(store, manifest, stage, str(exc))
         raise
@@ -219,17 +215,19 @@ def place(verified: Verified, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(verified.path, dest)
+        verified.file.close()
     except OSError:
-        fd, tmp = _private_temp(str(dest.parent), dest.name)
+        tmp = scratch.create(str(dest.parent), scratch.Kind.DOWNLOAD, dest.name)
         try:
-            with os.fdopen(fd, "wb") as fout, open(verified.path, "rb") as fin:
+            with os.fdopen(os.dup(tmp.fd), "wb") as fout, open(verified.path, "rb") as fin:
                 while chunk := fin.read(_CHUNK):
                     fout.write(chunk)
                 fout.flush()
                 os.fsync(fout.fileno())
-            os.replace(tmp, dest)
+            os.replace(tmp.path, dest)
+            tmp.close()
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            tmp.discard()
             raise
         finally:
             verified.discard()

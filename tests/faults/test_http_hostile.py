@@ -171,7 +171,11 @@ def test_bad_bodies_get_one_line_4xx(daemon: DaemonProcess) -> None:
     healthz_fast(daemon)
 
 
-@pytest.mark.parametrize("token", [None, "", "wrong", TOKEN[:-1], TOKEN + "x", TOKEN.upper()])
+@pytest.mark.parametrize(
+    "token",
+    [None, "", "wrong", TOKEN[:-1], TOKEN + "x", TOKEN.upper()],
+    ids=["none", "empty", "wrong", "one-short", "one-long", "upper-case"],
+)
 def test_wrong_or_missing_token_is_401(daemon: DaemonProcess, token: str | None) -> None:
     status, body = post(daemon, b'{"reason": "x"}', token)
     assert status == 401 and "token" in assert_one_json_line(body)

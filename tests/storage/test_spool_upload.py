@@ -15,7 +15,8 @@ import pytest
 
 from conftest import Bucket
 from etcd_backup.errors import IntegrityError
-from etcd_backup.spool import Spool, remove_abandoned
+from etcd_backup.scratch import sweep
+from etcd_backup.spool import Spool
 from etcd_backup.storage import SnapshotStore
 from etcd_backup.storage.local import LocalStore
 from etcd_backup.storage.s3 import S3Store
@@ -117,16 +118,16 @@ def test_abandoned_spool_of_a_killed_writer_is_removed_and_a_live_one_kept(tmp_p
         an_hour_ago = time.time() - 3600
         for path in (killed, live.path):
             os.utime(path, (an_hour_ago, an_hour_ago))
-        assert remove_abandoned(str(tmp_path)) == [], "a file whose writer is alive was removed"
+        assert sweep(str(tmp_path), fallback_age=86400) == [], "a file whose writer is alive was removed"
     finally:
         writer.kill()
         writer.wait()
-    assert remove_abandoned(str(tmp_path)) == [str(killed)]
+    assert sweep(str(tmp_path), fallback_age=86400) == [str(killed)]
     assert not killed.exists()
     assert live.path.exists(), "this process still writes it"
     # A fresh file without a lock may be a spool between creation and locking: left alone.
-    fresh = tmp_path / ".fresh-0.spool"
+    fresh = tmp_path / ".fresh-spool-0.spool"
     fresh.write_bytes(b"z")
-    assert remove_abandoned(str(tmp_path)) == []
+    assert sweep(str(tmp_path), fallback_age=86400) == []
     live.close()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".fresh-0.spool"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".fresh-spool-0.spool"]

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
-from .. import manifest as manifests
 from ..errors import UsageError
-from ..verify import fetch_verified, place
-from .common import Context, add_output, emit_json
+from .common import Context, Subparsers, add_output, emit_json
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("fetch", help="download and verify a snapshot to a file")
     p.add_argument("snapshot", metavar="ID|latest")
     p.add_argument("--to", required=True, metavar="FILE", help="where to write the snapshot file")
@@ -27,6 +24,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         raise UsageError(f"{dest} exists; choose another --to or pass --force")
     if dest.is_dir():
         raise UsageError(f"{dest} is a directory; --to names the snapshot file to write")
+    from .. import manifest as manifests
+    from ..verify import fetch_verified, place
+
     manifest = manifests.resolve(ctx.store, args.snapshot, ctx.live_cluster_id)
     # Download next to the destination so the final step is a rename.
     verified = fetch_verified(

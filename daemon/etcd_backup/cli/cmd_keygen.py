@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
-from .. import crypto
 from ..errors import UsageError
-from .common import Context, add_output, emit_json
+from .common import Context, Subparsers, add_output, emit_json
 
 # Needs no configuration: it makes the key the configuration will name.
 NEEDS_CONFIG = False
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "keygen",
         help="write a new age identity file (mode 0600) and print its recipient",
@@ -27,6 +25,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    from .. import crypto
+
     try:
         recipient = crypto.write_identity_file(args.out)
     except FileExistsError:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
-from .. import manifest as manifests
-from ..model import Manifest
-from .common import Context, add_output, emit_json, human_size, table
+from .common import Context, Subparsers, add_output, emit_json, human_size, table
+
+if TYPE_CHECKING:
+    from ..model import Manifest
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="snapshots in storage, newest first")
     add_output(p)
     return p
@@ -27,6 +28,8 @@ def verification_label(m: Manifest) -> str:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    from .. import manifest as manifests
+
     listing = manifests.list_snapshots(ctx.store)
     for problem in listing.problems:
         print(f"etcd-backup: warning: {problem.key}: {problem.error}", file=sys.stderr)

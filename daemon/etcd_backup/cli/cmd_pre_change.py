@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING
 
-from ..service.prechange import PreChange, pre_change
-from .cmd_doctor import add_quota
+from .cmd_doctor import add_quota, quota, render_steps
 from .cmd_snapshot import render as render_manifest
-from .common import Context, add_output, emit_json
+from .common import Context, Subparsers, add_output, emit_json
+
+if TYPE_CHECKING:
+    from ..service.prechange import PreChange
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
         "pre-change",
         help="gate before an HA change: health checks, then a pinned, verified snapshot",
@@ -31,7 +33,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    result = pre_change(ctx.config, ctx.store, reason=args.reason, drill=args.drill, quota_bytes=args.quota_bytes)
+    from ..service.prechange import pre_change
+
+    result = pre_change(
+        ctx.config,
+        ctx.store,
+        reason=args.reason,
+        drill=args.drill,
+        quota_bytes=quota(args),
+        config_path=ctx.config_path,
+    )
     if ctx.json:
         emit_json(result.to_dict())
     else:
@@ -46,7 +57,7 @@ def render(r: PreChange) -> str:
         f"  drill     {'passed' if drill and drill.ok else 'not run (add --drill)'}",
         "",
         f"safe to proceed. Pinned snapshot: {r.manifest.id}",
-        "to roll the change back (stop every member first; on each host add --only NAME):",
-        f"  {r.rollback}",
+        "to roll the change back: stop etcd on every member, then run, each on the host it names:",
+        *render_steps(r.rollback),
     ]
     return "\n".join(lines)

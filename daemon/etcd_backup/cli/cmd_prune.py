@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..errors import OperationalError
-from ..model import utcnow
-from ..service.prune import PruneReport, policy_from_config, prune
-from .common import Context, add_output, emit_json
+from .common import Context, Subparsers, add_output, emit_json
+
+if TYPE_CHECKING:
+    from ..service.prune import PruneReport
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "prune",
         help="apply retention now; print what is deleted and why",
@@ -37,6 +38,9 @@ def render(report: PruneReport) -> str:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    from ..model import utcnow
+    from ..service.prune import policy_from_config, prune
+
     cfg = ctx.config
     report = prune(
         ctx.store,

@@ -3,30 +3,26 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
-from ..service.doctor import etcdctl_base
-from ..service.restore import (
-    ClusterRestore,
-    RebuiltMember,
-    Replacement,
-    parse_member,
-    replace_member,
-    restore_cluster,
-    restore_single,
-)
-from .common import Context, add_output, emit_json
+from .common import Context, Subparsers, add_output, emit_json
 
-CLIENT_PLACEHOLDER = "<CLIENT_URLS>"
+if TYPE_CHECKING:
+    from ..runbook import Context as RunbookContext
+    from ..service.rebuild import ClusterRestore, RebuildPlan, RebuiltMember
+    from ..service.replace import Replacement
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
         "restore",
         help="rebuild etcd from a snapshot (single, cluster) or replace a failed member",
         description="single: scenario 3, a one-member cluster whose data dir is lost. "
         "replace-member: scenario 4 with quorum intact. cluster: scenario 4 with quorum lost. "
-        "Snapshots are verified before anything is touched; an existing data dir is never deleted.",
+        "Snapshots are verified before anything is touched; an existing data dir is never deleted, and "
+        "one in use by a running etcd (or belonging to a member that still answers) is never touched. "
+        "`etcd-backup doctor` prints these commands filled in.",
     )
     kinds = p.add_subparsers(dest="restore_kind", metavar="KIND", required=True)
     _add_single(kinds)
@@ -46,7 +42,7 @@ def _snapshot_args(p: argparse.ArgumentParser) -> None:
         "--snapshot",
         required=True,
         metavar="ID|latest",
-        help="snapshot id (see `etcd-backup list`), or latest: the newest verified one",
+        help="snapshot id (see `etcd-backup list`), or latest: the newest verified one of this cluster",
     )
     p.add_argument(
         "--force", action="store_true", help="move a non-empty data dir aside to DIR.bak-<UTC time> instead of refusing"
@@ -61,25 +57,25 @@ def _snapshot_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="raise the restored revision by N (etcdutl 3.5.7+; what Kubernetes needs)",
+        help="raise the restored revision by N (etcdutl 3.5.10+; what Kubernetes needs)",
     )
     p.add_argument(
         "--mark-compacted",
         action="store_true",
-        help="mark the restored revisions compacted, with --bump-revision (etcdutl 3.5.7+)",
+        help="mark the restored revisions compacted, with --bump-revision (etcdutl 3.5.10+)",
     )
 
 
-def _add_single(kinds: Any) -> None:
+def _add_single(kinds: Subparsers) -> None:
     p = kinds.add_parser("single", help="scenario 3: rebuild a one-member cluster's data dir from a snapshot")
     _snapshot_args(p)
     p.add_argument("--name", required=True, help="the member name etcd runs with (--name)")
     p.add_argument("--peer-url", required=True, metavar="URL", help="its peer URL, e.g. http://10.0.0.1:2380")
-    p.add_argument("--data-dir", required=True, metavar="DIR", help="where to build the data dir")
+    p.add_argument("--data-dir", metavar="DIR", help="where to build the data dir (default: restore.data_dir)")
     _common(p)
 
 
-def _add_cluster(kinds: Any) -> None:
+def _add_cluster(kinds: Subparsers) -> None:
     p = kinds.add_parser("cluster", help="scenario 4, quorum lost: rebuild every member from one snapshot")
     _snapshot_args(p)
     p.add_argument(
@@ -92,9 +88,8 @@ def _add_cluster(kinds: Any) -> None:
     )
     p.add_argument(
         "--data-dir",
-        required=True,
         metavar="DIR",
-        help="data dir; must contain {name} when more than one member is rebuilt here",
+        help="data dir (default: restore.data_dir); must contain {name} when more than one member is rebuilt here",
     )
     p.add_argument(
         "--only",
@@ -106,7 +101,7 @@ def _add_cluster(kinds: Any) -> None:
     _common(p)
 
 
-def _add_replace(kinds: Any) -> None:
+def _add_replace(kinds: Subparsers) -> None:
     p = kinds.add_parser("replace-member", help="scenario 4, quorum intact: remove a failed member, add a fresh one")
     p.add_argument("--failed", required=True, metavar="NAME|ID", help="the failed member (name or hex id)")
     p.add_argument("--name", required=True, metavar="NEW_NAME", help="name of the new member")
@@ -114,17 +109,10 @@ def _add_replace(kinds: Any) -> None:
     p.add_argument(
         "--data-dir",
         metavar="DIR",
-        help="the new member's data dir, checked to be empty (default: NEW_NAME.etcd in etcd's "
-        "working directory, as etcd itself does)",
+        help="the new member's data dir on this host, checked to be empty (default: restore.data_dir)",
     )
     p.add_argument(
         "--force", action="store_true", help="replace a member that still answers; move a non-empty --data-dir aside"
-    )
-    p.add_argument(
-        "--cluster-token",
-        default="etcd-cluster",
-        metavar="TOKEN",
-        help="printed in the flags; a member joining an existing cluster does not use it",
     )
     _common(p)
 
@@ -132,70 +120,67 @@ def _add_replace(kinds: Any) -> None:
 def run(args: argparse.Namespace, ctx: Context) -> int:
     if args.restore_kind == "replace-member":
         return _run_replace(args, ctx)
-    common = {
+    from ..members import parse_member
+    from ..service import rebuild
+
+    common: dict[str, Any] = {
         "snapshot": args.snapshot,
+        "data_dir": args.data_dir,
         "force": args.force,
         "token": args.cluster_token,
         "bump_revision": args.bump_revision,
         "mark_compacted": args.mark_compacted,
+        "live_cluster": ctx.live_cluster_id,
+        "config_path": ctx.config_path,
     }
+    plan: RebuildPlan
     if args.restore_kind == "single":
-        result = restore_single(
-            ctx.config, ctx.store, name=args.name, peer_url=args.peer_url, data_dir=args.data_dir, **common
-        )
+        plan = rebuild.prepare_single(ctx.config, ctx.store, name=args.name, peer_url=args.peer_url, **common)
     else:
         members = [parse_member(text) for text in args.member]
-        result = restore_cluster(
-            ctx.config, ctx.store, members=members, data_dir=args.data_dir, only=args.only, **common
-        )
+        plan = rebuild.prepare(ctx.config, ctx.store, members=members, only=args.only, **common)
+    for notice in plan.notices:
+        print(f"etcd-backup: note: {notice}", file=sys.stderr, flush=True)
+    result = rebuild.execute(ctx.config, ctx.store, plan)
     if ctx.json:
         doc = result.to_dict()
         if args.restore_kind == "single":
             doc = {**doc, **result.rebuilt[0].to_dict()}
         emit_json(doc)
     else:
-        print(render_restore(result, bumped=bool(args.bump_revision)))
+        print(render_restore(result))
     return 0
 
 
 def _run_replace(args: argparse.Namespace, ctx: Context) -> int:
+    from ..service.replace import replace_member
+
     result = replace_member(
-        ctx.config,
-        failed=args.failed,
-        name=args.name,
-        peer_url=args.peer_url,
-        data_dir=args.data_dir,
-        force=args.force,
-        token=args.cluster_token,
-        open_store=lambda: ctx.store,
+        ctx.config, failed=args.failed, name=args.name, peer_url=args.peer_url, data_dir=args.data_dir, force=args.force
     )
     if ctx.json:
         emit_json(result.to_dict())
     else:
-        print(render_replacement(result, ctx))
+        print(render_replacement(result, ctx.runbook))
     return 0
-
-
-def etcd_command(flags: tuple[str, ...], client_urls: str = CLIENT_PLACEHOLDER) -> str:
-    lines = ["etcd", *flags, f"--listen-client-urls={client_urls}", f"--advertise-client-urls={client_urls}"]
-    return " \\\n      ".join(lines)
 
 
 def _member_block(r: RebuiltMember) -> list[str]:
     moved = f" (its previous contents were moved to {r.moved_aside})" if r.moved_aside else ""
     return [
         f"member {r.name}: data dir {r.data_dir} restored{moved}",
-        f"  on {r.name}'s host start etcd with these flags, plus your own client URLs, TLS and tuning flags:",
-        f"    {etcd_command(r.etcd_flags)}",
+        f"  on {r.name}'s host start etcd with these flags (as a service, or in the background), plus your own "
+        "TLS and tuning flags:",
+        f"    {r.start_command}",
         "",
     ]
 
 
-def render_restore(r: ClusterRestore, bumped: bool) -> str:
+def render_restore(r: ClusterRestore) -> str:
     m = r.manifest
     lines = [
-        f"snapshot {m.id} verified (revision {m.revision}, {m.keys} keys) and restored with {r.tool}",
-        f"cluster token {r.cluster_token}; initial cluster {r.initial_cluster}",
+        f"snapshot {m.id} verified (revision {m.revision}, {m.keys} keys) and restored with {r.plan.tool.describe()}",
+        f"cluster token {r.plan.token}; initial cluster {r.initial_cluster}",
         "",
     ]
     for member in r.rebuilt:
@@ -205,45 +190,43 @@ def render_restore(r: ClusterRestore, bumped: bool) -> str:
         lines.append("rebuild the other members on their own hosts with the same snapshot id:")
         lines += [f"  {o.name}: {r.command_for(o.name)}" for o in others]
         lines.append("")
+    from ..runbook import AFTER_RESTORE
+    from ..service.rebuild import client_urls_or_placeholder
+
+    ctx = r.plan.ctx
+    endpoints = client_urls_or_placeholder(r.rebuilt)
     lines += [
         "then:",
         "  start every member; the cluster forms once a majority of them runs"
-        if len(r.members) > 1
+        if len(r.plan.members) > 1
         else "  start etcd",
-        f"  check: etcdctl --endpoints={CLIENT_PLACEHOLDER} endpoint health --cluster",
-        f"         etcdctl --endpoints={CLIENT_PLACEHOLDER} member list -w table",
-        "         etcd-backup doctor",
-        "  once healthy, take a fresh snapshot: etcd-backup snapshot --reason after-restore",
+        f"  check: {ctx.etcdctl(endpoints, 'endpoint', 'health', '--cluster')}",
+        f"         {ctx.etcdctl(endpoints, 'member', 'list', '-w', 'table')}",
+        f"         {ctx.etcd_backup('doctor')}",
+        f"  once healthy, take a fresh snapshot: {ctx.etcd_backup('snapshot', '--reason', AFTER_RESTORE)}",
     ]
-    if not bumped:
-        lines.append(
-            "  Kubernetes: restart kube-apiserver (its watch caches are ahead of the restored "
-            "revision); with etcdutl 3.5.7+ restore with --bump-revision 1000000000 "
-            "--mark-compacted"
-        )
     return "\n".join(lines)
 
 
-def render_replacement(r: Replacement, ctx: Context) -> str:
+def render_replacement(r: Replacement, ctx: RunbookContext) -> str:
     removed = (
         f"removed member {r.removed_name} ({r.removed_id})"
         if r.removed_id
         else f"member {r.removed_name} was removed already"
     )
-    endpoints = list(r.client_urls) or [CLIENT_PLACEHOLDER]
-    check = " ".join(etcdctl_base(ctx.config.etcd, endpoints))
+    endpoints = list(r.cluster_client_urls)
     lines = [
         f"{removed}; added member {r.name} ({r.added_id}, {r.peer_url}). etcd's member list now:",
         *(f"  {m.name or '(not started yet)':<20} {m.id:x}  {','.join(m.peer_urls)}" for m in r.member_list),
         "",
-        f"on {r.name}'s host start etcd with an EMPTY data dir and these flags, plus your own client URLs, "
-        "TLS and tuning flags:",
-        f"    {etcd_command(r.etcd_flags)}",
+        f"on {r.name}'s host start etcd with an EMPTY data dir and these flags (as a service, or in the "
+        "background), plus your own TLS and tuning flags:",
+        f"    {r.start_command}",
         "",
         "start it soon: until it runs, the cluster counts a member that is not there.",
-        f"check: {check} endpoint health --cluster",
-        f"       {check} member list -w table",
-        "       etcd-backup doctor",
+        f"check: {ctx.etcdctl(endpoints, 'endpoint', 'health', '--cluster')}",
+        f"       {ctx.etcdctl(endpoints, 'member', 'list', '-w', 'table')}",
+        f"       {ctx.etcd_backup('doctor')}",
     ]
     if r.moved_aside:
         lines.insert(1, f"(the previous contents of {r.data_dir} were moved to {r.moved_aside})")

@@ -5,22 +5,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING
 
-import structlog
-
-from .. import config, httpapi
-from ..config import ServerConfig
 from ..errors import ConfigError
-from ..scheduler import Daemon, StopSignals, sd_notify
-from .common import Context, add_output
+from .common import Context, Subparsers, add_output
 
-log = structlog.get_logger(__name__)
+if TYPE_CHECKING:
+    from ..config import ServerConfig
 
 STOP_BUDGET = 12.0  # seconds for jobs to wind down; the whole stop stays under 15 s
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run",
         help="the daemon: scheduled snapshots, retention, restore drills, HTTP endpoints",
@@ -35,6 +31,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def server_token(server: ServerConfig) -> str | None:
     """The POST token; refuses a non-loopback listen address without one."""
+    from .. import config
+
     token = config.token(server)
     if token is None and not server.is_loopback():
         raise ConfigError(
@@ -47,6 +45,14 @@ def server_token(server: ServerConfig) -> str | None:
 def run(args: argparse.Namespace, ctx: Context) -> int:
     cfg = ctx.config
     token = server_token(cfg.server)
+    import structlog
+
+    from .. import httpapi
+    from ..daemon import Daemon
+    from ..process import StopSignals
+    from ..systemd import sd_notify
+
+    log = structlog.get_logger(__name__)
     signals = StopSignals()
     signals.install()
     daemon = Daemon(cfg, ctx.store)

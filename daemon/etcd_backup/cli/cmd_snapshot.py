@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING
 
-from ..model import Manifest
-from ..service.backup import take_snapshot
-from .common import Context, add_output, emit_json, human_size
+from .common import Context, Subparsers, add_output, emit_json, human_size
+
+if TYPE_CHECKING:
+    from ..model import Manifest
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("snapshot", help="take one snapshot now, verify and upload it")
     p.add_argument("--reason", default="manual", help="recorded in the manifest (default: manual)")
     p.add_argument("--pin", action="store_true", help="keep it for retention.keep_pinned_for")
@@ -33,6 +34,8 @@ def render(m: Manifest) -> str:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    from ..service.backup import take_snapshot
+
     manifest = take_snapshot(ctx.config, ctx.store, reason=args.reason, pinned=args.pin)
     if ctx.json:
         emit_json(manifest.to_dict())

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .. import manifest as manifests
-from ..model import Manifest
-from ..verify import check_stored, verify_stored
-from .common import Context, add_output, emit_json
+from .common import Context, Subparsers, add_output, emit_json
+
+if TYPE_CHECKING:
+    from ..model import Manifest
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="re-download a stored snapshot and check it")
     p.add_argument("snapshot", metavar="ID|latest")
     p.add_argument("--drill", action="store_true", help="also restore it into a scratch etcd")
@@ -20,6 +20,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    from .. import manifest as manifests
+    from ..verify import verify_stored
+
     cfg = ctx.config
     manifest = manifests.resolve(ctx.store, args.snapshot, ctx.live_cluster_id)
     identities = cfg.encryption.identities()
@@ -33,15 +36,14 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         "structure": verified.structure_check.to_dict(),
         "drill": None,
     }
+    outcome = None
     try:
         if args.drill:
-            from ..service.drill import drill_verified
+            from ..service.drill import drill_and_record
 
-            check = drill_verified(cfg, verified)
-            # The manifest records the newest drill: it is what `list` and retention read.
-            manifests.write(ctx.store, manifest.with_drill(check))
-            result["drill"] = check.to_dict()
-            result["ok"] = check.ok
+            outcome = drill_and_record(cfg, ctx.store, manifest, verified=verified)
+            result["drill"] = outcome.check.to_dict()
+            result["ok"] = outcome.check.ok
     finally:
         verified.discard()
     if ctx.json:
@@ -51,14 +53,19 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             f"snapshot {manifest.id}: hash ok, structure ok (revision {verified.status.revision}, "
             f"{verified.status.total_key} bolt entries)"
         )
-        if result["drill"] is not None:
-            d = result["drill"]
-            print(f"drill: {'ok' if d['ok'] else 'FAILED'} {d.get('error') or ''}".rstrip())
-    return 0 if result["ok"] else 3
+        if outcome is not None:
+            print(f"drill: {'ok' if outcome.check.ok else 'FAILED'} {outcome.check.error or ''}".rstrip())
+    if outcome is not None:
+        from ..service.drill import require_passed
+
+        require_passed(outcome, "do not rely on it for a restore")
+    return 0
 
 
 def _verify_without_identity(ctx: Context, manifest: Manifest) -> int:
     """A write-only host (recipients, no identity): prove what it can, the stored bytes."""
+    from ..verify import check_stored
+
     check = check_stored(ctx.store, manifest, ctx.config.storage.spool_dir)
     note = "structure not checked: the snapshot is encrypted and reading it needs encryption.identity_file"
     if ctx.json:

@@ -7,11 +7,16 @@ import json
 import os
 import sys
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-from .. import config, logsetup
-from ..config import Config
-from ..storage import SnapshotStore, open_store
+# Heavy modules load inside the commands that need them: `--help` and `list` start fast.
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..runbook import Context as RunbookContext
+    from ..storage import SnapshotStore
+
+# What each command's add_parser gets from main (subscriptable for the type checker only).
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def add_output(p: argparse.ArgumentParser) -> None:
@@ -30,6 +35,8 @@ class Context:
 
     @cached_property
     def config(self) -> Config:
+        from .. import config, logsetup
+
         cfg = config.load(getattr(self.args, "config", None))
         logsetup.register_secrets(
             [
@@ -50,6 +57,8 @@ class Context:
 
     @cached_property
     def store(self) -> SnapshotStore:
+        from ..storage import open_store
+
         storage = self.config.storage
         if storage.insecure_skip_tls_verify and storage.scheme == "s3" and self.args.command != "run":
             # One-shot commands log nothing by default; this must be seen all the same.
@@ -58,6 +67,17 @@ class Context:
                 file=sys.stderr,
             )
         return open_store(storage)
+
+    @property
+    def config_path(self) -> str | None:
+        """The --config given on the command line: printed commands repeat it."""
+        return getattr(self.args, "config", None)
+
+    @property
+    def runbook(self) -> RunbookContext:
+        from ..runbook import Context as RunbookContext
+
+        return RunbookContext(self.config.etcd, self.config.restore.data_dir, self.config_path)
 
     def live_cluster_id(self) -> str | None:
         """The cluster id the configured etcd endpoints agree on (None if none answers): asked only

@@ -12,8 +12,9 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from .. import __version__, config, logsetup
+from .. import __version__
 from ..errors import ConfigError, EtcdBackupError, UsageError
 from . import (
     cmd_doctor,
@@ -29,6 +30,9 @@ from . import (
 )
 from .common import Context
 
+if TYPE_CHECKING:
+    from ..config import Config
+
 COMMANDS = [
     cmd_run,
     cmd_snapshot,
@@ -41,6 +45,11 @@ COMMANDS = [
     cmd_restore,
     cmd_keygen,
 ]
+
+OUTAGE = """in an outage, start with `etcd-backup doctor`: it names the failure scenario (member down,
+quorum lost, single member down, member added but never started) and prints the exact commands
+to run, in order, with the real member names, URLs, data dirs and snapshot id filled in.
+"""
 
 EPILOG = """exit codes:
   0    success
@@ -61,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="etcd-backup",
         description="Snapshot etcd to S3 or a directory, prove the snapshots restorable, and restore.",
-        epilog=EPILOG,
+        epilog=OUTAGE + "\n" + EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -75,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     for module in COMMANDS:
         p = module.add_parser(sub)
         p.formatter_class = argparse.RawDescriptionHelpFormatter
-        p.epilog = EPILOG
+        if p.epilog is None:  # a command with exit codes of its own (doctor) sets them itself
+            p.epilog = EPILOG
         # Also accepted after the command, where operators tend to type them.
         p.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -105,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(args, "command", None):
             raise UsageError("etcd-backup: a command is required (see --help)")
         ctx = Context(args)
+        from .. import logsetup
+
         if args.needs_config:
             cfg = ctx.config
             logsetup.configure(cfg.log.format, _log_level(args, cfg))
@@ -123,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(exc, 1, debug, unexpected=True)
 
 
-def _log_level(args: argparse.Namespace, cfg: config.Config) -> str:
+def _log_level(args: argparse.Namespace, cfg: Config) -> str:
     """The daemon logs at the configured level. One-shot commands stay quiet unless asked
     (--debug, or log.level set explicitly): their result goes to stdout and a failure is the
     one error line on stderr, which is what scripts and operators at a prompt rely on."""
@@ -142,7 +154,9 @@ def _fail(exc: BaseException, code: int, debug: bool, unexpected: bool = False) 
         text = f"internal error: {type(exc).__name__}: {text} (run with --debug for details)"
     label = "configuration error" if isinstance(exc, ConfigError) and "configuration" not in text else None
     prefix = f"etcd-backup: {label}: " if label else "etcd-backup: error: "
-    print(prefix + logsetup.scrub(text), file=sys.stderr)
+    from ..logsetup import scrub
+
+    print(prefix + scrub(text), file=sys.stderr)
     return code
 
 
@@ -150,4 +164,4 @@ def entrypoint() -> None:
     sys.exit(main())
 
 
-__all__ = ["build_parser", "config", "entrypoint", "main"]
+__all__ = ["build_parser", "entrypoint", "main"]

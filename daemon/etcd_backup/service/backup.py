@@ -18,20 +18,16 @@ from typing import Any
 
 import structlog
 
-from .. import __version__, bbolt, codec
+from .. import __version__, bbolt, codec, scratch
 from .. import manifest as manifests
 from ..config import Config
-from ..errors import EtcdBackupError, EtcdUnavailable, IntegrityError, OperationalError
+from ..errors import Cancelled, EtcdBackupError, EtcdUnavailable, IntegrityError
 from ..etcdclient import Member, MemberStatus, connect_healthy, hexid
-from ..model import TRAILER, Check, Manifest, Verification, new_snapshot_id, rfc3339, utcnow
-from ..spool import Spool, remove_abandoned
+from ..model import TRAILER, Check, ClusterMember, Manifest, Verification, new_snapshot_id, rfc3339, utcnow
+from ..spool import Spool
 from ..storage import SnapshotStore
 
 log = structlog.get_logger(__name__)
-
-
-class Cancelled(OperationalError):
-    pass
 
 
 @dataclass
@@ -176,9 +172,7 @@ def snapshot_member(
     bound = log.bind(snapshot=snapshot_id, endpoint=conn.endpoint, backend=store.description)
     bound.info("snapshot started", stage="stream", reason=reason)
     spool_dir = cfg.storage.spool_dir or getattr(store, "spool_dir", None)
-    leftovers = remove_abandoned(spool_dir)
-    if leftovers:
-        bound.info("abandoned spool files removed", paths=leftovers)
+    scratch.sweep(spool_dir, cfg.retention.debris_age)
     # The spool file that becomes the stored object (file:// links it) is written back early.
     links = getattr(store, "links_spool", False)
     spool = Spool(spool_dir, snapshot_id, durable=links and not form.transformed)
@@ -209,6 +203,7 @@ def snapshot_member(
         hash_check = Check(True, rfc3339(utcnow()), {"sha256": stream.db_sha256})
         bolt_status, structure = structure_check(str(spool.path), db_size)
         keys = _count_keys(conn, bolt_status.revision)
+        cluster = _member_list(conn)
         if cancel is not None and cancel.is_set():
             raise Cancelled("snapshot cancelled (shutting down)")
         spool.release()
@@ -243,6 +238,7 @@ def snapshot_member(
             duration_seconds=round(time.monotonic() - started, 3),
             tool_version=__version__,
             db_sha256=stream.db_sha256,
+            members=cluster,
         )
         try:
             manifests.write(store, manifest)
@@ -276,6 +272,19 @@ def _count_keys(conn: Member, revision: int) -> int:
         # Compacted past the snapshot already (rare): the live count is the closest we have.
         log.warning("key count at snapshot revision failed; using current count", error=str(exc))
         return conn.count_keys(0)
+
+
+def _member_list(conn: Member) -> tuple[ClusterMember, ...]:
+    """Recorded so that a restore and doctor know names and URLs when no member answers."""
+    try:
+        infos = conn.members()
+    except EtcdUnavailable as exc:
+        log.warning("member list not recorded in the manifest", error=str(exc))
+        return ()
+    return tuple(
+        ClusterMember(hexid(m.id), m.name, m.peer_urls, m.client_urls, m.is_learner)
+        for m in sorted(infos, key=lambda m: (m.name, m.id))
+    )
 
 
 def _delete_quietly(store: SnapshotStore, key: str) -> None:

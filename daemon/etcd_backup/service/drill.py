@@ -1,25 +1,29 @@
 """Restore drill: prove a stored snapshot restores by actually restoring it and serving it.
 
 The snapshot is restored with etcd's own tool into a scratch dir, a throwaway member is started
-on free loopback ports, and it must serve the manifest's revision and key count.
+on free loopback ports, and it must serve the manifest's revision and key count. The outcome is
+recorded in the manifest (`verification.drill`): what `list`, retention and the metrics read.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
+import threading
 import time
-from pathlib import Path
+from dataclasses import dataclass
 
 import structlog
 
+from .. import manifest as manifests
+from .. import scratch
 from ..config import Config, EtcdConfig
-from ..errors import EtcdBackupError
+from ..errors import DrillFailed, EtcdBackupError, IntegrityError, UsageError
 from ..etcdclient import Member
 from ..etcdproc import LOOPBACK, find_binary, free_port, start_member, wait_healthy
 from ..etcdtools import find_restore_tool, restore_data_dir
-from ..model import Check, rfc3339, utcnow
-from ..verify import Verified
+from ..manifest import Listing
+from ..model import Check, Manifest, rfc3339, utcnow
+from ..storage import SnapshotStore
+from ..verify import Verified, fetch_verified
 
 log = structlog.get_logger(__name__)
 
@@ -34,7 +38,8 @@ def drill_verified(cfg: Config, verified: Verified, timeout: float = 120.0) -> C
     manifest = verified.manifest
     tool = find_restore_tool(cfg.tools.etcdutl or None)
     etcd = find_binary("etcd", cfg.tools.etcd or None)
-    work = Path(tempfile.mkdtemp(prefix=f"etcd-backup-drill-{manifest.id}-", dir=cfg.storage.spool_dir))
+    workspace = scratch.create(cfg.storage.spool_dir, scratch.Kind.DRILL, manifest.id)
+    work = workspace.path
     detail: dict[str, object] = {"tool": tool.describe()}
     client_url = f"http://{LOOPBACK}:{free_port()}"
     peer_url = f"http://{LOOPBACK}:{free_port()}"
@@ -72,7 +77,7 @@ def drill_verified(cfg: Config, verified: Verified, timeout: float = 120.0) -> C
             problems.append(f"serves {keys} keys, manifest says {manifest.keys}")
         detail["seconds"] = round(time.monotonic() - started, 3)
         if problems:
-            raise _DrillMismatch("restored member " + "; ".join(problems))
+            raise DrillFailed("restored member " + "; ".join(problems))
         log.info("restore drill passed", snapshot=manifest.id, revision=revision, keys=keys, seconds=detail["seconds"])
         return Check(True, rfc3339(utcnow()), detail)
     except EtcdBackupError as exc:
@@ -82,8 +87,81 @@ def drill_verified(cfg: Config, verified: Verified, timeout: float = 120.0) -> C
     finally:
         if proc is not None:
             proc.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        workspace.discard()
 
 
-class _DrillMismatch(EtcdBackupError):
-    exit_code = 3
+@dataclass(frozen=True, slots=True)
+class DrillOutcome:
+    manifest: Manifest  # as recorded (with the drill) when `recorded`
+    check: Check
+    recorded: bool
+
+
+def drill_and_record(
+    cfg: Config,
+    store: SnapshotStore,
+    target: Manifest,
+    *,
+    verified: Verified | None = None,
+    cancel: threading.Event | None = None,
+) -> DrillOutcome:
+    """Download `target` from storage (unless `verified` is that download already), restore it
+    into a scratch member, and record the result in its manifest.
+
+    A snapshot that fails its download checks is recorded as a failed drill. Storage or tool
+    trouble raises (nothing recorded: the snapshot was not at fault). A drill interrupted by
+    `cancel` is not recorded, nor is one of a snapshot deleted meanwhile (never resurrected).
+    """
+    if verified is None:
+        try:
+            verified = fetch_verified(store, target, cfg.storage.spool_dir, identities=cfg.encryption.identities())
+        except IntegrityError as exc:
+            check = Check(False, rfc3339(utcnow()), {"stage": "download"}, error=str(exc))
+            return _record(store, target, check, cancel)
+        try:
+            check = drill_verified(cfg, verified)
+        finally:
+            verified.discard()
+    else:
+        check = drill_verified(cfg, verified)
+    return _record(store, target, check, cancel)
+
+
+def _record(store: SnapshotStore, target: Manifest, check: Check, cancel: threading.Event | None) -> DrillOutcome:
+    if cancel is not None and cancel.is_set():
+        return DrillOutcome(target, check, recorded=False)
+    try:
+        manifests.read(store, target.id)
+    except (UsageError, IntegrityError):
+        log.warning("drilled snapshot disappeared; result not recorded", snapshot=target.id)
+        return DrillOutcome(target, check, recorded=False)
+    updated = target.with_drill(check)
+    manifests.write(store, updated)
+    return DrillOutcome(updated, check, recorded=True)
+
+
+def drill_target(listing: Listing) -> Manifest | None:
+    """The newest snapshot whose hash and structure checks passed.
+
+    A snapshot whose own drill failed stays the target until a newer one exists: the alert stays
+    red while the newest backup is the broken one.
+    """
+    for m in listing.manifests:
+        if m.verification.hash.ok and m.verification.structure.ok:
+            return m
+    return None
+
+
+def needs_identity(cfg: Config, target: Manifest) -> bool:
+    """A write-only host (recipients, no identity) cannot drill an encrypted snapshot: it skips the
+    drill rather than failing it. A configured identity that does not open it is a failure."""
+    return target.encryption is not None and cfg.encryption.identity_file is None
+
+
+def require_passed(outcome: DrillOutcome, consequence: str) -> Manifest:
+    """The drilled manifest, or DrillFailed naming what not to do."""
+    if not outcome.check.ok:
+        raise DrillFailed(
+            f"snapshot {outcome.manifest.id} did not pass its restore drill: {outcome.check.error}; {consequence}"
+        )
+    return outcome.manifest

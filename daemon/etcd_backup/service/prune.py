@@ -7,12 +7,8 @@ never listed as a backup (its data object becomes an orphan, removed as debris l
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -21,9 +17,8 @@ from .. import manifest as manifests
 from ..config import RetentionConfig
 from ..errors import EtcdBackupError
 from ..manifest import Listing, Problem
-from ..model import id_time, rfc3339
+from ..model import id_time
 from ..retention import Decision, Policy, apply_policy
-from ..spool import remove_abandoned
 from ..storage import Debris, ObjectInfo, SnapshotStore
 
 log = structlog.get_logger(__name__)
@@ -182,31 +177,3 @@ def _age(key: str, stamp: datetime, now: datetime) -> float:
 
 
 _PARTIAL_PREFIX = ".partial-"  # file:// partial objects: .partial-<id>.db.<random>
-_LOCAL_PATTERNS = (".*.spool", ".*-download-*.part", ".*-db-*.part", "etcd-backup-drill-*")
-
-
-def clean_local_debris(directory: str | None, max_age: float, now: datetime | None = None) -> list[str]:
-    """What a killed run left in the spool directory: abandoned spool files at once, download
-    files and drill dirs once older than `max_age`."""
-    root = Path(directory or tempfile.gettempdir())
-    now_ts = (now or datetime.now(UTC)).timestamp()
-    removed = remove_abandoned(directory)  # whatever their age
-    for pattern in _LOCAL_PATTERNS:
-        for path in root.glob(pattern):
-            try:
-                if now_ts - path.lstat().st_mtime <= max_age:
-                    continue
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    os.unlink(path)
-                removed.append(str(path))
-            except OSError:
-                continue
-    if removed:
-        log.info(
-            "local debris removed",
-            paths=removed,
-            before=rfc3339(datetime.fromtimestamp(now_ts - max_age, UTC)),
-        )
-    return removed

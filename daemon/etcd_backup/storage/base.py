@@ -59,7 +59,7 @@ def put_bytes(store: SnapshotStore, key: str, data: bytes) -> ObjectInfo:
 def get_bytes(store: SnapshotStore, key: str, limit: int = 16 * 1024 * 1024) -> bytes:
     """Small objects only (manifests): refuse to buffer more than `limit` bytes."""
     buf = _LimitedBuffer(limit)
-    store.get(key, buf)  # type: ignore[arg-type]
+    store.get(key, buf)
     return buf.getvalue()
 
 

@@ -6,7 +6,6 @@ import builtins
 import hashlib
 import os
 import secrets
-import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -155,10 +154,6 @@ class LocalStore:
 
     def remove_debris(self, debris: Debris) -> None:
         Path(debris.handle).unlink(missing_ok=True)
-
-    def free_bytes(self) -> int:
-        self._ensure_root()
-        return shutil.disk_usage(self.root).free
 
 
 def _raise(exc: OSError) -> None:

@@ -1,0 +1,165 @@
+"""What `doctor` tells the operator to do in each scenario: the next command, why, and the whole
+runbook. Pure: it gets the assessment and the newest backup and returns text and steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .assessment import MemberHealth, Quorum, Scenario
+from .model import Manifest
+from .runbook import (
+    AFTER_RESTORE,
+    NAME_PLACEHOLDER,
+    PEER_PLACEHOLDER,
+    SNAPSHOT_PLACEHOLDER,
+    Context,
+    Host,
+    Runbook,
+    Step,
+    StepKind,
+    rebuild,
+    replace,
+)
+
+
+def host_of(m: MemberHealth) -> Host:
+    return Host(m.name or m.id, m.peer_url or PEER_PLACEHOLDER, m.client_urls)
+
+
+def hosts_from_backup(backup: Manifest | None) -> list[Host]:
+    """The voting members as the snapshot recorded them: names and URLs when nothing answers."""
+    if backup is None:
+        return []
+    return [
+        Host(m.name, m.peer_urls[0], m.client_urls) for m in backup.members if m.name and m.peer_urls and not m.learner
+    ]
+
+
+def recommend(
+    ctx: Context,
+    scenario: Scenario,
+    members: Sequence[MemberHealth],
+    q: Quorum,
+    *,
+    backup: Manifest | None,
+    other_clusters: bool,
+    alarms: Sequence[dict[str, str]] | None,
+) -> Runbook:
+    snapshot = backup.id if backup else SNAPSHOT_PLACEHOLDER
+    if scenario is Scenario.SINGLE_MEMBER_DOWN:
+        return _single_down(ctx, snapshot, members, backup)
+    if scenario is Scenario.QUORUM_LOST:
+        return _quorum_lost(ctx, snapshot, members, backup)
+    if scenario is Scenario.UNSTARTED_MEMBER:
+        return _unstarted(ctx, snapshot, members, q)
+    if scenario is Scenario.MEMBER_DOWN:
+        return _member_down(ctx, members)
+    if alarms:
+        reachable = [u for m in members if m.reachable for u in m.client_urls[:1]]
+        cmd = ctx.etcdctl(reachable, "alarm", "disarm")
+        raised = ", ".join(a["alarm"] for a in alarms)
+        return Runbook(
+            cmd,
+            f"Alarm raised ({raised}). For NOSPACE: compact and defragment (or raise --quota-backend-bytes), "
+            "then disarm the alarm.",
+            (Step(cmd, StepKind.DISARM),),
+        )
+    if backup is None:
+        if other_clusters:
+            cmd = ctx.etcd_backup("snapshot", "--reason", AFTER_RESTORE)
+            return Runbook(
+                cmd,
+                "The cluster is healthy, but storage holds no verified snapshot of this cluster yet, only of "
+                "other clusters (e.g. this one before a restore gave it a new cluster id): take one now.",
+                (Step(cmd, StepKind.SNAPSHOT),),
+            )
+        cmd = ctx.etcd_backup("snapshot")
+        return Runbook(
+            cmd, "The cluster is healthy, but storage holds no verified snapshot.", (Step(cmd, StepKind.SNAPSHOT),)
+        )
+    return Runbook(
+        "",
+        "The cluster is healthy. Before a membership change run: " + ctx.etcd_backup("pre-change", "--reason", "TEXT"),
+    )
+
+
+def _runbook(steps: list[Step], explanation: str, stop: Sequence[str] = ()) -> Runbook:
+    return Runbook(steps[0].command if steps else "", explanation, tuple(steps), tuple(stop))
+
+
+def _single_down(ctx: Context, snapshot: str, members: Sequence[MemberHealth], backup: Manifest | None) -> Runbook:
+    known = [host_of(m) for m in members if m.started] or hosts_from_backup(backup)[:1]
+    host = known[0] if known else Host(NAME_PLACEHOLDER, PEER_PLACEHOLDER)
+    if not host.client_urls and len(ctx.etcd.endpoints) == 1:
+        host = Host(host.name, host.peer_url, tuple(ctx.etcd.endpoints))
+    text = (
+        "The only member does not answer. If etcd merely stopped and its data dir survives, start it again: "
+        "nothing is lost, and the restore below refuses to touch that data dir. If the host or its data dir "
+        "is lost, rebuild it from the newest verified snapshot (scenario 3), then start etcd as shown."
+    )
+    if not known:
+        text += " No member answered and no snapshot recorded the member, so its name and peer URL are placeholders."
+    # No --force: an intact data dir must not be moved aside by a copied command.
+    return _runbook(rebuild(ctx, snapshot, [host], force=False), text)
+
+
+def _quorum_lost(ctx: Context, snapshot: str, members: Sequence[MemberHealth], backup: Manifest | None) -> Runbook:
+    voting = [m for m in members if m.started and not m.learner]
+    hosts = [host_of(m) for m in voting] or hosts_from_backup(backup)
+    if not hosts:
+        hosts = [Host(f"{NAME_PLACEHOLDER}{i}", f"{PEER_PLACEHOLDER}{i}") for i in (1, 2, 3)]
+    alive = [m.name for m in voting if m.reachable]
+    text = (
+        "Quorum is lost: a majority of the voting members does not answer"
+        + (f" (still answering: {', '.join(alive)})" if alive else "")
+        + ". If the missing members can be started again with their data dirs, do that first: quorum returns "
+        "by itself and nothing is lost. If two or more are lost for good, rebuild every member from one "
+        "snapshot as a new cluster (scenario 4): "
+        + (f"stop etcd on {', '.join(alive)} first, then " if alive else "")
+        + "run each step on the host it names (--force moves an old data dir aside, never deletes it), "
+        "and start every member."
+    )
+    if not members and not backup:
+        text += " No member answered, so the member names and peer URLs are placeholders."
+    return _runbook(rebuild(ctx, snapshot, hosts, force=True), text, alive)
+
+
+def _member_down(ctx: Context, members: Sequence[MemberHealth]) -> Runbook:
+    down = [m for m in members if m.started and not m.reachable]
+    after = [host_of(m) for m in members]
+    steps: list[Step] = []
+    for m in down:
+        steps += replace(ctx, m.name or m.id, host_of(m), after)
+    names = ", ".join(m.label for m in down)
+    return _runbook(
+        steps,
+        f"Quorum holds, but {names} does not answer. If it will come back with its data dir, restart it. If "
+        "it is lost, replace it on its (new) host: remove it and add a fresh member with the same name and peer "
+        "URL (or pass other ones), then start it with an empty data dir as shown. Replace one member at a time.",
+    )
+
+
+def _unstarted(ctx: Context, snapshot: str, members: Sequence[MemberHealth], q: Quorum) -> Runbook:
+    unstarted = [m for m in members if not m.started]
+    started = [m for m in members if m.started]
+    who = ", ".join(f"{m.id} ({', '.join(m.peer_urls)})" for m in unstarted)
+    if q.held:
+        endpoints = [u for m in started if m.reachable for u in m.client_urls[:1]]
+        steps = [Step(ctx.etcdctl(endpoints, "member", "remove", m.id), StepKind.REMOVE) for m in unstarted]
+        return _runbook(
+            steps,
+            f"Member {who} was added but never started (scenario 2: it crashed before joining). The cluster is "
+            "one failure closer to losing quorum. Remove it, then retry the change (etcd-backup pre-change "
+            "first), or start it now with --initial-cluster-state=existing.",
+        )
+    hosts = [host_of(m) for m in started if not m.learner]
+    alive = [m.name for m in started if m.reachable]
+    return _runbook(
+        rebuild(ctx, snapshot, hosts, force=True),
+        f"Member {who} was added but never started, and without it there is no quorum, so it cannot be "
+        "removed (scenario 2). Either start the added member now with --initial-cluster-state=existing, or "
+        "roll back: stop etcd on " + ", ".join(alive or ["every member"]) + " and rebuild the original members "
+        "from the snapshot taken before the change (pre-change), as the steps show.",
+        alive,
+    )

@@ -1,0 +1,131 @@
+"""The running daemon as one object: which jobs exist and how they hang together (snapshots,
+retention, drills, the member watch, the health check), and what the HTTP endpoints ask of it.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from . import __version__, scratch
+from .config import Config
+from .leadership import Leadership
+from .manifest import CachedListing
+from .metrics import Metrics
+from .model import Manifest
+from .scheduler import Scheduler, first_drill
+from .service.cycle import SnapshotRuns
+from .service.health import HealthWatch
+from .service.memberwatch import MemberWatch
+from .service.upkeep import Upkeep
+from .storage import SnapshotStore
+from .systemd import sd_notify, watchdog_interval
+
+log = structlog.get_logger(__name__)
+
+MEMBER_POLL_SECONDS = 5.0
+MEMBER_CHANGE_DELAY = 1.0  # seconds between noticing a member-list change and its snapshot
+HTTP_SNAPSHOT_WAIT = 120.0  # how long a POST waits for a running snapshot before answering 409
+
+
+class Daemon:
+    def __init__(self, cfg: Config, store: SnapshotStore, metrics: Metrics | None = None) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.metrics = metrics or Metrics()
+        self.period = cfg.schedule.period()
+        self.stopping = threading.Event()
+        self.metrics.info.info({"version": __version__, "mode": cfg.schedule.mode, "storage": store.description})
+        self.metrics.configured(period=self.period, drill_interval=cfg.verify.restore_drill)
+        self.listing = CachedListing(store)
+        self.leadership = Leadership(cfg, self.metrics)
+        self.health = HealthWatch(cfg, self.listing, self.metrics, self.leadership, self.period)
+        snapshot_lock = threading.Lock()
+        self.upkeep = Upkeep(
+            cfg,
+            store,
+            listing=self.listing,
+            metrics=self.metrics,
+            leadership=self.leadership,
+            stopping=self.stopping,
+            snapshot_lock=snapshot_lock,
+        )
+        self.runs = SnapshotRuns(
+            cfg,
+            store,
+            metrics=self.metrics,
+            health=self.health,
+            leadership=self.leadership,
+            stopping=self.stopping,
+            lock=snapshot_lock,
+            period=self.period,
+        )
+        self.members = MemberWatch(cfg, on_change=self._member_changed)
+        self.scheduler = Scheduler(self.period, self.stopping)
+
+    def start(self) -> None:
+        # Snapshots spool beside a file:// store unless storage.spool_dir is set; downloads and
+        # drills use spool_dir or the temp dir. A killed run may have left files in either.
+        spool_dirs = {self.cfg.storage.spool_dir, getattr(self.store, "spool_dir", None) or None}
+        for directory in spool_dirs:
+            scratch.sweep(directory, self.cfg.retention.debris_age)
+        self.health.refresh()
+        self._schedule()
+        self.scheduler.start()
+        log.info(
+            "daemon started",
+            mode=self.cfg.schedule.mode,
+            period_seconds=self.period,
+            storage=self.store.description,
+            endpoints=self.cfg.etcd.endpoints,
+        )
+
+    def _schedule(self) -> None:
+        now = datetime.now(UTC)
+        s = self.scheduler
+        newest = self.health.newest_success
+        due = now if not newest else max(now, datetime.fromtimestamp(newest + self.period, UTC))
+        s.snapshots(self.cfg.schedule, lambda: self._scheduled("schedule"), due=due, now=now)
+        s.every("refresh", self.health.every, self.health.refresh)
+        if self.cfg.schedule.on_member_change:
+            s.every("members", MEMBER_POLL_SECONDS, self.members.poll, first=now)
+        drill_every = self.cfg.verify.restore_drill
+        if drill_every:
+            first = first_drill(now, drill_every, self.metrics.last_drill_at)  # read from storage by refresh()
+            s.every("drill", drill_every, self.upkeep.drill, first=first)
+        watchdog = watchdog_interval()
+        if watchdog:
+            s.heartbeat(watchdog, lambda: sd_notify("WATCHDOG=1"), now=now)
+        s.once("cleanup", self.upkeep.startup_cleanup, at=now)
+
+    def _scheduled(self, reason: str) -> None:
+        """A scheduled (or member-change) run, then retention."""
+        if self.runs.scheduled(reason) and not self.stopping.is_set():
+            self.upkeep.prune()
+
+    def _member_changed(self) -> None:
+        at = datetime.now(UTC) + timedelta(seconds=MEMBER_CHANGE_DELAY)
+        self.scheduler.once("member-change", lambda: self._scheduled("member-change"), at=at)
+
+    def stop(self, timeout: float = 12.0) -> bool:
+        """Stop scheduling, cancel the in-flight snapshot, wait for running jobs. True if all ended."""
+        done = self.scheduler.stop(timeout)
+        log.info("daemon stopped" if done else "daemon stopped with jobs still running")
+        return done
+
+    # --- what HTTP asks (httpapi.Backend) ------------------------------------------------------
+
+    def readiness(self) -> list[str]:
+        return self.health.readiness()
+
+    def snapshots(self) -> list[Manifest]:
+        return self.listing.list().manifests
+
+    def snapshot_now(self, reason: str, pinned: bool) -> Manifest:
+        with self.scheduler.running("http"):
+            return self.runs.on_demand(reason, pinned, HTTP_SNAPSHOT_WAIT)
+
+    def metrics_text(self) -> bytes:
+        return self.metrics.render()

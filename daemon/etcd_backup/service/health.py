@@ -1,0 +1,157 @@
+"""The daemon's health: is etcd reachable, is storage reachable, how fresh is the newest backup;
+`/readyz` and the gauges that come from storage. `readiness` is pure; `HealthWatch.refresh`
+is the periodic check that feeds it.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from ..config import Config
+from ..errors import EtcdBackupError
+from ..etcdclient import hexid
+from ..leadership import Leadership, observe
+from ..manifest import CachedListing, Listing
+from ..metrics import Metrics
+from ..model import Check, Manifest, parse_time
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Health:
+    """The newest answers to "is etcd reachable", "is storage reachable", "how fresh is the backup"."""
+
+    etcd_error: str | None = "not checked yet"
+    storage_error: str | None = "not checked yet"
+    checked_at: float = 0.0  # unix time of the last complete check
+    newest_success: float = 0.0  # unix time the newest verified snapshot (ours or another copy's) completed
+
+
+def readiness(health: Health, *, now: float, period: float, stale_after: float) -> list[str]:
+    """Why the daemon is not ready; empty when it is.
+
+    Ready means: etcd and storage answered the last check (made at most `stale_after` ago) and the
+    newest successful snapshot is younger than two schedule periods.
+    """
+    reasons: list[str] = []
+    if health.checked_at == 0.0:
+        reasons.append("first health check not finished")
+    elif now - health.checked_at > stale_after:
+        reasons.append(f"last health check was {now - health.checked_at:.0f}s ago")
+    if health.etcd_error:
+        reasons.append(f"etcd: {health.etcd_error}")
+    if health.storage_error:
+        reasons.append(f"storage: {health.storage_error}")
+    if health.newest_success == 0.0:
+        reasons.append("no successful snapshot yet")
+    elif now - health.newest_success > 2 * period:
+        reasons.append(
+            f"newest successful snapshot is {now - health.newest_success:.0f}s old "
+            f"(more than two schedule periods, {2 * period:.0f}s)"
+        )
+    return reasons
+
+
+def completed_at(m: Manifest) -> float:
+    return m.created.timestamp() + m.duration_seconds
+
+
+def newest_drill(listing: Listing) -> tuple[Manifest, Check] | None:
+    """The most recent drill recorded in any manifest."""
+    best: tuple[float, Manifest, Check] | None = None
+    for m in listing.manifests:
+        drill = m.verification.drill
+        if drill is None:
+            continue
+        try:
+            at = parse_time(drill.at).timestamp()
+        except ValueError:
+            continue
+        if best is None or at > best[0]:
+            best = (at, m, drill)
+    return (best[1], best[2]) if best else None
+
+
+class HealthWatch:
+    """The periodic check behind `/readyz` and the storage gauges."""
+
+    def __init__(
+        self, cfg: Config, listing: CachedListing, metrics: Metrics, leadership: Leadership, period: float
+    ) -> None:
+        self.cfg = cfg
+        self.listing = listing
+        self.metrics = metrics
+        self.leadership = leadership
+        self.period = period
+        self.every = min(30.0, max(1.0, period / 2))
+        self.stale_after = 3 * self.every + 2 * cfg.etcd.dial_timeout
+        self._health = Health()
+        self._lock = threading.Lock()
+
+    @property
+    def newest_success(self) -> float:
+        with self._lock:
+            return self._health.newest_success
+
+    def succeeded(self, m: Manifest) -> None:
+        """A snapshot of ours completed: ready at once, not at the next check."""
+        with self._lock:
+            self._health.newest_success = max(self._health.newest_success, completed_at(m))
+
+    def refresh(self) -> None:
+        """Check etcd and storage; update readiness and the gauges that come from storage."""
+        obs = self.leadership.seen(observe(self.cfg), stage="etcd")
+        storage_error = None
+        listing: Listing | None = None
+        try:
+            self.listing.store.ping()
+            listing = self.listing.list()
+        except EtcdBackupError as exc:
+            storage_error = str(exc)
+            self.metrics.failure("storage")
+        newest_success = 0.0
+        if listing is not None:
+            self._gauges(
+                listing, obs.status.cluster_id if obs.status else None, obs.status.revision if obs.status else 0
+            )
+            newest = listing.newest_verified()
+            newest_success = completed_at(newest) if newest else 0.0
+        with self._lock:
+            self._health.etcd_error = obs.error
+            self._health.storage_error = storage_error
+            self._health.newest_success = max(self._health.newest_success, newest_success)
+            self._health.checked_at = time.time()
+        self.metrics.ready.set(0 if self.readiness() else 1)
+
+    def _gauges(self, listing: Listing, cluster_id: int | None, live_revision: int) -> None:
+        m = self.metrics
+        m.stored.set(len(listing.manifests))
+        m.problems.set(len(listing.problems))
+        newest = listing.newest_verified()
+        if newest is not None:
+            m.newest_snapshot(
+                finished=completed_at(newest),
+                seconds=newest.duration_seconds,
+                size=newest.object_size,
+                revision=newest.revision,
+            )
+        same_cluster = listing.newest_verified(hexid(cluster_id)) if cluster_id is not None else None
+        if same_cluster is not None:
+            m.revision_lag.set(max(0, live_revision - same_cluster.revision))
+        else:
+            m.revision_lag.set(math.nan)
+        drilled = newest_drill(listing)
+        if drilled is not None:
+            at = parse_time(drilled[1].at).timestamp()
+            if at > m.last_drill_at:
+                m.drill_result(drilled[1].ok, at)
+
+    def readiness(self) -> list[str]:
+        with self._lock:
+            return readiness(self._health, now=time.time(), period=self.period, stale_after=self.stale_after)

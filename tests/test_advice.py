@@ -1,0 +1,165 @@
+"""The pure core of `doctor`: classification and the runbook it prints, without a cluster.
+
+These fail in milliseconds where the real-cluster walks (test_outage_walk.py) take seconds.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from etcd_backup.advice import recommend
+from etcd_backup.assessment import MemberHealth, MemberState, Scenario, classify, quorum
+from etcd_backup.config import EtcdConfig
+from etcd_backup.model import Check, ClusterMember, Manifest, Verification
+from etcd_backup.runbook import Context, StepKind, start_command
+
+CTX = Context(EtcdConfig(endpoints=["http://10.0.0.1:2379"]), "/var/lib/etcd")
+
+
+def member(name: str, n: int, *, reachable: bool = True, leader: bool = False, started: bool = True) -> MemberHealth:
+    return MemberHealth(
+        id=f"{n:x}" * 4,
+        name=name if started else "",
+        peer_urls=(f"https://10.0.0.{n}:2380",),
+        client_urls=(f"https://10.0.0.{n}:2379",) if started else (),
+        started=started,
+        learner=False,
+        reachable=reachable,
+        is_leader=leader,
+        has_leader=reachable,
+    )
+
+
+def manifest(members: tuple[ClusterMember, ...] = ()) -> Manifest:
+    ok = Check(True, "2026-01-01T00:00:00.000Z")
+    return Manifest(
+        id="20260101T000000000Z-abcdef",
+        created_at="2026-01-01T00:00:00.000Z",
+        reason="schedule",
+        pinned=False,
+        cluster_id="c1",
+        member_id="1",
+        endpoint="http://10.0.0.1:2379",
+        etcd_version="3.5.1",
+        revision=10,
+        keys=3,
+        db_size=4096,
+        object_key="snapshots/20260101T000000000Z-abcdef.db",
+        object_size=4128,
+        object_sha256="0" * 64,
+        compression="none",
+        verification=Verification(ok, ok),
+        members=members,
+    )
+
+
+def commands(scenario: Scenario, members: list[MemberHealth], backup: Manifest | None = None) -> list[str]:
+    book = recommend(CTX, scenario, members, quorum(members), backup=backup, other_clusters=False, alarms=[])
+    return [s.command for s in book.steps]
+
+
+def test_classification() -> None:
+    three = [member("a", 1, leader=True), member("b", 2), member("c", 3)]
+    assert classify(three, True, 3) is Scenario.HEALTHY
+    down = [three[0], member("b", 2, reachable=False), three[2]]
+    assert classify(down, quorum(down).held, 3) is Scenario.MEMBER_DOWN
+    lost = [member("a", 1), member("b", 2, reachable=False), member("c", 3, reachable=False)]
+    assert not quorum(lost).held and classify(lost, False, 3) is Scenario.QUORUM_LOST
+    assert classify([], False, 1) is Scenario.SINGLE_MEMBER_DOWN
+    assert classify([], False, 3) is Scenario.QUORUM_LOST
+    grown = [member("a", 1), member("", 2, started=False)]
+    assert classify(grown, False, 1) is Scenario.UNSTARTED_MEMBER
+
+
+def test_states_say_reachable_and_started_apart() -> None:
+    assert member("a", 1).state is MemberState.OK
+    no_leader = MemberHealth("1", "a", (), (), started=True, learner=False, reachable=True, has_leader=False)
+    assert no_leader.state is MemberState.NO_LEADER
+    assert member("b", 2, reachable=False).state is MemberState.DOWN
+    assert member("", 3, started=False).state is MemberState.UNSTARTED
+
+
+@pytest.mark.parametrize(
+    ("scenario", "members"),
+    [
+        (Scenario.QUORUM_LOST, [member("a", 1), member("b", 2, reachable=False), member("c", 3, reachable=False)]),
+        (Scenario.MEMBER_DOWN, [member("a", 1, leader=True), member("b", 2, reachable=False), member("c", 3)]),
+        (Scenario.SINGLE_MEMBER_DOWN, []),
+        (Scenario.UNSTARTED_MEMBER, [member("a", 1), member("", 2, started=False)]),
+    ],
+)
+def test_every_printed_command_is_shell_safe(scenario: Scenario, members: list[MemberHealth]) -> None:
+    for cmd in commands(scenario, members, manifest()):
+        assert "<" not in cmd and ">" not in cmd, cmd
+        assert shlex.join(shlex.split(cmd)) == cmd
+
+
+def test_quorum_lost_rebuilds_every_member_on_its_host_with_force() -> None:
+    members = [member("a", 1), member("b", 2, reachable=False), member("c", 3, reachable=False)]
+    book = recommend(
+        CTX, Scenario.QUORUM_LOST, members, quorum(members), backup=manifest(), other_clusters=False, alarms=[]
+    )
+    assert book.stop_first == ("a",)
+    restores = [s for s in book.steps if s.kind is StepKind.RESTORE]
+    starts = [s for s in book.steps if s.kind is StepKind.START]
+    assert [s.host for s in restores] == [s.host for s in starts] == ["a", "b", "c"]
+    for step in restores:
+        argv = shlex.split(step.command)
+        assert argv[argv.index("--only") + 1] == step.host and "--force" in argv
+        assert argv[argv.index("--data-dir") + 1] == "/var/lib/etcd"
+    a_start = shlex.split(starts[0].command)
+    assert "--advertise-client-urls=https://10.0.0.1:2379" in a_start
+    assert "--initial-cluster-token=etcd-restore-20260101T000000000Z-abcdef" in a_start
+    assert "--cert-file=SERVER_CERT" in a_start  # https: the server's TLS files are the host's own
+    assert book.command == book.steps[0].command
+
+
+def test_single_member_down_is_filled_from_the_snapshot() -> None:
+    recorded = (ClusterMember("1", "etcd-0", ("http://10.0.0.1:2380",), ("http://10.0.0.1:2379",)),)
+    (restore, start, check, snap) = commands(Scenario.SINGLE_MEMBER_DOWN, [], manifest(recorded))
+    assert shlex.split(restore) == [
+        "etcd-backup",
+        "restore",
+        "single",
+        "--snapshot",
+        "20260101T000000000Z-abcdef",
+        "--name",
+        "etcd-0",
+        "--peer-url",
+        "http://10.0.0.1:2380",
+        "--data-dir",
+        "/var/lib/etcd",
+    ]
+    assert "--advertise-client-urls=http://10.0.0.1:2379" in start and "--cert-file" not in start
+    assert "endpoint health" in check and snap.endswith("snapshot --reason after-restore")
+    # Nothing known at all: only then placeholders, and shell-safe ones.
+    unknown = commands(Scenario.SINGLE_MEMBER_DOWN, [], None)[0]
+    assert "SNAPSHOT_ID" in unknown and "--name NAME" in unknown and "--peer-url PEER_URL" in unknown
+
+
+def test_member_down_replaces_and_joins_existing() -> None:
+    members = [member("a", 1, leader=True), member("b", 2, reachable=False), member("c", 3)]
+    replace, start, _check = commands(Scenario.MEMBER_DOWN, members)
+    assert "--failed b --name b --peer-url https://10.0.0.2:2380 --data-dir /var/lib/etcd" in replace
+    assert "--initial-cluster-state=existing" in start and "initial-cluster-token" not in start
+    assert "--initial-cluster=a=https://10.0.0.1:2380,b=https://10.0.0.2:2380,c=https://10.0.0.3:2380" in start
+
+
+def test_config_path_and_data_dir_template_are_repeated() -> None:
+    ctx = Context(EtcdConfig(), "/srv/etcd/{name}", config_path="/etc/eb/config.toml")
+    members = [member("a", 1), member("b", 2, reachable=False), member("c", 3, reachable=False)]
+    book = recommend(
+        ctx, Scenario.QUORUM_LOST, members, quorum(members), backup=manifest(), other_clusters=False, alarms=[]
+    )
+    first = shlex.split(book.steps[0].command)
+    assert first[:3] == ["etcd-backup", "--config", "/etc/eb/config.toml"]
+    assert first[first.index("--data-dir") + 1] == "/srv/etcd/{name}"
+    start = next(s for s in book.steps if s.kind is StepKind.START and s.host == "b")
+    assert "--data-dir=/srv/etcd/b" in shlex.split(start.command)
+
+
+def test_start_command_without_client_urls_names_the_placeholder() -> None:
+    cmd = start_command(["--name=a"], [])
+    assert "--listen-client-urls=CLIENT_URL" in cmd and "<" not in cmd

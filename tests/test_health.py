@@ -1,0 +1,61 @@
+"""The daemon's pure decisions, without a daemon: readiness, retry backoff, first drill time."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from etcd_backup.scheduler import first_drill
+from etcd_backup.service.cycle import backoff
+from etcd_backup.service.health import Health, readiness
+
+NOW = 1_800_000_000.0
+
+
+def healthy(**changes: object) -> Health:
+    h = Health(etcd_error=None, storage_error=None, checked_at=NOW - 1, newest_success=NOW - 60)
+    for k, v in changes.items():
+        setattr(h, k, v)
+    return h
+
+
+def test_ready_when_everything_answers_and_the_backup_is_fresh() -> None:
+    assert readiness(healthy(), now=NOW, period=1800, stale_after=90) == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"checked_at": 0.0}, "first health check not finished"),
+        ({"checked_at": NOW - 91}, "last health check was 91s ago"),
+        ({"etcd_error": "down"}, "etcd: down"),
+        ({"storage_error": "gone"}, "storage: gone"),
+        ({"newest_success": 0.0}, "no successful snapshot yet"),
+        ({"newest_success": NOW - 3601}, "newest successful snapshot is 3601s old"),
+    ],
+)
+def test_each_reason_not_to_be_ready(changes: dict[str, object], reason: str) -> None:
+    reasons = readiness(healthy(**changes), now=NOW, period=1800, stale_after=90)
+    assert len(reasons) == 1 and reasons[0].startswith(reason), reasons
+
+
+def test_two_periods_is_the_freshness_edge() -> None:
+    assert readiness(healthy(newest_success=NOW - 3600), now=NOW, period=1800, stale_after=90) == []
+
+
+def test_backoff_grows_and_fits_in_the_period() -> None:
+    delays = [backoff(n, 1800) for n in range(1, 12)]
+    assert delays[:4] == [5.0, 10.0, 20.0, 40.0]
+    assert max(delays) == 300.0 and delays == sorted(delays)
+    short = [backoff(n, 2) for n in range(1, 6)]
+    assert short[0] == 0.125 and max(short) == 0.5  # a 2 s period retries fast and never sleeps past it
+
+
+def test_first_drill_soon_after_start_unless_one_was_recorded() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert first_drill(now, 86400, 0.0) == now + timedelta(seconds=60)
+    assert first_drill(now, 30, 0.0) == now + timedelta(seconds=30)
+    last = (now - timedelta(hours=1)).timestamp()
+    assert first_drill(now, 86400, last) == now + timedelta(hours=23)
+    assert first_drill(now, 600, last) == now  # overdue: at once
