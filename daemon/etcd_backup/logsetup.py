@@ -9,6 +9,8 @@ from typing import Any
 
 import structlog
 
+from .crypto import SECRET_KEY_RE
+
 _SECRET_KEYS = {"password", "secret", "token", "aws_secret_access_key", "authorization", "credentials"}
 _secrets: set[str] = set()
 
@@ -24,14 +26,15 @@ def scrub(text: str) -> str:
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, "***")
-    return text
+    # An age private key wherever it comes from, also one never registered (a wrong key file).
+    return SECRET_KEY_RE.sub("AGE-SECRET-KEY-1***", text)
 
 
 def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     for key, value in list(event.items()):
         if key.lower() in _SECRET_KEYS:
             event[key] = "***"
-        elif isinstance(value, str) and _secrets:
+        elif isinstance(value, str):
             event[key] = scrub(value)
     return event
 

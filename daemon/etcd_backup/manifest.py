@@ -1,8 +1,9 @@
 """Where snapshots live under the prefix, and reading/writing their manifests.
 
 Layout (relative to the configured prefix):
-    snapshots/<id>.db[.zst]   the etcd snapshot stream as received (db + 32-byte SHA-256 trailer)
-    snapshots/<id>.json       the manifest, written last: it is the commit point
+    snapshots/<id>.db[.zst][.age]   the etcd snapshot stream as received (db + 32-byte SHA-256
+                                    trailer), zstd-compressed and/or age-encrypted as configured
+    snapshots/<id>.json             the manifest, written last: it is the commit point
 Later kinds of object (delta snapshots) get their own folder beside `snapshots/`.
 """
 
@@ -20,10 +21,11 @@ from .storage import ObjectInfo, SnapshotStore, get_bytes, put_bytes
 FOLDER = "snapshots/"
 MANIFEST_SUFFIX = ".json"
 _DATA_SUFFIXES = {"none": ".db", "zstd": ".db.zst"}
+ENCRYPTED_SUFFIX = ".age"  # last: the outermost layer, undone first (age -d, then zstd -d)
 
 
-def data_key(snapshot_id: str, compression: str) -> str:
-    return f"{FOLDER}{snapshot_id}{_DATA_SUFFIXES[compression]}"
+def data_key(snapshot_id: str, compression: str, encrypted: bool = False) -> str:
+    return f"{FOLDER}{snapshot_id}{_DATA_SUFFIXES[compression]}{ENCRYPTED_SUFFIX if encrypted else ''}"
 
 
 def manifest_key(snapshot_id: str) -> str:
@@ -52,7 +54,7 @@ def read(store: SnapshotStore, snapshot_id: str) -> Manifest:
 def _check_consistent(manifest: Manifest, snapshot_id: str) -> None:
     if manifest.id != snapshot_id:
         raise IntegrityError(f"manifest {snapshot_id} names a different snapshot id {manifest.id!r}")
-    if manifest.object_key != data_key(snapshot_id, manifest.compression):
+    if manifest.object_key != data_key(snapshot_id, manifest.compression, manifest.encryption is not None):
         raise IntegrityError(f"manifest {snapshot_id} names an unexpected object {manifest.object_key!r}")
 
 

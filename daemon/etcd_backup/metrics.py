@@ -107,6 +107,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.drills_skipped = Counter(
+            "etcd_backup_drills_skipped",
+            "Restore drills not run, by reason (no_identity: encrypted snapshots, no identity on this host).",
+            ["reason"],
+            registry=r,
+        )
         self.ready = Gauge("etcd_backup_ready", "1 when /readyz answers 200.", registry=r)
         self.problems = Gauge(
             "etcd_backup_manifest_problems",
@@ -118,6 +124,7 @@ class Metrics:
             self.failures.labels(stage=stage)
         for reason in ("schedule", "member-change", "manual"):
             self.snapshots.labels(reason=reason)
+        self.drills_skipped.labels(reason="no_identity")
         self._last_success = 0.0
         self._last_drill_at = 0.0
         self.revision_lag.set(math.nan)
@@ -132,6 +139,9 @@ class Metrics:
 
     def failure(self, stage: str) -> None:
         self.failures.labels(stage=stage).inc()
+
+    def drill_skipped(self, reason: str) -> None:
+        self.drills_skipped.labels(reason=reason).inc()
 
     def snapshot_succeeded(self, *, finished: float, seconds: float, size: int, revision: int, reason: str) -> None:
         self.newest_snapshot(finished=finished, seconds=seconds, size=size, revision=revision)

@@ -97,6 +97,29 @@ class Verification:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Encryption:
+    """How a data object is encrypted: the format and the public keys it was encrypted to (no secret)."""
+
+    format: str
+    recipients: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.format, "recipients": list(self.recipients)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Encryption | None:
+        """None (the field absent, as in manifests written before encryption existed) means plain."""
+        if data is None:
+            return None
+        if not isinstance(data, dict) or data.get("format") != "age":
+            raise ValueError("field 'encryption' must be null or an object with format 'age'")
+        recipients = data.get("recipients")
+        if not isinstance(recipients, list) or not recipients or not all(isinstance(r, str) for r in recipients):
+            raise ValueError("field 'encryption.recipients' must be a non-empty list of strings")
+        return cls(format="age", recipients=tuple(recipients))
+
+
 _INT_FIELDS = ("revision", "keys", "db_size", "object_size")
 _STR_FIELDS = (
     "id",
@@ -181,6 +204,7 @@ class Manifest:
     db_sha256: str = ""
     # The member list when the snapshot was taken: names, peer and client URLs for the runbook.
     members: tuple[ClusterMember, ...] = ()
+    encryption: Encryption | None = None
 
     def member_named(self, name: str) -> ClusterMember | None:
         return next((m for m in self.members if m.name == name), None)
@@ -200,6 +224,7 @@ class Manifest:
         data = asdict(self)
         data["verification"] = self.verification.to_dict()
         data["members"] = [m.to_dict() for m in self.members]
+        data["encryption"] = self.encryption.to_dict() if self.encryption else None
         # Contract order first, extras after: easier to read in `cat`.
         order = [
             "schema_version",
@@ -216,6 +241,7 @@ class Manifest:
             "object_size",
             "object_sha256",
             "compression",
+            "encryption",
             "db_sha256",
             "verification",
             "duration_seconds",
@@ -261,6 +287,7 @@ class Manifest:
                 tool_version=str(data.get("tool_version", "")),
                 db_sha256=str(data.get("db_sha256", "")),
                 members=tuple(ClusterMember.from_dict(m) for m in members),
+                encryption=Encryption.from_dict(data.get("encryption")),
             )
         except (ValueError, TypeError, OverflowError) as exc:
             raise IntegrityError(f"manifest {str(data.get('id', '?'))[:80]}: {exc}".splitlines()[0]) from None

@@ -1,7 +1,8 @@
 """Prove a stored snapshot intact: download it, re-hash it, check its trailer and bbolt structure.
 
 Used by `verify`, `fetch`, restores (before anything is touched) and drills. The checked file
-is left on local disk (mode 0600) for the caller, or removed on failure.
+(the plaintext snapshot, decrypted and decompressed as the manifest says) is left on local disk
+(mode 0600) for the caller, or removed on failure.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import structlog
 
 from . import bbolt, scratch
 from . import manifest as manifests
+from .codec import decode
+from .crypto import Identities, require
 from .errors import EtcdBackupError, IntegrityError, ObjectNotFound
 from .model import TRAILER, Check, Manifest, rfc3339, utcnow
 from .storage import SnapshotStore
@@ -68,27 +71,18 @@ def _trailer_ok(path: Path) -> tuple[bool, str]:
     return digest.digest() == trailer, digest.hexdigest()
 
 
-def _decompress(src: Path, dest: scratch.Scratch) -> None:
-    import zstandard
-
-    with open(src, "rb") as fin, os.fdopen(os.dup(dest.fd), "wb") as fout:
-        try:
-            zstandard.ZstdDecompressor().copy_stream(fin, fout, read_size=_CHUNK, write_size=_CHUNK)
-        except zstandard.ZstdError as exc:
-            raise IntegrityError(f"data object does not decompress: {exc}") from None
+def check_stored(store: SnapshotStore, manifest: Manifest, work_dir: str | None = None) -> Check:
+    """Size and SHA-256 of the stored object only: what can be proven without the plaintext (an
+    encrypted snapshot on a host without the identity). A failure is recorded in the manifest."""
+    _download_checked(store, manifest, work_dir, record=True).discard()
+    return Check(True, rfc3339(utcnow()), {"object_sha256": manifest.object_sha256})
 
 
-def fetch_verified(
-    store: SnapshotStore, manifest: Manifest, work_dir: str | None = None, *, record: bool = False
-) -> Verified:
-    """Download the data object and check it against the manifest. IntegrityError on any mismatch.
-
-    With `record`, a failure is also written into the manifest (the failed check, its time and
-    error), so `list` shows it FAILED and neither `latest` nor retention counts it as verified.
-    """
+def _download_checked(
+    store: SnapshotStore, manifest: Manifest, work_dir: str | None, *, record: bool
+) -> scratch.Scratch:
+    """The stored object, downloaded to a private file, its size and SHA-256 matching the manifest."""
     raw = scratch.create(work_dir, scratch.Kind.DOWNLOAD, manifest.id)
-    out: scratch.Scratch | None = None
-    stage = "hash"
     try:
         with os.fdopen(os.dup(raw.fd), "w+b") as fh:
             try:
@@ -102,9 +96,57 @@ def fetch_verified(
             )
         if _sha256_file(raw.path) != manifest.object_sha256:
             raise IntegrityError(f"snapshot {manifest.id}: data object SHA-256 does not match the manifest")
-        if manifest.compression == "zstd":
-            out = scratch.create(work_dir, scratch.Kind.PLAIN, manifest.id)
-            _decompress(raw.path, out)
+        return raw
+    except BaseException as exc:
+        raw.discard()
+        if record and isinstance(exc, IntegrityError):
+            record_failure(store, manifest, "hash", str(exc))
+        raise
+
+
+def _decode(raw: Path, manifest: Manifest, identities: Identities | None, work_dir: str | None) -> scratch.Scratch:
+    """The plaintext snapshot of a compressed and/or encrypted object, as a new private file."""
+    out = scratch.create(work_dir, scratch.Kind.PLAIN, manifest.id)
+    try:
+        with open(raw, "rb") as fin, os.fdopen(os.dup(out.fd), "wb") as fout:
+            decode(
+                fin,
+                fout,
+                compression=manifest.compression,
+                encryption=manifest.encryption,
+                identities=identities,
+                what=f"snapshot {manifest.id}",
+            )
+    except BaseException:
+        out.discard()
+        raise
+    return out
+
+
+def fetch_verified(
+    store: SnapshotStore,
+    manifest: Manifest,
+    work_dir: str | None = None,
+    *,
+    record: bool = False,
+    identities: Identities | None = None,
+) -> Verified:
+    """Download the data object and check it against the manifest. IntegrityError on any mismatch.
+
+    In order: the stored object's size and SHA-256, then decryption (age authenticates every
+    chunk) and decompression, then etcd's trailer and the bbolt structure. An encrypted snapshot
+    that none of `identities` opens is refused before anything is downloaded (MissingIdentity).
+    With `record`, a failure is also written into the manifest (the failed check, its time and
+    error), so `list` shows it FAILED and neither `latest` nor retention counts it as verified.
+    """
+    if manifest.encryption is not None:
+        require(identities, manifest.encryption.recipients, f"snapshot {manifest.id}")
+    raw = _download_checked(store, manifest, work_dir, record=record)
+    out: scratch.Scratch | None = None
+    stage = "hash"
+    try:
+        if manifest.compression != "none" or manifest.encryption is not None:
+            out = _decode(raw.path, manifest, identities, work_dir)
             raw.discard()
         else:
             out = raw
@@ -152,8 +194,10 @@ def record_failure(store: SnapshotStore, manifest: Manifest, stage: str, error: 
         log.warning("could not record the failed verification", snapshot=manifest.id, error=str(exc))
 
 
-def verify_stored(store: SnapshotStore, manifest: Manifest, work_dir: str | None = None) -> Verified:
-    verified = fetch_verified(store, manifest, work_dir, record=True)
+def verify_stored(
+    store: SnapshotStore, manifest: Manifest, work_dir: str | None = None, *, identities: Identities | None = None
+) -> Verified:
+    verified = fetch_verified(store, manifest, work_dir, record=True, identities=identities)
     log.info("snapshot verified", snapshot=manifest.id, revision=manifest.revision, db_size=manifest.db_size)
     return verified
 
@@ -184,4 +228,4 @@ def place(verified: Verified, dest: Path) -> Path:
     return dest
 
 
-__all__ = ["EtcdBackupError", "Verified", "fetch_verified", "place", "verify_stored"]
+__all__ = ["EtcdBackupError", "Verified", "check_stored", "fetch_verified", "place", "verify_stored"]

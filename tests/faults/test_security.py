@@ -1,7 +1,8 @@
 """Secrets never leave the process; files holding snapshots are private; TLS is verified.
 
 Every output of every command here (successful, failing, with --debug) and every manifest in the
-bucket is searched for the AWS secret key, the etcd password and the bearer token.
+bucket is searched for the AWS secret key, the etcd password, the bearer token and the age private
+keys; the daemon's log, metrics and HTTP answers for the age private key.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from faultkit import fill, popen_cli, s3_env, s3_proxy, spool_files, wait_for
 
-from conftest import AWS_ENV, Bucket, Cluster, config_env, run_cli
+from conftest import AWS_ENV, AgeTool, Bucket, Cluster, DaemonFactory, config_env, run_cli
 from faultproxy import Rule, upload_part
 
 pytestmark = pytest.mark.timeout(180)
@@ -24,11 +25,23 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_secrets_never_in_output_or_manifests(etcd_single: Cluster, s3_bucket: Bucket, tmp_path: Path) -> None:
+def _age_secret(identity: Path) -> str:
+    return next(line for line in identity.read_text().splitlines() if line.startswith("AGE-SECRET-KEY-1"))
+
+
+def test_secrets_never_in_output_or_manifests(
+    etcd_single: Cluster, s3_bucket: Bucket, tmp_path: Path, age_tool: AgeTool
+) -> None:
     password = f"etcd-pw-{secrets.token_hex(8)}"
     wrong_password = f"not-it-{secrets.token_hex(8)}"
     token = f"bearer-{secrets.token_hex(16)}"
-    secret_values = [password, wrong_password, token, AWS_ENV["AWS_SECRET_ACCESS_KEY"]]
+    identity, wrong_identity = tmp_path / "age.key", tmp_path / "wrong.key"
+    recipient = age_tool.new_identity(identity)
+    age_tool.new_identity(wrong_identity)
+    age_secret, wrong_age_secret = _age_secret(identity), _age_secret(wrong_identity)
+    secret_values = [password, wrong_password, token, AWS_ENV["AWS_SECRET_ACCESS_KEY"], age_secret, wrong_age_secret]
+    # The key's body without its prefix, in case something printed it in another case or cut up.
+    secret_values += [age_secret[len("AGE-SECRET-KEY-1") :].lower(), age_secret[20:50]]
     for i in range(10):
         etcd_single.put(f"/s/{i}", "v")
     etcd_single.etcdctl("user", "add", f"root:{password}", "--interactive=false")
@@ -45,6 +58,8 @@ def test_secrets_never_in_output_or_manifests(etcd_single: Cluster, s3_bucket: B
         etcd__username="root",
         etcd__password=password,
         server__token_file=str(token_file),
+        encryption__recipients=recipient,
+        encryption__identity_file=str(identity),
     )
     outputs: list[str] = []
 
@@ -75,9 +90,16 @@ def test_secrets_never_in_output_or_manifests(etcd_single: Cluster, s3_bucket: B
         run("snapshot", expect=2, etcd__username=None)
         run("snapshot", expect=2, etcd__dial_timeout=password)
         run("fetch", "latest", "--to", str(tmp_path / "nowhere" / "x.db"), expect=2, server__token_file="/no/such")
+        # Encrypted snapshots with the wrong key, and private keys pasted where they do not belong.
+        run("verify", "latest", expect=2, encryption__identity_file=str(wrong_identity))
+        run("verify", "latest", "--debug", expect=2, encryption__identity_file=str(wrong_identity))
+        run("snapshot", "--debug", expect=2, encryption__recipients=age_secret)
+        run("list", "--debug", expect=2, encryption__identity_file=age_secret)
+        run("list", expect=2, encryption__recipients=f"{recipient},{wrong_age_secret}")
     finally:
         proxy.close()
     assert "authentication failed" in "".join(outputs)  # the wrong password was really tried
+    assert f"encrypted to {recipient}" in "".join(outputs)  # the wrong key was really tried
     stored = s3_bucket.keys()
     manifests = [k for k in stored if k.endswith(".json")]
     assert len(manifests) == 2
@@ -142,3 +164,40 @@ def test_s3_tls_verification_off_is_logged_loudly(s3_bucket: Bucket, tmp_path: P
     assert "etcd-backup: warning: TLS verification of the S3 endpoint is OFF" in r.stderr
     r = run_cli("list", env=s3_env(None, s3_bucket, tmp_path / "spool"))
     assert "TLS verification" not in r.stderr
+
+
+def test_age_identity_never_in_daemon_logs_metrics_or_http(
+    etcd_single: Cluster, tmp_path: Path, age_tool: AgeTool, start_daemon: DaemonFactory
+) -> None:
+    identity = tmp_path / "age.key"
+    recipient = age_tool.new_identity(identity)
+    secret = _age_secret(identity)
+    token = f"bearer-{secrets.token_hex(16)}"
+    (tmp_path / "token").write_text(token)
+    env = config_env(
+        etcd_single,
+        f"file://{tmp_path}/store",
+        encryption__recipients=recipient,
+        encryption__identity_file=str(identity),
+        verify__restore_drill="1s",
+        server__token_file=str(tmp_path / "token"),
+        log__level="debug",
+    )
+    daemon = start_daemon(env)
+
+    def drilled() -> bool:
+        status, listed = daemon.get_json("/v1/snapshots")
+        return status == 200 and bool(listed) and (listed[0]["verification"]["drill"] or {}).get("ok") is True
+
+    daemon.wait_until(drilled, 90, "a restore drill of an encrypted snapshot")
+    status, body = daemon.request(
+        "POST", "/v1/snapshots", b'{"reason": "hygiene"}', {"Authorization": f"Bearer {token}"}, timeout=120
+    )
+    assert status == 201, body
+    answers = [body] + [daemon.request("GET", path)[1] for path in ("/v1/snapshots", "/metrics", "/readyz", "/healthz")]
+    assert json.loads(answers[1])[0]["encryption"]["recipients"] == [recipient]
+    daemon.terminate()
+    texts = [a.decode() for a in answers] + [daemon.log_path.read_text(errors="replace")]
+    texts += [p.read_text() for p in (tmp_path / "store" / "snapshots").glob("*.json")]
+    for text in texts:
+        assert secret not in text and secret[20:50] not in text and secret.lower() not in text, text[:3000]

@@ -29,7 +29,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
     manifest = manifests.resolve(ctx.store, args.snapshot, ctx.live_cluster_id)
     # Download next to the destination so the final step is a rename.
-    verified = fetch_verified(ctx.store, manifest, str(dest.absolute().parent), record=True)
+    verified = fetch_verified(
+        ctx.store, manifest, str(dest.absolute().parent), record=True, identities=ctx.config.encryption.identities()
+    )
     path = place(verified, dest)
     if ctx.json:
         emit_json(

@@ -26,7 +26,8 @@ def render(m: Manifest) -> str:
             f"  created   {m.created_at}  reason {m.reason}{'  pinned' if m.pinned else ''}",
             f"  source    {m.endpoint} (member {m.member_id}, cluster {m.cluster_id}, etcd {m.etcd_version})",
             f"  content   revision {m.revision}, {m.keys} keys, db {human_size(m.db_size)}",
-            f"  object    {m.object_key} ({human_size(m.object_size)}, {m.compression}) sha256 {m.object_sha256}",
+            f"  object    {m.object_key} ({human_size(m.object_size)}, {m.compression}"
+            f"{', age' if m.encryption else ''}) sha256 {m.object_sha256}",
             f"  took      {m.duration_seconds:.2f}s",
         ]
     )

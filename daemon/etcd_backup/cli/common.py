@@ -50,6 +50,9 @@ class Context:
                 logsetup.register_secrets([config.token(cfg.server)])
             except Exception:  # noqa: BLE001 - reported by the command that needs the token
                 pass
+        identities = cfg.encryption.identities()
+        if identities is not None:
+            logsetup.register_secrets(identities.secret_values())
         return cfg
 
     @cached_property

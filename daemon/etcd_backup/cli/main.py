@@ -19,6 +19,7 @@ from ..errors import ConfigError, EtcdBackupError, UsageError
 from . import (
     cmd_doctor,
     cmd_fetch,
+    cmd_keygen,
     cmd_list,
     cmd_pre_change,
     cmd_prune,
@@ -32,7 +33,18 @@ from .common import Context
 if TYPE_CHECKING:
     from ..config import Config
 
-COMMANDS = [cmd_run, cmd_snapshot, cmd_pre_change, cmd_list, cmd_verify, cmd_prune, cmd_doctor, cmd_fetch, cmd_restore]
+COMMANDS = [
+    cmd_run,
+    cmd_snapshot,
+    cmd_pre_change,
+    cmd_list,
+    cmd_verify,
+    cmd_prune,
+    cmd_doctor,
+    cmd_fetch,
+    cmd_restore,
+    cmd_keygen,
+]
 
 OUTAGE = """in an outage, start with `etcd-backup doctor`: it names the failure scenario (member down,
 quorum lost, single member down, member added but never started) and prints the exact commands
@@ -77,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         # Also accepted after the command, where operators tend to type them.
         p.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-        p.set_defaults(handler=module.run)
+        p.set_defaults(handler=module.run, needs_config=getattr(module, "NEEDS_CONFIG", True))
     return parser
 
 
@@ -103,10 +115,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(args, "command", None):
             raise UsageError("etcd-backup: a command is required (see --help)")
         ctx = Context(args)
-        cfg = ctx.config
         from .. import logsetup
 
-        logsetup.configure(cfg.log.format, _log_level(args, cfg))
+        if args.needs_config:
+            cfg = ctx.config
+            logsetup.configure(cfg.log.format, _log_level(args, cfg))
+        else:
+            logsetup.configure("console", "debug" if args.debug else "critical")
         return int(args.handler(args, ctx) or 0)
     except EtcdBackupError as exc:
         return _fail(exc, exc.exit_code, debug)

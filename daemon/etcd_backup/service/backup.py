@@ -1,8 +1,9 @@
 """Take one snapshot: stream it from a healthy member, verify it while it uploads, commit the manifest.
 
 The three stages overlap: the gRPC stream is spooled and hashed as it arrives, the uploader
-reads the spool right behind it, and the structural check runs on the spool as soon as the
-stream ends. The upload completes only after both checks passed; the manifest comes last.
+reads the spool right behind it (through compression and encryption when configured, see
+codec.py), and the structural check runs on the plaintext spool as soon as the stream ends.
+The upload completes only after both checks passed; the manifest comes last.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, BinaryIO
+from typing import Any
 
 import structlog
 
-from .. import __version__, bbolt, scratch
+from .. import __version__, bbolt, codec, scratch
 from .. import manifest as manifests
 from ..config import Config
 from ..errors import Cancelled, EtcdBackupError, EtcdUnavailable, IntegrityError
@@ -96,26 +97,6 @@ def structure_check(path: str, db_size: int) -> tuple[bbolt.BoltStatus, Check]:
     return status, Check(True, rfc3339(utcnow()), status.detail())
 
 
-class _Compressing:
-    """zstd-compresses a reader on the fly (file-like read())."""
-
-    def __init__(self, source: Any, level: int) -> None:
-        import zstandard
-
-        self._reader = zstandard.ZstdCompressor(level=level, threads=0).stream_reader(
-            source, read_size=1024 * 1024, closefd=False
-        )
-
-    def read(self, n: int = -1) -> bytes:
-        return self._reader.read(n)
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-
 def take_snapshot(
     cfg: Config,
     store: SnapshotStore,
@@ -175,26 +156,27 @@ def snapshot_member(
     started = time.monotonic()
     created = now()
     snapshot_id = new_snapshot_id(created)
-    compression = cfg.storage.compression
-    key = manifests.data_key(snapshot_id, compression)
+    form = codec.Form.of(cfg)
+    compression = form.compression
+    key = manifests.data_key(snapshot_id, compression, form.encryption is not None)
     conn, status = member
     bound = log.bind(snapshot=snapshot_id, endpoint=conn.endpoint, backend=store.description)
     bound.info("snapshot started", stage="stream", reason=reason)
     spool_dir = cfg.storage.spool_dir or store.capabilities.spool_dir
     scratch.sweep(spool_dir, cfg.retention.debris_age)
-    spool = Spool(spool_dir, snapshot_id, durable=store.capabilities.links_spool)
+    # The spool file that becomes the stored object (file:// links it) is written back early.
+    links = store.capabilities.links_spool
+    spool = Spool(spool_dir, snapshot_id, durable=links and not form.transformed)
     upload_result: list[Any] = []
     upload_error: list[BaseException] = []
+    stored_sha256: list[str | None] = []
 
     def upload() -> None:
         reader = spool.reader()
         try:
-            if compression == "zstd":
-                # The stored bytes are not the spool's: the store reads the compressed stream.
-                source: BinaryIO = _Compressing(reader, cfg.storage.compression_level)  # type: ignore[assignment]
-                upload_result.append(store.put(key, source))
-            else:
-                upload_result.append(store.put(key, reader, spooled=reader))  # type: ignore[arg-type]
+            with codec.encode(reader, form, spool_dir=spool_dir, durable=links, label=snapshot_id) as encoded:
+                upload_result.append(store.put(key, encoded.reader, spooled=encoded.spooled))
+            stored_sha256.append(encoded.sha256)
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             upload_error.append(exc)
             spool.fail(exc)
@@ -225,7 +207,10 @@ def snapshot_member(
         if upload_error:
             raise upload_error[0]
         info = upload_result[0]
-        if compression == "none" and info.sha256 and info.sha256 != stream.object_sha256:
+        # What was sent: the stream as received, or the ciphertext as hashed on its way out.
+        sent_sha256 = stored_sha256[0] or (stream.object_sha256 if not form.transformed else None)
+        object_sha256 = sent_sha256 or info.sha256
+        if not object_sha256 or (info.sha256 and info.sha256 != object_sha256):
             store.delete(key)
             raise IntegrityError(f"{key}: stored bytes differ from the stream received")
         manifest = Manifest(
@@ -242,8 +227,9 @@ def snapshot_member(
             db_size=db_size,
             object_key=key,
             object_size=info.size,
-            object_sha256=info.sha256 or stream.object_sha256,
+            object_sha256=object_sha256,
             compression=compression,
+            encryption=form.encryption,
             verification=Verification(hash=hash_check, structure=structure, drill=None),
             duration_seconds=round(time.monotonic() - started, 3),
             tool_version=__version__,

@@ -114,7 +114,7 @@ def drill_and_record(
     """
     if verified is None:
         try:
-            verified = fetch_verified(store, target, cfg.storage.spool_dir)
+            verified = fetch_verified(store, target, cfg.storage.spool_dir, identities=cfg.encryption.identities())
         except IntegrityError as exc:
             check = Check(False, rfc3339(utcnow()), {"stage": "download"}, error=str(exc))
             return _record(store, target, check, cancel)
@@ -150,6 +150,12 @@ def drill_target(listing: Listing) -> Manifest | None:
         if m.verification.hash.ok and m.verification.structure.ok:
             return m
     return None
+
+
+def needs_identity(cfg: Config, target: Manifest) -> bool:
+    """A write-only host (recipients, no identity) cannot drill an encrypted snapshot: it skips the
+    drill rather than failing it. A configured identity that does not open it is a failure."""
+    return target.encryption is not None and cfg.encryption.identity_file is None
 
 
 def require_passed(outcome: DrillOutcome, consequence: str) -> Manifest:

@@ -15,7 +15,7 @@ import structlog
 from ..advice import host_of
 from ..assessment import DEFAULT_QUOTA_BYTES
 from ..config import Config
-from ..errors import UnsafeError
+from ..errors import MissingIdentity, UnsafeError
 from ..model import Manifest
 from ..runbook import Context, Step, rebuild
 from ..storage import SnapshotStore
@@ -54,6 +54,12 @@ def pre_change(
     quota_bytes: int = DEFAULT_QUOTA_BYTES,
     config_path: str | None = None,
 ) -> PreChange:
+    if drill and cfg.encryption.enabled and cfg.encryption.identity_file is None:
+        # Before the snapshot: the drill would restore an object this host cannot decrypt.
+        raise MissingIdentity(
+            "pre-change --drill restores the new snapshot, which is encrypted: it needs encryption.identity_file "
+            "on this host (or leave out --drill and drill it where the identity is)"
+        )
     diagnosis = diagnose(cfg, quota_bytes=quota_bytes)
     if diagnosis.blocking:
         raise UnsafeError(

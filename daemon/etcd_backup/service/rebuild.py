@@ -223,7 +223,7 @@ def execute(
     cfg: Config, store: SnapshotStore, plan: RebuildPlan, *, now: Callable[[], datetime] = utcnow
 ) -> ClusterRestore:
     """Verify the snapshot, re-check the targets, then rebuild each one."""
-    verified = fetch_verified(store, plan.manifest, cfg.storage.spool_dir)
+    verified = fetch_verified(store, plan.manifest, cfg.storage.spool_dir, identities=cfg.encryption.identities())
     try:
         refuse_unsafe(cfg, [t.path for t in plan.targets], plan.force)
         initial = ",".join(f"{m.name}={m.peer_url}" for m in plan.members)

@@ -18,7 +18,7 @@ from ..metrics import Metrics
 from ..model import utcnow
 from ..storage import SnapshotStore
 from .cycle import acquire
-from .drill import drill_and_record, drill_target
+from .drill import drill_and_record, drill_target, needs_identity
 from .prune import clean_debris, policy_from_config, prune
 
 log = structlog.get_logger(__name__)
@@ -45,6 +45,7 @@ class Upkeep:
         self.snapshot_lock = snapshot_lock
         self.policy = policy_from_config(cfg.retention)
         self._lock = threading.Lock()
+        self._drill_skip_warned = False
 
     def prune(self) -> None:
         with self._lock:
@@ -99,6 +100,17 @@ class Upkeep:
                 return
             if target is None:
                 log.info("restore drill skipped: no snapshot yet", stage="drill")
+                return
+            if needs_identity(self.cfg, target):
+                self.metrics.drill_skipped("no_identity")
+                if not self._drill_skip_warned:
+                    self._drill_skip_warned = True
+                    log.warning(
+                        "restore drills skipped: snapshots are encrypted and this host has no "
+                        "encryption.identity_file (write-only); run them where the identity is",
+                        snapshot=target.id,
+                        stage="drill",
+                    )
                 return
             log.info("restore drill started", snapshot=target.id, stage="drill")
             started = time.monotonic()
