@@ -70,8 +70,8 @@ class BoltStatus:
 
     @property
     def current_revision(self) -> int:
-        """The revision etcd serves when it starts from this database."""
-        return max(self.revision, self.compact_revision)
+        """The revision etcd serves when it starts from this database (an empty one: 1)."""
+        return max(self.revision, self.compact_revision, 1)
 
     def detail(self) -> dict[str, int]:
         """What a manifest's `verification.structure` records."""

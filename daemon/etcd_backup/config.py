@@ -45,7 +45,7 @@ def _split_list(value: Any) -> Any:
     return value
 
 
-def _drill_interval(value: Any) -> float | None:
+def _duration_or_off(value: Any) -> float | None:
     if value is None or (isinstance(value, str) and value.strip().lower() in {"off", "false", "0", "never", ""}):
         return None
     if value is False:
@@ -284,7 +284,28 @@ class RetentionConfig(_Section):
 
 
 class VerifyConfig(_Section):
-    restore_drill: Annotated[float | None, BeforeValidator(_drill_interval)] = 86400.0
+    restore_drill: Annotated[float | None, BeforeValidator(_duration_or_off)] = 86400.0
+
+
+class DeltaConfig(_Section):
+    # How often the changes the watch saw are stored as a delta; "off": no deltas (run only).
+    interval: Annotated[float | None, BeforeValidator(_duration_or_off)] = 10.0
+    # A delta is stored early once this much is buffered: the writer's memory bound.
+    max_buffer: Size = 16 * 1024 * 1024
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, value: float | None) -> float | None:
+        if value is not None and value < 0.1:
+            raise ValueError("must be at least 100ms (or off)")
+        return value
+
+    @field_validator("max_buffer")
+    @classmethod
+    def _max_buffer(cls, value: int) -> int:
+        if not 64 * 1024 <= value <= 1024**3:
+            raise ValueError("must be between 64KiB and 1GiB")
+        return value
 
 
 class ToolsConfig(_Section):
@@ -429,6 +450,7 @@ class Config(BaseModel):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    delta: DeltaConfig = Field(default_factory=DeltaConfig)
     tools: ToolsConfig = Field(default_factory=ToolsConfig)
     restore: RestoreConfig = Field(default_factory=RestoreConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)

@@ -5,11 +5,12 @@ retention, drills, the member watch, the health check), and what the HTTP endpoi
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from . import __version__, scratch
+from . import __version__, delta, scratch
 from .config import Config
 from .leadership import Leadership
 from .manifest import CachedListing
@@ -17,7 +18,8 @@ from .metrics import Metrics
 from .model import Manifest
 from .scheduler import Scheduler, first_drill
 from .service.cycle import SnapshotRuns
-from .service.health import HealthWatch
+from .service.deltawriter import DeltaWriter
+from .service.health import HealthWatch, completed_at
 from .service.memberwatch import MemberWatch
 from .service.upkeep import Upkeep
 from .storage import SnapshotStore
@@ -41,7 +43,9 @@ class Daemon:
         self.metrics.configured(period=self.period, drill_interval=cfg.verify.restore_drill)
         self.listing = CachedListing(store)
         self.leadership = Leadership(cfg, self.metrics)
-        self.health = HealthWatch(cfg, self.listing, self.metrics, self.leadership, self.period)
+        self.health = HealthWatch(
+            cfg, self.listing, self.metrics, self.leadership, period=self.period, delta_tip=self._delta_tip
+        )
         snapshot_lock = threading.Lock()
         self.upkeep = Upkeep(
             cfg,
@@ -61,6 +65,20 @@ class Daemon:
             stopping=self.stopping,
             lock=snapshot_lock,
             period=self.period,
+            after=self._committed,
+        )
+        self.deltas = (
+            DeltaWriter(
+                cfg,
+                store,
+                listing=self.listing,
+                metrics=self.metrics,
+                leadership=self.leadership,
+                stopping=self.stopping,
+                need_full_snapshot=self._gap_snapshot,
+            )
+            if cfg.delta.interval
+            else None
         )
         self.members = MemberWatch(cfg, on_change=self._member_changed)
         self.scheduler = Scheduler(self.period, self.stopping)
@@ -74,6 +92,8 @@ class Daemon:
         self.health.refresh()
         self._schedule()
         self.scheduler.start()
+        if self.deltas is not None:
+            self.deltas.start()
         log.info(
             "daemon started",
             mode=self.cfg.schedule.mode,
@@ -105,13 +125,39 @@ class Daemon:
         if self.runs.scheduled(reason) and not self.stopping.is_set():
             self.upkeep.prune()
 
+    def _committed(self, m: Manifest) -> None:
+        if self.deltas is not None:
+            self.deltas.new_base(m)
+
+    def _gap_snapshot(self) -> None:
+        """The watch lost revisions to compaction: a full snapshot at once starts a new chain."""
+        self.scheduler.once("delta-gap", lambda: self._scheduled("delta-gap"), at=datetime.now(UTC))
+
+    def _delta_tip(self, cluster_id: str) -> tuple[int, float] | None:
+        """Where this cluster's chain ends: ours if we write it, else as storage holds it (the
+        newest chain only: one bounded listing)."""
+        if self.deltas is not None and (stored := self.deltas.stored) is not None and self.deltas.cluster == cluster_id:
+            return stored.revision, stored.at
+        base = self.listing.list().newest_verified(cluster_id)
+        if base is None:
+            return None
+        refs = delta.list_deltas(self.store, cluster_id, after=base.revision).refs
+        newest = max(refs, key=lambda r: r.last_revision, default=None)
+        if newest is None:
+            return base.revision, completed_at(base)
+        return newest.last_revision, newest.last_time.timestamp()
+
     def _member_changed(self) -> None:
         at = datetime.now(UTC) + timedelta(seconds=MEMBER_CHANGE_DELAY)
         self.scheduler.once("member-change", lambda: self._scheduled("member-change"), at=at)
 
     def stop(self, timeout: float = 12.0) -> bool:
-        """Stop scheduling, cancel the in-flight snapshot, wait for running jobs. True if all ended."""
-        done = self.scheduler.stop(timeout)
+        """Stop scheduling, cancel the in-flight snapshot, store what the watch saw, wait for
+        running jobs. True if all ended."""
+        started = time.monotonic()
+        self.stopping.set()
+        flushed = self.deltas.join(timeout / 2) if self.deltas is not None else True
+        done = self.scheduler.stop(max(0.0, timeout - (time.monotonic() - started))) and flushed
         log.info("daemon stopped" if done else "daemon stopped with jobs still running")
         return done
 

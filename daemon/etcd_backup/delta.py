@@ -39,6 +39,7 @@ from typing import Any
 from .errors import IntegrityError
 from .etcdclient import Event, KeyValue
 from .model import Encryption, rfc3339
+from .storage import ObjectInfo, SnapshotStore, put_bytes
 
 FOLDER = "deltas/"
 FORMAT = "etcd-backup-delta"
@@ -320,3 +321,45 @@ def _event(e: dict[str, Any], revision: int) -> Event:
     return Event(
         False, KeyValue(key, value, int(e["create_revision"]), revision, int(e["version"]), _lease(e["lease"]))
     )
+
+
+# --- in storage --------------------------------------------------------------------------------
+
+
+@dataclass
+class DeltaListing:
+    refs: list[DeltaRef]
+    orphans: list[ObjectInfo]  # data objects without a manifest: debris once old enough
+    data: dict[str, list[str]]  # manifest key -> the data object keys beside it
+
+
+def list_deltas(store: SnapshotStore, cluster_id: str | None = None, *, after: int | None = None) -> DeltaListing:
+    """Committed deltas (from their keys alone), of one cluster or all; with `after`, only those
+    reaching past that revision: one bounded listing, however many older deltas there are.
+    A listing failure raises (StorageError): never a partial answer."""
+    if cluster_id is not None:
+        start = after_revision(cluster_id, after) if after is not None else None
+        objects = store.list(folder(cluster_id), start_after=start)
+    else:
+        objects = store.list(FOLDER)
+    refs: list[DeltaRef] = []
+    data: dict[str, list[str]] = {}
+    for o in objects:
+        ref = parse_key(o.key)
+        if ref is not None:
+            refs.append(ref)
+            data.setdefault(o.key, [])
+    orphans = []
+    for o in objects:
+        if o.key.endswith(MANIFEST_SUFFIX):
+            continue
+        owner = o.key.split(_DATA_SUFFIX, 1)[0] + MANIFEST_SUFFIX
+        if owner in data:
+            data[owner].append(o.key)
+        else:
+            orphans.append(o)
+    return DeltaListing(refs, orphans, data)
+
+
+def write_manifest(store: SnapshotStore, manifest: DeltaManifest) -> None:
+    put_bytes(store, manifest_key(manifest.cluster_id, manifest.id), manifest.to_json())

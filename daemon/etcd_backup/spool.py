@@ -157,6 +157,12 @@ class Spool:
             self._flusher.close()  # before the fd goes away under it
         self._file.discard()
 
+    def keep(self) -> scratch.Scratch:
+        """The finished spool as a scratch file of the caller's (still locked), instead of closing it."""
+        if self._flusher is not None:
+            self._flusher.close()
+        return self._file
+
 
 class SpoolReader:
     """File-like (read only) view of a Spool, following the writer."""

@@ -1,26 +1,29 @@
-"""Prove a stored snapshot intact: download it, re-hash it, check its trailer and bbolt structure.
+"""Prove a stored object intact: download it, re-hash it, and for a full snapshot check its
+trailer and bbolt structure; for a delta its records.
 
-Used by `verify`, `fetch`, restores (before anything is touched) and drills. The checked file
-(the plaintext snapshot, decrypted and decompressed as the manifest says) is left on local disk
-(mode 0600) for the caller, or removed on failure.
+Used by `verify`, `fetch`, restores (before anything is touched), point materialisation and
+drills. The checked file (the plaintext, decrypted and decompressed as the manifest says) is left
+on local disk (mode 0600) for the caller, or removed on failure.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import structlog
 
-from . import bbolt, scratch
+from . import bbolt, delta, scratch
 from . import manifest as manifests
 from .codec import decode
 from .crypto import Identities, require
+from .delta import DeltaManifest
 from .errors import EtcdBackupError, IntegrityError, ObjectNotFound
-from .model import TRAILER, Check, Manifest, rfc3339, utcnow
-from .storage import SnapshotStore
+from .model import TRAILER, Check, Encryption, Manifest, rfc3339, utcnow
+from .storage import SnapshotStore, get_bytes
 
 log = structlog.get_logger(__name__)
 
@@ -82,41 +85,56 @@ def _download_checked(
     store: SnapshotStore, manifest: Manifest, work_dir: str | None, *, record: bool
 ) -> scratch.Scratch:
     """The stored object, downloaded to a private file, its size and SHA-256 matching the manifest."""
-    raw = scratch.create(work_dir, scratch.Kind.DOWNLOAD, manifest.id)
     try:
-        with os.fdopen(os.dup(raw.fd), "w+b") as fh:
-            try:
-                store.get(manifest.object_key, fh)
-            except ObjectNotFound:
-                raise IntegrityError(f"snapshot {manifest.id}: data object {manifest.object_key} is missing") from None
-        size = raw.path.stat().st_size
-        if size != manifest.object_size:
-            raise IntegrityError(
-                f"snapshot {manifest.id}: data object has {size} bytes, manifest says {manifest.object_size}"
-            )
-        if _sha256_file(raw.path) != manifest.object_sha256:
-            raise IntegrityError(f"snapshot {manifest.id}: data object SHA-256 does not match the manifest")
-        return raw
-    except BaseException as exc:
-        raw.discard()
-        if record and isinstance(exc, IntegrityError):
+        return _download(
+            store,
+            manifest.object_key,
+            size=manifest.object_size,
+            sha256=manifest.object_sha256,
+            what=f"snapshot {manifest.id}",
+            work_dir=work_dir,
+        )
+    except IntegrityError as exc:
+        if record:
             record_failure(store, manifest, "hash", str(exc))
         raise
 
 
-def _decode(raw: Path, manifest: Manifest, identities: Identities | None, work_dir: str | None) -> scratch.Scratch:
-    """The plaintext snapshot of a compressed and/or encrypted object, as a new private file."""
-    out = scratch.create(work_dir, scratch.Kind.PLAIN, manifest.id)
+def _download(
+    store: SnapshotStore, key: str, *, size: int, sha256: str, what: str, work_dir: str | None
+) -> scratch.Scratch:
+    raw = scratch.create(work_dir, scratch.Kind.DOWNLOAD, what.rsplit(" ", 1)[-1])
+    try:
+        with os.fdopen(os.dup(raw.fd), "w+b") as fh:
+            try:
+                store.get(key, fh)
+            except ObjectNotFound:
+                raise IntegrityError(f"{what}: data object {key} is missing") from None
+        got = raw.path.stat().st_size
+        if got != size:
+            raise IntegrityError(f"{what}: data object has {got} bytes, manifest says {size}")
+        if _sha256_file(raw.path) != sha256:
+            raise IntegrityError(f"{what}: data object SHA-256 does not match the manifest")
+        return raw
+    except BaseException:
+        raw.discard()
+        raise
+
+
+def _decode(
+    raw: Path,
+    *,
+    compression: str,
+    encryption: Encryption | None,
+    identities: Identities | None,
+    what: str,
+    work_dir: str | None,
+) -> scratch.Scratch:
+    """The plaintext of a compressed and/or encrypted object, as a new private file."""
+    out = scratch.create(work_dir, scratch.Kind.PLAIN, what.rsplit(" ", 1)[-1])
     try:
         with open(raw, "rb") as fin, os.fdopen(os.dup(out.fd), "wb") as fout:
-            decode(
-                fin,
-                fout,
-                compression=manifest.compression,
-                encryption=manifest.encryption,
-                identities=identities,
-                what=f"snapshot {manifest.id}",
-            )
+            decode(fin, fout, compression=compression, encryption=encryption, identities=identities, what=what)
     except BaseException:
         out.discard()
         raise
@@ -146,7 +164,14 @@ def fetch_verified(
     stage = "hash"
     try:
         if manifest.compression != "none" or manifest.encryption is not None:
-            out = _decode(raw.path, manifest, identities, work_dir)
+            out = _decode(
+                raw.path,
+                compression=manifest.compression,
+                encryption=manifest.encryption,
+                identities=identities,
+                what=f"snapshot {manifest.id}",
+                work_dir=work_dir,
+            )
             raw.discard()
         else:
             out = raw
@@ -229,3 +254,70 @@ def place(verified: Verified, dest: Path) -> Path:
 
 
 __all__ = ["EtcdBackupError", "Verified", "check_stored", "fetch_verified", "place", "verify_stored"]
+
+
+@dataclass
+class StoredDelta:
+    """A delta downloaded and proven (size, SHA-256, decrypted, decompressed) as a local file."""
+
+    manifest: DeltaManifest
+    file: scratch.Scratch
+
+    def revisions(self) -> tuple[delta.Header, Iterator[delta.Revision]]:
+        """Its header and revisions, read from the file as they are consumed (IntegrityError on
+        anything out of shape); the header must agree with the manifest."""
+        fh = open(self.file.path, "rb")  # noqa: SIM115 - closed when the iterator is exhausted or discarded
+        where = f"delta {self.manifest.id}"
+        try:
+            header, records = delta.decode(fh, where)
+        except BaseException:
+            fh.close()
+            raise
+        m = self.manifest
+        if (header.cluster_id, header.first_revision, header.last_revision) != (
+            m.cluster_id,
+            m.first_revision,
+            m.last_revision,
+        ):
+            fh.close()
+            raise IntegrityError(f"{where}: its content does not match its manifest")
+
+        def closing() -> Iterator[delta.Revision]:
+            try:
+                yield from records
+            finally:
+                fh.close()
+
+        return header, closing()
+
+    def discard(self) -> None:
+        self.file.discard()
+
+
+def fetch_delta(
+    store: SnapshotStore, ref: delta.DeltaRef, work_dir: str | None = None, *, identities: Identities | None = None
+) -> StoredDelta:
+    """Download a committed delta and prove it: IntegrityError when it is damaged or gone,
+    MissingIdentity (before the download) when it is encrypted to keys we do not hold."""
+    try:
+        m = delta.DeltaManifest.from_json(get_bytes(store, ref.key), ref.key)
+    except ObjectNotFound:
+        raise IntegrityError(f"delta {ref.stem}: its manifest {ref.key} is gone") from None
+    what = f"delta {m.id}"
+    if m.encryption is not None:
+        require(identities, m.encryption.recipients, what)
+    raw = _download(store, m.object_key, size=m.object_size, sha256=m.object_sha256, what=what, work_dir=work_dir)
+    if m.compression == "none" and m.encryption is None:
+        return StoredDelta(m, raw)
+    try:
+        plain = _decode(
+            raw.path,
+            compression=m.compression,
+            encryption=m.encryption,
+            identities=identities,
+            what=what,
+            work_dir=work_dir,
+        )
+        return StoredDelta(m, plain)
+    finally:
+        raw.discard()

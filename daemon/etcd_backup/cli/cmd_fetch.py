@@ -1,4 +1,5 @@
-"""`fetch ID|latest --to FILE`: download and verify a snapshot to a file."""
+"""`fetch ID|latest --to FILE [--to-latest|--to-revision REV|--to-time T]`: a verified snapshot
+file, of a stored full snapshot or of a point the deltas after it reach."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ import argparse
 from pathlib import Path
 
 from ..errors import UsageError
-from .common import Context, Subparsers, add_output, emit_json
+from .common import Context, Subparsers, add_output, add_point, emit_json, point_target
 
 
 def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
-    p = sub.add_parser("fetch", help="download and verify a snapshot to a file")
-    p.add_argument("snapshot", metavar="ID|latest")
+    p = sub.add_parser("fetch", help="download and verify a snapshot (or make one of a point) to a file")
+    p.add_argument(
+        "snapshot", metavar="ID|latest", nargs="?", help="the full snapshot (may be left out with a --to-* option)"
+    )
+    add_point(p)
     p.add_argument("--to", required=True, metavar="FILE", help="where to write the snapshot file")
     p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     add_output(p)
@@ -27,11 +31,27 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     from .. import manifest as manifests
     from ..verify import fetch_verified, place
 
-    manifest = manifests.resolve(ctx.store, args.snapshot, ctx.live_cluster_id)
-    # Download next to the destination so the final step is a rename.
-    verified = fetch_verified(
-        ctx.store, manifest, str(dest.absolute().parent), record=True, identities=ctx.config.encryption.identities()
-    )
+    target = point_target(args)
+    work = str(dest.absolute().parent)  # beside the destination, so the final step is a rename
+    identities = ctx.config.encryption.identities()
+    if target is not None:
+        from ..service import point
+
+        plan = point.plan(
+            ctx.store,
+            target,
+            snapshot=args.snapshot,
+            live_cluster=ctx.live_cluster_id,
+            identities=identities,
+            work_dir=work,
+        )
+        verified = point.materialise(ctx.config, ctx.store, plan, identities=identities, work_dir=work)
+    elif args.snapshot is None:
+        raise UsageError("name a snapshot (ID or latest) or a point (--to-latest, --to-revision, --to-time)")
+    else:
+        manifest = manifests.resolve(ctx.store, args.snapshot, ctx.live_cluster_id)
+        verified = fetch_verified(ctx.store, manifest, work, record=True, identities=identities)
+    manifest = verified.manifest
     path = place(verified, dest)
     if ctx.json:
         emit_json(
@@ -45,5 +65,5 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         )
     else:
         print(f"snapshot {manifest.id} (revision {manifest.revision}) verified and written to {path}")
-        print(f"restore it with: etcdutl snapshot restore {path} --data-dir <DIR> ...")
+        print(f"restore it with: etcdutl snapshot restore {path} --data-dir DATA_DIR ...")
     return 0

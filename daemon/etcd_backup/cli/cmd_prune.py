@@ -28,11 +28,16 @@ def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
 def render(report: PruneReport) -> str:
     verb = "would delete" if report.dry_run else "deleted"
     lines = [f"{verb} {d.id}  ({d.reason})" for d in report.deleted]
+    lines += [
+        f"{verb} {c.deltas} delta(s) of revisions {c.first_revision}-{c.last_revision}  ({c.reason})"
+        for c in report.chains
+    ]
     lines += [f"{verb} debris {d.key}  ({d.kind}, {d.age_seconds / 3600:.1f}h old)" for d in report.debris]
     lines += [f"kept {item.id or item.key}  {item.label} (deleted by a later prune)" for item in report.locked]
     summary = "to delete" if report.dry_run else "deleted"
     lines.append(
         f"{len(report.deleted)} snapshot(s) {summary}, {len(report.kept)} kept, "
+        f"{sum(c.deltas for c in report.chains)} delta(s) {summary}, {report.kept_deltas} kept, "
         f"{len(report.debris)} debris object(s) {summary}"
     )
     return "\n".join(lines)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from .common import Context, Subparsers, add_output, emit_json
+from .common import Context, Subparsers, add_output, add_point, emit_json, point_target
 
 if TYPE_CHECKING:
     from ..runbook import Context as RunbookContext
@@ -40,10 +40,11 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _snapshot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--snapshot",
-        required=True,
         metavar="ID|latest",
-        help="snapshot id (see `etcd-backup list`), or latest: the newest verified one of this cluster",
+        help="snapshot id (see `etcd-backup list`), or latest: the newest verified one of this cluster; with "
+        "a --to-* option it may be left out (the newest verified snapshot from which deltas reach the point)",
     )
+    add_point(p)
     p.add_argument(
         "--force", action="store_true", help="move a non-empty data dir aside to DIR.bak-<UTC time> instead of refusing"
     )
@@ -125,6 +126,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
     common: dict[str, Any] = {
         "snapshot": args.snapshot,
+        "target": point_target(args),
         "data_dir": args.data_dir,
         "force": args.force,
         "token": args.cluster_token,
@@ -178,8 +180,15 @@ def _member_block(r: RebuiltMember) -> list[str]:
 
 def render_restore(r: ClusterRestore) -> str:
     m = r.manifest
+    p = r.plan.point
+    what = (
+        f"point at revision {m.revision} ({m.keys} keys: snapshot {m.id} at revision {p.base.revision} plus "
+        f"{len(p.deltas)} deltas, {p.revisions} revisions replayed)"
+        if p is not None
+        else f"snapshot {m.id} verified (revision {m.revision}, {m.keys} keys)"
+    )
     lines = [
-        f"snapshot {m.id} verified (revision {m.revision}, {m.keys} keys) and restored with {r.plan.tool.describe()}",
+        f"{what} and restored with {r.plan.tool.describe()}",
         f"cluster token {r.plan.token}; initial cluster {r.initial_cluster}",
         "",
     ]

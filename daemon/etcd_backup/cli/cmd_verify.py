@@ -1,10 +1,13 @@
-"""`verify ID|latest [--drill]`: re-download and check a stored snapshot."""
+"""`verify ID|latest [--drill [--to-latest]]`: re-download and check a stored snapshot (and with
+`--drill`, restore it, or the newest point its deltas reach, into a scratch etcd); `verify --chain
+[ID|latest]`: every delta of its chain downloaded and checked, revision by revision."""
 
 from __future__ import annotations
 
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from ..errors import IntegrityError, UsageError
 from .common import Context, Subparsers, add_output, emit_json
 
 if TYPE_CHECKING:
@@ -12,9 +15,19 @@ if TYPE_CHECKING:
 
 
 def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
-    p = sub.add_parser("verify", help="re-download a stored snapshot and check it")
-    p.add_argument("snapshot", metavar="ID|latest")
+    p = sub.add_parser("verify", help="re-download a stored snapshot (or a chain of deltas) and check it")
+    p.add_argument("snapshot", metavar="ID|latest", nargs="?", default="latest")
     p.add_argument("--drill", action="store_true", help="also restore it into a scratch etcd")
+    p.add_argument(
+        "--to-latest",
+        action="store_true",
+        help="with --drill: restore the newest point (snapshot plus deltas) and compare it with the live cluster",
+    )
+    p.add_argument(
+        "--chain",
+        action="store_true",
+        help="check every delta after the snapshot: hashes and revision continuity (exit 3 on damage or a gap)",
+    )
     add_output(p)
     return p
 
@@ -24,6 +37,12 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     from ..verify import verify_stored
 
     cfg = ctx.config
+    if args.chain:
+        return _verify_chain(args, ctx)
+    if args.to_latest and not args.drill:
+        raise UsageError("--to-latest needs --drill (a point is proven by restoring it)")
+    if args.to_latest:
+        return _drill_point(args, ctx)
     manifest = manifests.resolve(ctx.store, args.snapshot, ctx.live_cluster_id)
     identities = cfg.encryption.identities()
     if manifest.encryption is not None and identities is None and not args.drill:
@@ -59,6 +78,47 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         from ..service.drill import require_passed
 
         require_passed(outcome, "do not rely on it for a restore")
+    return 0
+
+
+def _verify_chain(args: argparse.Namespace, ctx: Context) -> int:
+    from ..service.history import verify_chain
+
+    proof = verify_chain(
+        ctx.store,
+        args.snapshot,
+        live_cluster=ctx.live_cluster_id,
+        identities=ctx.config.encryption.identities(),
+        work_dir=ctx.config.storage.spool_dir,
+    )
+    doc = proof.to_dict()
+    if ctx.json:
+        emit_json(doc)
+    else:
+        print(
+            f"chain of {doc['snapshot']}: {doc['deltas']} deltas checked, revisions {doc['from_revision']} to "
+            f"{doc['to_revision']}, {doc['events']} events"
+        )
+        for g in doc["gaps"]:
+            print(f"  GAP: revisions {g['after_revision'] + 1} to {g['before_revision'] - 1} are in no delta")
+    if not proof.ok:
+        raise IntegrityError(f"chain of {doc['snapshot']} has {len(doc['gaps'])} gap(s): not every revision restores")
+    return 0
+
+
+def _drill_point(args: argparse.Namespace, ctx: Context) -> int:
+    from ..service.drill import drill_latest_point, require_passed
+
+    outcome = drill_latest_point(ctx.config, ctx.store, live_cluster=ctx.live_cluster_id)
+    if ctx.json:
+        emit_json({"id": outcome.manifest.id, "ok": outcome.check.ok, "drill": outcome.check.to_dict()})
+    else:
+        d = outcome.check.detail
+        print(
+            f"point at revision {d.get('revision')} (snapshot {outcome.manifest.id} + {d.get('deltas')} deltas): "
+            f"drill {'ok' if outcome.check.ok else 'FAILED'} {outcome.check.error or ''}".rstrip()
+        )
+    require_passed(outcome, "do not rely on this point for a restore")
     return 0
 
 

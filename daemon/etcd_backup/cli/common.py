@@ -29,6 +29,23 @@ def add_output(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_point(p: argparse.ArgumentParser) -> None:
+    """--to-latest | --to-revision N | --to-time T: a point the deltas after a full snapshot reach."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--to-latest", action="store_true", help="the newest point: the full snapshot plus every delta after it"
+    )
+    g.add_argument("--to-revision", type=int, metavar="REV", help="exactly this revision (see `etcd-backup timeline`)")
+    g.add_argument("--to-time", metavar="RFC3339", help="the newest revision the watch had seen at or before this time")
+
+
+def point_target(args: argparse.Namespace) -> Any:
+    """The point options as a service.point.Target, or None when none was given."""
+    from ..service.point import parse_target
+
+    return parse_target(bool(args.to_latest), args.to_revision, args.to_time)
+
+
 class Context:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args

@@ -26,6 +26,7 @@ from . import (
     cmd_restore,
     cmd_run,
     cmd_snapshot,
+    cmd_timeline,
     cmd_verify,
 )
 from .common import Context
@@ -38,6 +39,7 @@ COMMANDS = [
     cmd_snapshot,
     cmd_pre_change,
     cmd_list,
+    cmd_timeline,
     cmd_verify,
     cmd_prune,
     cmd_doctor,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -31,6 +32,7 @@ class Health:
     storage_error: str | None = "not checked yet"
     checked_at: float = 0.0  # unix time of the last complete check
     newest_success: float = 0.0  # unix time the newest verified snapshot (ours or another copy's) completed
+    delta_error: str | None = None  # deltas on, and the newest is stale while etcd holds newer revisions
 
 
 def readiness(health: Health, *, now: float, period: float, stale_after: float) -> list[str]:
@@ -48,6 +50,8 @@ def readiness(health: Health, *, now: float, period: float, stale_after: float) 
         reasons.append(f"etcd: {health.etcd_error}")
     if health.storage_error:
         reasons.append(f"storage: {health.storage_error}")
+    if health.delta_error:
+        reasons.append(f"deltas: {health.delta_error}")
     if health.newest_success == 0.0:
         reasons.append("no successful snapshot yet")
     elif now - health.newest_success > 2 * period:
@@ -56,6 +60,24 @@ def readiness(health: Health, *, now: float, period: float, stale_after: float) 
             f"(more than two schedule periods, {2 * period:.0f}s)"
         )
     return reasons
+
+
+# Where the chain of a cluster ends: (newest revision stored, unix time it was stored).
+DeltaTip = Callable[[str], tuple[int, float] | None]
+
+
+def delta_staleness(tip: tuple[int, float] | None, live_revision: int, *, now: float, interval: float) -> str | None:
+    """Why deltas make the daemon unready: the newest is older than three intervals while etcd
+    holds newer revisions (nothing written meanwhile is not stale)."""
+    if tip is None:
+        return None
+    revision, at = tip
+    if live_revision > revision and now - at > 3 * interval:
+        return (
+            f"the newest stored revision {revision} is {now - at:.0f}s old (more than three delta intervals) "
+            f"while etcd is at revision {live_revision}"
+        )
+    return None
 
 
 def completed_at(m: Manifest) -> float:
@@ -82,7 +104,14 @@ class HealthWatch:
     """The periodic check behind `/readyz` and the storage gauges."""
 
     def __init__(
-        self, cfg: Config, listing: CachedListing, metrics: Metrics, leadership: Leadership, period: float
+        self,
+        cfg: Config,
+        listing: CachedListing,
+        metrics: Metrics,
+        leadership: Leadership,
+        *,
+        period: float,
+        delta_tip: DeltaTip | None = None,
     ) -> None:
         self.cfg = cfg
         self.listing = listing
@@ -93,6 +122,7 @@ class HealthWatch:
         self.stale_after = 3 * self.every + 2 * cfg.etcd.dial_timeout
         self._health = Health()
         self._lock = threading.Lock()
+        self.delta_tip = delta_tip
 
     @property
     def newest_success(self) -> float:
@@ -115,6 +145,13 @@ class HealthWatch:
         except EtcdBackupError as exc:
             storage_error = str(exc)
             self.metrics.failure("storage")
+        delta_error = None
+        if self.delta_tip is not None and self.cfg.delta.interval and obs.status is not None:
+            try:
+                tip = self.delta_tip(hexid(obs.status.cluster_id))
+            except EtcdBackupError as exc:
+                tip, storage_error = None, storage_error or str(exc)
+            delta_error = delta_staleness(tip, obs.status.revision, now=time.time(), interval=self.cfg.delta.interval)
         newest_success = 0.0
         if listing is not None:
             self._gauges(
@@ -125,6 +162,7 @@ class HealthWatch:
         with self._lock:
             self._health.etcd_error = obs.error
             self._health.storage_error = storage_error
+            self._health.delta_error = delta_error
             self._health.newest_success = max(self._health.newest_success, newest_success)
             self._health.checked_at = time.time()
         self.metrics.ready.set(0 if self.readiness() else 1)

@@ -1,8 +1,9 @@
 """Apply retention to the store: delete what the policy drops, then clean up debris.
 
-Both listings (snapshots and unfinished uploads) are taken before anything is deleted: if either
-fails, nothing is deleted. A snapshot is deleted manifest first, so a half-deleted snapshot is
-never listed as a backup (its data object becomes an orphan, removed as debris later).
+Every listing (snapshots, deltas, unfinished uploads) is taken before anything is deleted: if one
+fails, nothing is deleted. Deltas go with the chains of the snapshots they extend (chain.retain).
+Objects are deleted manifest first, so a half-deleted snapshot or delta is never listed (its data
+object becomes an orphan, removed as debris later).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from .. import chain, delta
 from .. import manifest as manifests
 from ..config import RetentionConfig
 from ..errors import EtcdBackupError, ObjectLocked
@@ -54,6 +56,26 @@ class LockedItem:
         return f"locked until {rfc3339(self.until)}" if self.until else "under a legal hold"
 
 
+@dataclass(frozen=True, slots=True)
+class ChainDeletion:
+    """The deltas of one chain that retention deleted, reported per chain rather than per object."""
+
+    snapshot: str | None  # the base whose chain they extended (None: older than every chain)
+    deltas: int
+    first_revision: int
+    last_revision: int
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "snapshot": self.snapshot,
+            "deltas": self.deltas,
+            "first_revision": self.first_revision,
+            "last_revision": self.last_revision,
+            "reason": self.reason,
+        }
+
+
 @dataclass
 class PruneReport:
     dry_run: bool
@@ -64,6 +86,8 @@ class PruneReport:
     errors: list[str] = field(default_factory=list)
     locked: list[LockedItem] = field(default_factory=list)
     remaining: int = 0  # snapshots left in storage afterwards
+    chains: list[ChainDeletion] = field(default_factory=list)
+    kept_deltas: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +98,8 @@ class PruneReport:
             "problems": [{"key": p.key, "error": p.error} for p in self.problems],
             "errors": self.errors,
             "locked": [item.to_dict() for item in self.locked],
+            "deltas": [c.to_dict() for c in self.chains],
+            "kept_deltas": self.kept_deltas,
         }
 
 
@@ -98,6 +124,7 @@ def prune(
 ) -> PruneReport:
     """List, decide, delete. A listing failure raises before anything is deleted."""
     listing = manifests.list_snapshots(store)
+    deltas = delta.list_deltas(store)
     partials = store.list_debris()
     decision = apply_policy(policy, listing.manifests, now)
     report = PruneReport(dry_run, kept=decision.keep, problems=list(listing.problems))
@@ -106,16 +133,71 @@ def prune(
         log.warning("snapshot left alone: manifest problem", key=problem.key, error=problem.error)
     _delete_snapshots(store, listing, decision, report)
     report.remaining = len(listing.manifests) - len(report.deleted)
-    _remove_debris(store, stale_debris(listing.orphans, partials, now, debris_age), report)
+    kept_ids = {m.id for m in listing.manifests if m.id not in decision.delete}
+    _delete_deltas(store, listing, deltas, kept_ids, report)
+    orphans = listing.orphans + deltas.orphans
+    _remove_debris(store, stale_debris(orphans, partials, now, debris_age), report)
     return report
+
+
+def _delete_deltas(
+    store: SnapshotStore, listing: Listing, deltas: delta.DeltaListing, kept_ids: set[str], report: PruneReport
+) -> None:
+    decided = chain.retain(listing.manifests, kept_ids, deltas.refs)
+    report.kept_deltas = len(decided.keep)
+    groups: dict[str, list[delta.DeltaRef]] = {}
+    by_key = {d.key: d for d in deltas.refs}
+    for key, reason in decided.delete.items():
+        groups.setdefault(reason, []).append(by_key[key])
+    for reason, refs in groups.items():
+        deleted = 0
+        for d in sorted(refs, key=lambda d: d.first_revision):
+            if not report.dry_run:
+                m_key = d.key
+                data = deltas.data.get(m_key, [])
+                try:
+                    store.delete(m_key)
+                except ObjectLocked as exc:
+                    report.locked.append(LockedItem("", m_key, exc.until))
+                    continue
+                except EtcdBackupError as exc:
+                    report.errors.append(f"deleting delta {d.stem}: {exc}")
+                    continue
+                for key in data:
+                    try:
+                        store.delete(key)
+                    except ObjectLocked as exc:
+                        report.locked.append(LockedItem("", key, exc.until))  # debris once unlocked
+                    except EtcdBackupError as exc:
+                        report.errors.append(f"deleting data of delta {d.stem}: {exc}")
+            deleted += 1
+        if deleted:
+            owner = reason.removeprefix("chain of deleted snapshot ") if reason.startswith("chain of deleted") else None
+            report.chains.append(
+                ChainDeletion(
+                    owner,
+                    deleted,
+                    min(d.first_revision for d in refs),
+                    max(d.last_revision for d in refs),
+                    reason,
+                )
+            )
+            log.info(
+                "deltas deleted" if not report.dry_run else "deltas would be deleted",
+                chain=owner,
+                deltas=deleted,
+                reason=reason,
+                stage="retention",
+            )
 
 
 def clean_debris(store: SnapshotStore, *, debris_age: float, now: datetime) -> PruneReport:
     """Only the debris part of `prune` (at start-up: what a killed previous run left behind)."""
     listing = manifests.list_snapshots(store)
+    orphans = listing.orphans + delta.list_deltas(store).orphans
     partials = store.list_debris()
     report = PruneReport(False, problems=list(listing.problems), remaining=len(listing.manifests))
-    _remove_debris(store, stale_debris(listing.orphans, partials, now, debris_age), report)
+    _remove_debris(store, stale_debris(orphans, partials, now, debris_age), report)
     return report
 
 

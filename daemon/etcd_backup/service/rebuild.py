@@ -11,7 +11,7 @@ start with.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import structlog
 
-from .. import datadir
+from .. import chain, datadir
 from .. import manifest as manifests
 from ..config import Config
 from ..errors import ToolError, UsageError
@@ -30,7 +30,9 @@ from ..model import Manifest, utcnow
 from ..runbook import CLIENT_PLACEHOLDER, Context, Host, restore_cluster_command, start_command
 from ..storage import SnapshotStore
 from ..verify import fetch_verified
+from . import point
 from .guard import refuse_unsafe
+from .point import Target as PointTarget
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +63,7 @@ class RebuildPlan:
     bump_revision: int
     mark_compacted: bool
     notices: tuple[str, ...]  # what the operator should hear before the restore runs
+    point: chain.Plan | None = None  # restore to a point: this base plus deltas up to a revision
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,20 +96,22 @@ class ClusterRestore:
     plan: RebuildPlan
     initial_cluster: str
     rebuilt: tuple[RebuiltMember, ...]
+    restored: Manifest  # what the data dirs hold: the snapshot, or the point made from it
 
     @property
     def manifest(self) -> Manifest:
-        return self.plan.manifest
+        return self.restored
 
     def others(self) -> list[MemberSpec]:
         done = {r.name for r in self.rebuilt}
         return [m for m in self.plan.members if m.name not in done]
 
     def command_for(self, name: str) -> str:
-        """The command that rebuilds member `name` on its own host (same snapshot, same token)."""
+        """The command that rebuilds member `name` on its own host (same snapshot, same point, same token)."""
         p = self.plan
+        ctx = p.ctx if p.point is None else replace(p.ctx, point=("--to-revision", str(p.point.target)))
         return restore_cluster_command(
-            p.ctx,
+            ctx,
             p.manifest.id,
             [Host(m.name, m.peer_url) for m in p.members],
             only=name,
@@ -116,11 +121,13 @@ class ClusterRestore:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        m = self.manifest
+        m = self.restored
+        p = self.plan.point
         return {
             "snapshot": m.id,
             "revision": m.revision,
             "keys": m.keys,
+            "point": {"revision": p.target, "deltas": len(p.deltas), "revisions_replayed": p.revisions} if p else None,
             "cluster_token": self.plan.token,
             "initial_cluster": self.initial_cluster,
             "tool": self.plan.tool.describe(),
@@ -173,7 +180,7 @@ def prepare(
     cfg: Config,
     store: SnapshotStore,
     *,
-    snapshot: str,
+    snapshot: str | None,
     members: list[MemberSpec],
     data_dir: str | None = None,
     only: Iterable[str] = (),
@@ -183,7 +190,9 @@ def prepare(
     mark_compacted: bool = False,
     live_cluster: LiveCluster = None,
     config_path: str | None = None,
+    target: PointTarget | None = None,
 ) -> RebuildPlan:
+    """Check everything a rebuild needs; touch nothing. `snapshot` may be None with a target."""
     check_members(members)
     if token is not None and not token.strip():
         raise UsageError("--cluster-token must not be empty")
@@ -191,28 +200,50 @@ def prepare(
     planned = plan_targets(members, only, template)
     tool = find_restore_tool(cfg.tools.etcdutl or None)
     check_bump(tool, bump_revision, mark_compacted)
-    manifest = manifests.resolve(store, snapshot, live_cluster)
+    pointed: chain.Plan | None = None
+    notices = [n for n in [bump_notice(tool, bump_revision)] if n]
+    if target is not None:
+        pointed = point.plan(
+            store,
+            target,
+            snapshot=snapshot,
+            live_cluster=live_cluster,
+            identities=cfg.encryption.identities(),
+            work_dir=cfg.storage.spool_dir,
+        )
+        manifest = pointed.base
+    elif snapshot is None:
+        raise UsageError("name a snapshot (--snapshot ID|latest) or a point (--to-latest, --to-revision, --to-time)")
+    else:
+        manifest = manifests.resolve(store, snapshot, live_cluster)
+        newer = point.newer_revisions(store, manifest)
+        if newer:
+            notices.append(
+                f"deltas hold {newer} newer revisions after snapshot {manifest.id} (up to revision "
+                f"{manifest.revision + newer}); --to-latest restores them too"
+            )
     targets = tuple(Target(spec, path, _client_urls(manifest, spec)) for spec, path in planned)
     refuse_unsafe(cfg, [t.path for t in targets], force)
-    notice = bump_notice(tool, bump_revision)
+    derived = cluster_token(manifest.id if pointed is None else f"{manifest.id}-r{pointed.target}")
     return RebuildPlan(
         ctx=Context(cfg.etcd, cfg.restore.data_dir, config_path),
         manifest=manifest,
         members=tuple(members),
         targets=targets,
         tool=tool,
-        token=token or cluster_token(manifest.id),
+        token=token or derived,
         custom_token=token is not None,
         data_dir=template,
         force=force,
         bump_revision=bump_revision,
         mark_compacted=mark_compacted,
-        notices=(notice,) if notice else (),
+        notices=tuple(notices),
+        point=pointed,
     )
 
 
 def prepare_single(
-    cfg: Config, store: SnapshotStore, *, snapshot: str, name: str, peer_url: str, **kwargs: Any
+    cfg: Config, store: SnapshotStore, *, snapshot: str | None, name: str, peer_url: str, **kwargs: Any
 ) -> RebuildPlan:
     """Scenario 3: a one-member cluster rebuilt from a snapshot."""
     spec = MemberSpec(check_name(name), check_peer_url(peer_url))
@@ -223,7 +254,11 @@ def execute(
     cfg: Config, store: SnapshotStore, plan: RebuildPlan, *, now: Callable[[], datetime] = utcnow
 ) -> ClusterRestore:
     """Verify the snapshot, re-check the targets, then rebuild each one."""
-    verified = fetch_verified(store, plan.manifest, cfg.storage.spool_dir, identities=cfg.encryption.identities())
+    identities = cfg.encryption.identities()
+    if plan.point is not None:
+        verified = point.materialise(cfg, store, plan.point, identities=identities, work_dir=cfg.storage.spool_dir)
+    else:
+        verified = fetch_verified(store, plan.manifest, cfg.storage.spool_dir, identities=identities)
     try:
         refuse_unsafe(cfg, [t.path for t in plan.targets], plan.force)
         initial = ",".join(f"{m.name}={m.peer_url}" for m in plan.members)
@@ -232,11 +267,11 @@ def execute(
             "data dirs restored",
             members=[r.name for r in rebuilt],
             snapshot=plan.manifest.id,
-            revision=plan.manifest.revision,
+            revision=verified.manifest.revision,
         )
     finally:
         verified.discard()
-    return ClusterRestore(plan, initial, rebuilt)
+    return ClusterRestore(plan, initial, rebuilt, verified.manifest)
 
 
 def _rebuild_one(plan: RebuildPlan, snapshot_file: Path, t: Target, initial: str, when: datetime) -> RebuiltMember:

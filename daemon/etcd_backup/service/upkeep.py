@@ -17,8 +17,9 @@ from ..manifest import CachedListing
 from ..metrics import Metrics
 from ..model import utcnow
 from ..storage import SnapshotStore
+from . import point
 from .cycle import acquire
-from .drill import drill_and_record, drill_target, needs_identity
+from .drill import drill_and_record, drill_point, drill_target, needs_identity
 from .prune import clean_debris, policy_from_config, prune
 
 log = structlog.get_logger(__name__)
@@ -115,7 +116,18 @@ class Upkeep:
             log.info("restore drill started", snapshot=target.id, stage="drill")
             started = time.monotonic()
             try:
-                outcome = drill_and_record(self.cfg, self.store, target, cancel=self.stopping)
+                if self.cfg.delta.interval and target.verified:
+                    # With deltas, the newest point is what a restore would use: drill that.
+                    p = point.plan(
+                        self.store,
+                        point.Target(latest=True),
+                        snapshot=target.id,
+                        identities=self.cfg.encryption.identities(),
+                        work_dir=self.cfg.storage.spool_dir,
+                    )
+                    outcome = drill_point(self.cfg, self.store, p, cancel=self.stopping)
+                else:
+                    outcome = drill_and_record(self.cfg, self.store, target, cancel=self.stopping)
             except EtcdBackupError as exc:
                 if not self.stopping.is_set():
                     self.metrics.failure("drill")

@@ -1,0 +1,415 @@
+"""The delta writer: one watch on the whole keyspace, from the revision after the newest one
+stored, and every change it sees stored as a delta every `delta.interval`, as soon as
+`delta.max_buffer` is buffered, when the watch breaks (a member gone, quorum lost) and at stop.
+
+It never skips a revision: every revision from the chain's full snapshot up to the newest delta
+is stored exactly once in order, or the chain shows a gap. When etcd compacted revisions the
+watch had not seen (the daemon was stopped too long, or fell behind while storage was down),
+the gap is logged and counted and a full snapshot is asked for at once to start a new chain.
+
+Memory is bounded by `max_buffer`: while a delta cannot be stored (storage down), the watch is
+not read further (etcd holds the changes, until it compacts them). Deltas are cut at chain
+boundaries (a new full snapshot's revision) so that one chain can be listed alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from .. import __version__, codec, delta
+from ..config import Config
+from ..errors import EtcdBackupError, EtcdUnavailable
+from ..etcdclient import Compacted, Event, Member, WatchStream, connect_healthy, hexid
+from ..leadership import Leadership
+from ..manifest import CachedListing
+from ..metrics import Metrics
+from ..model import Manifest, rfc3339, utcnow
+from ..storage import SnapshotStore, put_bytes
+
+log = structlog.get_logger(__name__)
+
+RECONNECT_MAX = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """The newest revision this writer stored, and when."""
+
+    revision: int
+    at: float  # unix time of the commit
+
+
+class _Buffer:
+    """Revisions seen and not yet stored, encoded as they arrive (their size is the bound)."""
+
+    def __init__(self) -> None:
+        self.records: list[delta.Revision] = []
+        self.lines: list[bytes] = []
+        self.size = 0
+        self.first_seen: float | None = None  # unix time the oldest buffered change was seen
+
+    def add(self, r: delta.Revision) -> None:
+        line = delta.encode_revision(r)
+        if not self.records:
+            self.first_seen = r.seen_at.timestamp()
+        self.records.append(r)
+        self.lines.append(line)
+        self.size += len(line)
+
+    def take(self, upto: int) -> tuple[list[delta.Revision], list[bytes]]:
+        """Remove and return the revisions <= `upto`."""
+        n = next((i for i, r in enumerate(self.records) if r.revision > upto), len(self.records))
+        records, lines = self.records[:n], self.lines[:n]
+        self.records, self.lines = self.records[n:], self.lines[n:]
+        self.size -= sum(len(x) for x in lines)
+        self.first_seen = self.records[0].seen_at.timestamp() if self.records else None
+        return records, lines
+
+    @property
+    def last(self) -> int | None:
+        return self.records[-1].revision if self.records else None
+
+
+class DeltaWriter:
+    def __init__(
+        self,
+        cfg: Config,
+        store: SnapshotStore,
+        *,
+        listing: CachedListing,
+        metrics: Metrics,
+        leadership: Leadership,
+        stopping: threading.Event,
+        need_full_snapshot: Callable[[], None],
+    ) -> None:
+        assert cfg.delta.interval is not None
+        self.cfg = cfg
+        self.store = store
+        self.listing = listing
+        self.metrics = metrics
+        self.leadership = leadership
+        self.stopping = stopping
+        self.need_full_snapshot = need_full_snapshot
+        self.interval: float = cfg.delta.interval
+        self.max_buffer = cfg.delta.max_buffer
+        self.writer = secrets.token_hex(3)
+        self.form = codec.Form.of(cfg)
+        self._cond = threading.Condition()
+        self._buffer = _Buffer()
+        self._flush_lock = threading.Lock()
+        self._cluster: str | None = None
+        self._member_id = ""
+        self._boundaries: set[int] = set()  # revisions of full snapshots: deltas are cut there
+        self._leases: dict[int, int | None] = {}
+        self._stream: WatchStream | None = None
+        self._watching = False
+        self._base_seen = threading.Event()
+        self._need_base_above: int | None = None  # after a gap: watch again only from a newer base
+        self._stored: Stored | None = None
+        self._threads: list[threading.Thread] = []
+        metrics.delta_lag.set_function(self.lag_seconds)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for target, name in ((self._run, "delta-watch"), (self._flusher, "delta-flush")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def join(self, timeout: float) -> bool:
+        """After `stopping` is set: wait for the final flush. True if everything ended."""
+        self._close_stream()
+        with self._cond:
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
+    def new_base(self, m: Manifest) -> None:
+        """A full snapshot was committed: a chain boundary, and maybe the base the watch waits for."""
+        with self._cond:
+            self._boundaries.add(m.revision)
+        self._base_seen.set()
+
+    @property
+    def cluster(self) -> str | None:
+        return self._cluster
+
+    @property
+    def stored(self) -> Stored | None:
+        return self._stored
+
+    def lag_seconds(self) -> float:
+        """Age of the oldest change seen but not stored yet (0 when everything is stored)."""
+        first = self._buffer.first_seen
+        return max(0.0, time.time() - first) if first is not None else 0.0
+
+    # --- the watch ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self.stopping.is_set():
+            try:
+                if not self.leadership.acting().acting:
+                    self._flush_all()
+                    self.stopping.wait(self.interval)
+                    continue
+                self._watch_once()
+                backoff = 0.5
+            except Compacted as exc:
+                self._gap(exc)
+            except EtcdBackupError as exc:
+                if not self.stopping.is_set():
+                    log.warning("delta watch broken; stored what it saw", error=str(exc), stage="delta")
+                self._flush_all()
+                if self.stopping.wait(backoff):
+                    break
+                backoff = min(RECONNECT_MAX, backoff * 2, self.interval)
+            except Exception as exc:
+                log.exception("delta watch failed unexpectedly", error=f"{type(exc).__name__}: {exc}", stage="delta")
+                self.metrics.failure("delta")
+                if self.stopping.wait(RECONNECT_MAX):
+                    break
+        self._flush_all(final=True)
+
+    def _start_revision(self, member: Member) -> int | None:
+        """Where the watch starts: after what is buffered, else after the newest stored revision
+        of the newest chain; None while this cluster has no verified full snapshot yet."""
+        status = member.status()
+        cluster = hexid(status.cluster_id)
+        if cluster != self._cluster:
+            self._cluster = cluster
+            self._member_id = hexid(status.member_id)
+            self._buffer = _Buffer()
+        buffered = self._buffer.last
+        if buffered is not None:
+            return buffered + 1
+        base = self.listing.list().newest_verified(cluster)
+        if base is None or (self._need_base_above is not None and base.revision < self._need_base_above):
+            return None
+        self._need_base_above = None
+        with self._cond:
+            self._boundaries.add(base.revision)
+        refs = delta.list_deltas(self.store, cluster, after=base.revision).refs
+        return max([base.revision, *(r.last_revision for r in refs)]) + 1
+
+    def _watch_once(self) -> None:
+        member = self._connect()
+        try:
+            start = self._start_revision(member)
+            if start is None:
+                self._base_seen.clear()
+                log.info("deltas wait for a verified full snapshot of this cluster", stage="delta")
+                self._base_seen.wait(self.interval)
+                return
+            stream = member.watch(start)
+            with self._cond:
+                self._stream, self._watching = stream, True
+            log.info("delta watch started", revision=start, endpoint=member.endpoint, stage="delta")
+            try:
+                self._follow(member, stream, start)
+            finally:
+                with self._cond:
+                    self._stream, self._watching = None, False
+                stream.close()
+            self._flush_all()
+        finally:
+            member.close()
+
+    def _connect(self) -> Member:
+        """The local member (sidecar), else the leader if a configured endpoint is: it applies a
+        write before answering the client, so its watch has every acknowledged write first."""
+        if self.cfg.schedule.mode == "sidecar":
+            return Member(self.cfg.etcd, self.cfg.etcd.endpoints[0])
+        member, status = connect_healthy(self.cfg.etcd)
+        if status.is_leader:
+            return member
+        for endpoint in self.cfg.etcd.endpoints:
+            if endpoint == member.endpoint:
+                continue
+            try:
+                other = Member(self.cfg.etcd, endpoint)
+            except EtcdUnavailable:
+                continue
+            try:
+                if other.status().is_leader:
+                    member.close()
+                    return other
+            except EtcdUnavailable:
+                pass
+            other.close()
+        return member
+
+    def _follow(self, member: Member, stream: WatchStream, start: int) -> None:
+        expected = start
+        for batch in stream:
+            if self.stopping.is_set():
+                return
+            by_revision: dict[int, list[Event]] = {}
+            for ev in batch.events:
+                by_revision.setdefault(ev.kv.mod_revision, []).append(ev)
+            seen = utcnow()
+            for revision in sorted(by_revision):
+                if revision < expected:
+                    continue  # seen already (a reconnect re-sent it)
+                if revision > expected:
+                    raise Compacted(f"the watch jumped from revision {expected - 1} to {revision}", revision - 1)
+                events = tuple(by_revision[revision])
+                self._learn_leases(member, events)
+                with self._cond:
+                    self._buffer.add(delta.Revision(revision, seen, events))
+                expected = revision + 1
+            if self._buffer.size >= self.max_buffer:
+                self._flush_all()  # in this thread: the watch is not read while storage is slow
+
+    def _learn_leases(self, member: Member, events: tuple[Event, ...]) -> None:
+        for ev in events:
+            lease = ev.kv.lease
+            if lease and not ev.deleted and lease not in self._leases:
+                try:
+                    self._leases[lease] = member.lease_granted_ttl(lease)
+                except EtcdUnavailable:
+                    self._leases[lease] = None  # asked too late (revoked meanwhile): restored with the minimum
+
+    def _gap(self, exc: Compacted) -> None:
+        self._flush_all()
+        self.metrics.delta_gaps.inc()
+        self.metrics.failure("delta")
+        tip = self._buffer.last or (self._stored.revision if self._stored else None)
+        log.error(
+            "DELTA GAP: etcd compacted revisions the watch had not stored; taking a full snapshot now",
+            after_revision=tip,
+            compacted_to=exc.compact_revision,
+            error=str(exc),
+            stage="delta",
+        )
+        self._buffer = _Buffer()
+        self._base_seen.clear()
+        self._need_base_above = exc.compact_revision
+        self.need_full_snapshot()
+        self._base_seen.wait(max(self.interval, 30.0))  # the new chain's base, then watch after it
+
+    def _close_stream(self) -> None:
+        with self._cond:
+            stream = self._stream
+        if stream is not None:
+            stream.close()
+
+    # --- storing -----------------------------------------------------------------------------
+
+    def _flusher(self) -> None:
+        """Stores the buffer once its oldest change is `interval` old; closes the watch when this
+        copy stops acting or the daemon stops."""
+        checked = time.monotonic()
+        while not self.stopping.is_set():
+            if self.cfg.schedule.mode == "sidecar" and time.monotonic() - checked >= max(self.interval, 5.0):
+                checked = time.monotonic()
+                if self._watching and not self.leadership.acting().acting:
+                    log.info("no longer the acting copy: delta watch stops", stage="delta")
+                    self._close_stream()
+            with self._cond:
+                first = self._buffer.first_seen
+                wait = self.interval if first is None else max(0.0, first + self.interval - time.time())
+                self._cond.wait(min(wait, 1.0))
+            if self.stopping.is_set():
+                break
+            first = self._buffer.first_seen
+            if first is not None and time.time() - first >= self.interval:
+                self._flush_all()
+        self._close_stream()
+
+    def _flush_all(self, *, final: bool = False) -> None:
+        """Store everything buffered, cut at chain boundaries; keep what could not be stored
+        (retried at the next flush). At stop, retried briefly: what cannot be stored then is lost."""
+        attempts = 3 if final else 1
+        with self._flush_lock:
+            upto = self._buffer.last  # what arrives meanwhile waits for the next flush (no tiny deltas)
+            for attempt in range(attempts):
+                try:
+                    while upto is not None and self._buffer.records and self._buffer.records[0].revision <= upto:
+                        self._commit_next(upto)
+                    return
+                except EtcdBackupError as exc:
+                    self.metrics.failure("delta")
+                    log.error("storing a delta failed; kept for the next try", error=str(exc), stage="delta")
+                    if final and attempt + 1 < attempts:
+                        time.sleep(0.5)
+
+    def _commit_next(self, limit: int) -> None:
+        with self._cond:
+            first = self._buffer.records[0].revision
+            cut = min((b for b in self._boundaries if b >= first), default=None)
+            upto = cut if cut is not None and cut < limit else limit
+            records = self._buffer.records[
+                : next((i for i, r in enumerate(self._buffer.records) if r.revision > upto), len(self._buffer.records))
+            ]
+            lines = self._buffer.lines[: len(records)]
+        self._store(records, lines)
+        with self._cond:
+            self._buffer.take(records[-1].revision)
+
+    def _store(self, records: list[delta.Revision], lines: list[bytes]) -> None:
+        assert self._cluster is not None
+        first, last = records[0], records[-1]
+        used = {ev.kv.lease for r in records for ev in r.events if ev.kv.lease and not ev.deleted}
+        header = delta.encode_header(
+            cluster_id=self._cluster,
+            member_id=self._member_id,
+            first=first.revision,
+            last=last.revision,
+            leases={lease: self._leases.get(lease) for lease in used},
+        )
+        body = header + b"".join(lines)
+        stem = delta.stem_of(first.revision, last.revision, first.seen_at, last.seen_at, self.writer)
+        key = delta.data_key(self._cluster, stem, self.form.compression, bool(self.form.recipients))
+        stored = _encoded(body, self.form)
+        put_bytes(self.store, key, stored)
+        m = delta.DeltaManifest(
+            id=stem,
+            cluster_id=self._cluster,
+            member_id=self._member_id,
+            first_revision=first.revision,
+            last_revision=last.revision,
+            events=sum(len(r.events) for r in records),
+            first_time=rfc3339(first.seen_at),
+            last_time=rfc3339(last.seen_at),
+            object_key=key,
+            object_size=len(stored),
+            object_sha256=hashlib.sha256(stored).hexdigest(),
+            compression=self.form.compression,
+            encryption=self.form.encryption,
+            created_at=rfc3339(utcnow()),
+            tool_version=__version__,
+        )
+        delta.write_manifest(self.store, m)
+        now = time.time()
+        self._stored = Stored(last.revision, now)
+        self.metrics.delta_last_revision.set(last.revision)
+        self.metrics.delta_last_success.set(now)
+        log.info(
+            "delta stored",
+            first_revision=first.revision,
+            last_revision=last.revision,
+            events=m.events,
+            object_size=m.object_size,
+            stage="delta",
+        )
+
+
+def _encoded(body: bytes, form: codec.Form) -> bytes:
+    """The stored form of a delta (bounded by max_buffer, so done in memory)."""
+    with codec.encode(io.BytesIO(body), form, label="delta") as encoded:
+        out = io.BytesIO()
+        while chunk := encoded.reader.read(1024 * 1024):
+            out.write(chunk)
+    return out.getvalue()

@@ -1,0 +1,91 @@
+"""A snapshot file restored with etcd's own tool into a throwaway member on free loopback ports,
+for as long as a block runs: what drills query and what point materialisation replays into.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from .. import scratch
+from ..config import Config, EtcdConfig
+from ..etcdclient import Member
+from ..etcdproc import LOOPBACK, EtcdProcess, find_binary, free_port, start_member, wait_healthy
+from ..etcdtools import RestoreTool, find_restore_tool, restore_data_dir
+
+
+@dataclass
+class ScratchEtcd:
+    process: EtcdProcess
+    member: Member
+    tool: RestoreTool
+    workspace: Path
+
+
+@lru_cache(maxsize=8)
+def _flags(binary: str) -> str:
+    return subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=20).stderr
+
+
+def unsafe_fast(binary: str) -> list[str]:
+    """Flags that make a scratch member fast where nothing must survive a crash: no fsync (etcd
+    3.5+ has the flag; 3.4 has not and runs as it is)."""
+    return ["--unsafe-no-fsync"] if "--unsafe-no-fsync" in _flags(binary) else []
+
+
+@contextlib.contextmanager
+def serving(
+    cfg: Config,
+    snapshot_file: Path,
+    label: str,
+    *,
+    kind: scratch.Kind = scratch.Kind.DRILL,
+    extra_args: Sequence[str] = (),
+    timeout: float = 120.0,
+) -> Iterator[ScratchEtcd]:
+    tool = find_restore_tool(cfg.tools.etcdutl or None)
+    etcd = find_binary("etcd", cfg.tools.etcd or None)
+    workspace = scratch.create(cfg.storage.spool_dir, kind, label)
+    client_url = f"http://{LOOPBACK}:{free_port()}"
+    peer_url = f"http://{LOOPBACK}:{free_port()}"
+    proc = None
+    member = None
+    try:
+        data_dir = workspace.path / "data"
+        token = f"scratch-{label}"
+        restore_data_dir(
+            tool,
+            snapshot_file,
+            data_dir,
+            name="scratch",
+            peer_url=peer_url,
+            initial_cluster=f"scratch={peer_url}",
+            token=token,
+        )
+        proc = start_member(
+            etcd,
+            name="scratch",
+            data_dir=data_dir,
+            client_url=client_url,
+            peer_url=peer_url,
+            token=token,
+            extra_args=extra_args,
+            log_path=workspace.path / "etcd.log",
+        )
+        wait_healthy(client_url, timeout, proc)
+        member = Member(EtcdConfig(endpoints=[client_url], dial_timeout=10.0), client_url)
+        yield ScratchEtcd(proc, member, tool, workspace.path)
+    finally:
+        if member is not None:
+            member.close()
+        if proc is not None:
+            proc.stop()
+        workspace.discard()
+
+
+def etcd_binary(cfg: Config) -> str:
+    return find_binary("etcd", cfg.tools.etcd or None)
