@@ -12,7 +12,8 @@ Raw TCP (etcd's gRPC):
 HTTP/1.1 (S3), with `http=True`: each request is parsed (head and body framing) so faults hit whole
 requests. `add_rule(Rule(...))` arms one: answer `503 SlowDown`, reset the connection after some
 body bytes (mid-part), stall (read the request, never answer), hold (until `release()`), or go
-away (refuse every connection until `come_back()`). Rules match on method and path+query and fire
+away (refuse every connection until `come_back()`); `delay` passes each request on after
+`seconds` (a slow store). Rules match on method and path+query and fire
 `count` times (None: for ever). `seen` records what happened to every request. Two more stand in
 for a store that is not AWS: `reject` answers an S3 error (`status`, `code`), `corrupt` flips one
 body byte on the way; `strip_head_headers` drops response headers of HEAD answers.
@@ -27,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-Action = Literal["slowdown", "reset", "stall", "hold", "gone", "reject", "corrupt"]
+Action = Literal["slowdown", "reset", "stall", "hold", "delay", "gone", "reject", "corrupt"]
 
 _SLOWDOWN_BODY = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
@@ -69,6 +70,7 @@ class Rule:
     match: Callable[[Request], bool] = any_request
     count: int | None = None  # how many matching requests it applies to; None: all of them
     after_bytes: int = 0  # reset: body bytes forwarded to the server first; corrupt: the byte flipped
+    seconds: float = 1.0  # delay: how long each matching request waits before it goes on
     status: int = 400  # reject: the answer's status and S3 error code
     code: str = "InvalidArgument"
     fired: int = 0
@@ -266,6 +268,8 @@ class FaultProxy:
                     while not self._released.wait(0.2):
                         if self._closed.is_set():
                             return
+                if action == "delay" and rule is not None and self._closed.wait(rule.seconds):
+                    return
                 if server is None:
                     server = socket.create_connection(self.upstream, timeout=5)
                     server.settimeout(None)

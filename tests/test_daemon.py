@@ -9,11 +9,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 
 from conftest import Bucket, Cluster, ClusterFactory, DaemonFactory, DaemonProcess, config_env, run_cli
 from etcd_backup.etcdproc import free_port
+from faultproxy import FaultProxy, Rule, upload_part
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -192,7 +194,11 @@ def test_sigterm_during_upload_leaves_nothing_half_done(
     for i in range(64):
         client.put(f"/big/{i:03d}", blob)
     client.close()
-    # No snapshot in storage yet: the daemon takes one right at start (catch-up).
+    # No snapshot in storage yet: the daemon takes one right at start (catch-up). Each upload part
+    # waits a second in a proxy (a slow store), so the stop surely lands while the upload is under way.
+    s3 = urlparse(s3_bucket.server.endpoint)
+    proxy = FaultProxy((s3.hostname or "127.0.0.1", s3.port or 80), http=True)
+    proxy.add_rule(Rule("delay", upload_part, seconds=1.0))
     env = {
         **config_env(
             etcd_single,
@@ -202,16 +208,19 @@ def test_sigterm_during_upload_leaves_nothing_half_done(
             storage__concurrency="2",
         ),
         **s3_bucket.env(),
+        "ETCD_BACKUP_STORAGE__ENDPOINT_URL": proxy.url,
     }
-    d = start_daemon(env)
-    # Stop it while the multipart upload is under way.
-    d.wait_until(s3_bucket.uploads, 30, "multipart upload in progress")
-    rc, took = d.terminate()
-    assert rc == 0 and took < 15, d.log_path.read_text()[-2000:]
-    assert any("cancelled" in str(e.get("error", "")) for e in d.logs()), d.log_path.read_text()[-2000:]
-    stored = s3_bucket.keys()
-    assert [k for k in stored if k.endswith(".json")] == []
-    assert s3_bucket.uploads() == []
+    try:
+        d = start_daemon(env)
+        d.wait_until(lambda: s3_bucket.uploads() and any(a == "delay" for _, _, a in proxy.seen), 30, "a slow part")
+        rc, took = d.terminate()
+        assert rc == 0 and took < 15, d.log_path.read_text()[-2000:]
+        assert any("cancelled" in str(e.get("error", "")) for e in d.logs()), d.log_path.read_text()[-2000:]
+        stored = s3_bucket.keys()
+        assert [k for k in stored if k.endswith(".json")] == []
+        d.wait_until(lambda: s3_bucket.uploads() == [], 10, "the upload aborted")
+    finally:
+        proxy.close()
 
 
 def test_unreachable_etcd_is_live_but_not_ready(tmp_path: Path, start_daemon: DaemonFactory) -> None:

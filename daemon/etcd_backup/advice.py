@@ -4,6 +4,7 @@ runbook. Pure: it gets the assessment and the newest backup and returns text and
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from .assessment import MemberHealth, Quorum, Scenario
@@ -45,8 +46,14 @@ def recommend(
     backup: Manifest | None,
     other_clusters: bool,
     alarms: Sequence[dict[str, str]] | None,
+    newest_point: int | None = None,
 ) -> Runbook:
+    """`newest_point`: the newest revision deltas after `backup` reach (restores then go there)."""
     snapshot = backup.id if backup else SNAPSHOT_PLACEHOLDER
+    rebuilds = scenario in (Scenario.SINGLE_MEMBER_DOWN, Scenario.QUORUM_LOST)
+    if rebuilds and backup is not None and newest_point is not None and newest_point > backup.revision:
+        # Deltas reach past the snapshot: restore what they hold too.
+        ctx = dataclasses.replace(ctx, point=("--to-latest",), point_revision=newest_point)
     if scenario is Scenario.SINGLE_MEMBER_DOWN:
         return _single_down(ctx, snapshot, members, backup)
     if scenario is Scenario.QUORUM_LOST:

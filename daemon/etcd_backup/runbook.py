@@ -78,6 +78,7 @@ class Context:
     data_dir: str  # restore.data_dir: where a member's data dir lives on its host ({name} allowed)
     config_path: str | None = None  # repeated in printed etcd-backup commands
     point: tuple[str, ...] = ()  # restore options naming the point, e.g. ("--to-latest",)
+    point_revision: int | None = None  # the revision that point is (the cluster token depends on it)
 
     def etcd_backup(self, *args: str) -> str:
         config = ["--config", self.config_path] if self.config_path else []
@@ -179,7 +180,7 @@ def _after_checks(ctx: Context, hosts: Sequence[Host], *, cluster: bool) -> list
 def rebuild(ctx: Context, snapshot: str, hosts: Sequence[Host], *, force: bool, single: bool = True) -> list[Step]:
     """Rebuild every member from one snapshot as a new cluster: per host its restore, then per
     host its start, then the checks. One member alone is `restore single` unless not `single`."""
-    token = cluster_token(snapshot)
+    token = cluster_token(snapshot if ctx.point_revision is None else f"{snapshot}-r{ctx.point_revision}")
     initial = initial_cluster_of(hosts)
     steps: list[Step] = []
     for h in hosts:

@@ -137,6 +137,16 @@ def render(d: Diagnosis) -> str:
     alarms = "unknown" if d.alarms is None else ", ".join(f"{a['alarm']} ({a['member']})" for a in d.alarms)
     lines.append(f"alarms:   {alarms or 'none'}")
     lines.append(f"backup:   {_backup(d)}")
+    if (
+        d.newest_point is not None
+        and d.newest_backup is not None
+        and d.newest_point.revision > d.newest_backup.revision
+    ):
+        pt = d.newest_point
+        lines.append(
+            f"point:    revision {pt.revision} at {pt.time} ({_age(pt.age_seconds)} old): snapshot plus {pt.deltas} "
+            "deltas, restored with --to-latest"
+        )
     if d.problems:
         lines += ["", "problems:", *(f"  - {p}" for p in d.problems)]
     lines += ["", f"next:     {d.recommendation or 'nothing to do'}", f"          {d.explanation}"]

@@ -13,6 +13,7 @@ from typing import Any
 
 import structlog
 
+from .. import chain, delta
 from .. import manifest as manifests
 from ..advice import recommend
 from ..assessment import (
@@ -30,7 +31,7 @@ from ..errors import EtcdBackupError
 from ..etcdclient import hexid
 from ..manifest import Listing
 from ..members import norm_url
-from ..model import Manifest, utcnow
+from ..model import Manifest, rfc3339, utcnow
 from ..runbook import Context, Step
 from ..storage import SnapshotStore
 from ..survey import Survey, survey
@@ -66,6 +67,26 @@ class BackupInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class PointInfo:
+    """The newest point storage can restore for this cluster: a full snapshot plus its deltas."""
+
+    revision: int
+    time: str
+    age_seconds: float
+    snapshot: str
+    deltas: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "time": self.time,
+            "age_seconds": round(self.age_seconds, 1),
+            "snapshot": self.snapshot,
+            "deltas": self.deltas,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Diagnosis:
     scenario: Scenario
     quorum: bool
@@ -73,6 +94,7 @@ class Diagnosis:
     leader: MemberHealth | None
     alarms: tuple[dict[str, str], ...] | None
     newest_backup: BackupInfo | None
+    newest_point: PointInfo | None
     storage_error: str | None
     recommendation: str
     explanation: str
@@ -106,6 +128,7 @@ class Diagnosis:
             "members": [{**m.to_dict(), "db_quota_percent": self.quota_percent(m)} for m in self.members],
             "alarms": list(self.alarms) if self.alarms is not None else None,
             "newest_backup": self.newest_backup.to_dict() if self.newest_backup else None,
+            "newest_point": self.newest_point.to_dict() if self.newest_point else None,
             "storage_error": self.storage_error,
             "recommendation": self.recommendation,
             "explanation": self.explanation,
@@ -140,7 +163,17 @@ def diagnose(
     backup = this_clusters_backup(listing, cluster_id, cfg.etcd.endpoints) if listing else None
     other_clusters = listing is not None and any(c != cluster_id for c in listing.clusters())
     ctx = Context(cfg.etcd, cfg.restore.data_dir, config_path)
-    advice = recommend(ctx, scenario, members, q, backup=backup, other_clusters=other_clusters, alarms=alarms)
+    point_info = _newest_point(open_store, backup, now()) if open_store is not None and backup is not None else None
+    advice = recommend(
+        ctx,
+        scenario,
+        members,
+        q,
+        backup=backup,
+        other_clusters=other_clusters,
+        alarms=alarms,
+        newest_point=point_info.revision if point_info else None,
+    )
     info = _backup_info(backup, members, now()) if backup else None
     found = cluster_problems(s, members, q, alarms, quota_bytes)
     problems = [p.text for p in found] + _storage_problems(cfg, storage_error, info, other_clusters)
@@ -151,6 +184,7 @@ def diagnose(
         leader=q.leader,
         alarms=tuple(alarms) if alarms is not None else None,
         newest_backup=info,
+        newest_point=point_info,
         storage_error=storage_error,
         recommendation=advice.command,
         explanation=advice.explanation,
@@ -183,6 +217,17 @@ def this_clusters_backup(listing: Listing, cluster_id: str | None, endpoints: li
         if configured & ({norm_url(ms[0].endpoint)} | {norm_url(u) for m in ms[0].members for u in m.client_urls})
     ]
     return matching[0] if len(matching) == 1 else None
+
+
+def _newest_point(open_store: Callable[[], SnapshotStore], backup: Manifest, now: datetime) -> PointInfo | None:
+    """How far the deltas after the newest backup reach (one bounded listing). Never raises."""
+    try:
+        refs = delta.list_deltas(open_store(), backup.cluster_id, after=backup.revision).refs
+    except EtcdBackupError:
+        return None
+    reach, _ = chain.cover(backup.revision, refs)
+    when = reach.tip_time or backup.created
+    return PointInfo(reach.tip, rfc3339(when), (now - when).total_seconds(), backup.id, len(reach.used))
 
 
 def _backup_info(m: Manifest, members: list[MemberHealth], now: datetime) -> BackupInfo:

@@ -1,0 +1,436 @@
+"""Point-in-time recovery on real etcd: the daemon's deltas, `timeline`, restores and fetches to the
+latest point, a revision or a time, leases, damage, gaps, overlapping writers, retention."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import Cluster, ClusterFactory, DaemonFactory, DaemonProcess, StartEtcd, config_env, run_cli
+from etcd_backup.etcdproc import free_port, wait_healthy
+
+pytestmark = pytest.mark.timeout(240)
+
+DELTA = {"delta__interval": "500ms", "verify__restore_drill": "off", "schedule__interval": "1h"}
+
+
+def keyspace(cluster: Cluster, endpoint: str, revision: int | None = None) -> dict[str, dict[str, Any]]:
+    """Every key with its value, revisions, version and lease, as etcd answers (`get -w json`)."""
+    args = ["get", "", "--prefix", "-w", "json"] + ([f"--rev={revision}"] if revision else [])
+    out = json.loads(cluster.etcdctl(*args, endpoints=[endpoint]))
+    return {
+        base64.b64decode(kv["key"]).decode(): {
+            "value": base64.b64decode(kv.get("value", "")).decode(),
+            "create_revision": kv["create_revision"],
+            "mod_revision": kv["mod_revision"],
+            "version": kv["version"],
+            "lease": kv.get("lease", 0),
+        }
+        for kv in out.get("kvs", [])
+    }
+
+
+def revision_of(cluster: Cluster, endpoint: str) -> int:
+    return int(
+        json.loads(cluster.etcdctl("endpoint", "status", "-w", "json", endpoints=[endpoint]))[0]["Status"]["header"][
+            "revision"
+        ]
+    )
+
+
+def timeline(env: dict[str, str]) -> dict[str, Any]:
+    r = run_cli("timeline", "--output", "json", env=env)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def stored_up_to(env: dict[str, str], revision: int) -> Callable[[], bool]:
+    def check() -> bool:
+        newest = timeline(env)["newest"]
+        return newest is not None and newest["revision"] >= revision
+
+    return check
+
+
+def txn(cluster: Cluster, ops: list[str]) -> None:
+    """One etcd transaction of several operations: one revision with several events."""
+    r = subprocess.run(
+        [cluster.tools.etcdctl, f"--endpoints={cluster.endpoints[0]}", "txn"],
+        input="\n" + "\n".join(ops) + "\n\n\n",  # no compares, the ops, no failure ops
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ETCDCTL_API": "3"},
+        timeout=30,
+    )
+    assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stderr
+
+
+def writes(cluster: Cluster, n: int, prefix: str = "/app") -> None:
+    for i in range(n):
+        cluster.put(f"{prefix}/{i % 7}", f"value-{i}")
+
+
+def start_with_deltas(
+    start_daemon: DaemonFactory, cluster: Cluster, store: str, **extra: str
+) -> tuple[DaemonProcess, dict[str, str]]:
+    env = config_env(cluster, store, **{**DELTA, **extra})
+    d = start_daemon(env)
+    d.wait_until(lambda: any(e.get("event") == "delta watch started" for e in d.logs()), 30, "the delta watch")
+    return d, env
+
+
+def test_restore_to_latest_holds_every_revision_of_the_source(
+    etcd_cluster: ClusterFactory, start_daemon: DaemonFactory, start_etcd: StartEtcd, tmp_path: Path
+) -> None:
+    """A 3-member cluster loses quorum; the daemon had stored every change: --to-latest brings back
+    every key with its value, create/mod revision and version, at the source's revision."""
+    cluster = etcd_cluster(3)
+    writes(cluster, 10, "/before")
+    d, env = start_with_deltas(start_daemon, cluster, f"file://{tmp_path}/store")
+    writes(cluster, 60)
+    cluster.etcdctl("del", "/app/3")
+    lease = cluster.etcdctl("lease", "grant", "300").split()[1]
+    for k in ("a", "b", "c"):
+        cluster.etcdctl("put", f"/leased/{k}", k, f"--lease={lease}")
+    cluster.etcdctl("lease", "revoke", lease)  # one revision deleting three keys
+    txn(cluster, ["put /txn/a 1", "put /txn/b 2", "del /app/4"])  # one revision, three events
+    live = revision_of(cluster, cluster.endpoints[0])
+    expected = keyspace(cluster, cluster.endpoints[0])
+    wait_for(stored_up_to(env, live), 30, f"deltas up to revision {live}")
+    for m in cluster.members:
+        m.kill()
+    assert d.alive()
+    t = timeline(env)
+    assert t["newest"]["revision"] == live and t["chains"][0]["gaps"] == []
+    assert t["chains"][0]["to_revision"] == live and t["chains"][0]["deltas"] >= 1
+
+    target = tmp_path / "restored"
+    r = run_cli(
+        "restore", "single", "--to-latest", "--name", "m1", "--peer-url", f"http://127.0.0.1:{free_port()}",
+        "--data-dir", str(target), "--output", "json", env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["revision"] == live and out["point"]["revision"] == live
+    restored = start_etcd(cluster.tools.etcd, out["etcd_flags"])
+    wait_healthy(restored.client_url, 60, restored)
+    assert revision_of(cluster, restored.client_url) == live
+    assert keyspace(cluster, restored.client_url) == expected
+
+
+def test_to_revision_and_to_time_undo_a_deleted_prefix(
+    etcd_single: Cluster, start_daemon: DaemonFactory, start_etcd: StartEtcd, tmp_path: Path
+) -> None:
+    cluster = etcd_single
+    d, env = start_with_deltas(start_daemon, cluster, f"file://{tmp_path}/store")
+    writes(cluster, 30, "/prod")
+    before_delete = revision_of(cluster, cluster.endpoints[0])
+    expected = keyspace(cluster, cluster.endpoints[0])
+    wait_for(stored_up_to(env, before_delete), 30, "deltas up to the delete")
+    moment = datetime.now(UTC)  # after every write above was seen, before the delete is
+    time.sleep(0.02)  # times are kept to the millisecond: the delete must fall in a later one
+    cluster.etcdctl("del", "/prod", "--prefix")  # the bad change: `kubectl delete namespace prod`
+    after = revision_of(cluster, cluster.endpoints[0])
+    wait_for(stored_up_to(env, after), 30, "the delete stored")
+    assert keyspace(cluster, cluster.endpoints[0]) == {}
+
+    for option in (["--to-revision", str(before_delete)], ["--to-time", moment.isoformat().replace("+00:00", "Z")]):
+        target = tmp_path / f"r{option[0]}"
+        r = run_cli(
+            "restore", "single", *option, "--name", "back", "--peer-url", f"http://127.0.0.1:{free_port()}",
+            "--data-dir", str(target), "--output", "json", env=env,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["revision"] == before_delete, (option, out["revision"])
+        back = start_etcd(cluster.tools.etcd, out["etcd_flags"])
+        wait_healthy(back.client_url, 60, back)
+        assert keyspace(cluster, back.client_url) == expected
+        assert revision_of(cluster, back.client_url) == before_delete
+        back.kill()
+    assert d.alive()
+
+
+def test_keys_with_leases_come_back_with_the_same_lease(
+    etcd_single: Cluster, start_daemon: DaemonFactory, start_etcd: StartEtcd, tmp_path: Path
+) -> None:
+    cluster = etcd_single
+    _, env = start_with_deltas(start_daemon, cluster, f"file://{tmp_path}/store")
+    lease = cluster.etcdctl("lease", "grant", "600").split()[1]
+    short = cluster.etcdctl("lease", "grant", "5").split()[1]
+    cluster.etcdctl("put", "/leased/long", "x", f"--lease={lease}")
+    cluster.etcdctl("put", "/leased/short", "y", f"--lease={short}")
+    live = revision_of(cluster, cluster.endpoints[0])
+    expected = keyspace(cluster, cluster.endpoints[0])
+    wait_for(stored_up_to(env, live), 30, "the leased keys stored")
+    r = run_cli(
+        "restore", "single", "--to-revision", str(live), "--name", "l", "--peer-url", f"http://127.0.0.1:{free_port()}",
+        "--data-dir", str(tmp_path / "l"), "--output", "json", env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    restored = start_etcd(cluster.tools.etcd, out["etcd_flags"])
+    wait_healthy(restored.client_url, 60, restored)
+    got = keyspace(cluster, restored.client_url)
+    assert got == expected and got["/leased/long"]["lease"] == int(lease, 16)
+    ttl = json.loads(cluster.etcdctl("lease", "timetolive", lease, "-w", "json", endpoints=[restored.client_url]))
+    assert ttl["granted-ttl"] == 600 and 0 < ttl["ttl"] <= 600
+    # The short lease expires in the restored cluster as a 5 s lease does: its key goes.
+    wait_for(lambda: "/leased/short" not in keyspace(cluster, restored.client_url), 30, "the short lease to expire")
+
+
+def test_damaged_delta_exits_3_and_touches_nothing(
+    etcd_single: Cluster, start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    cluster = etcd_single
+    store = tmp_path / "store"
+    d, env = start_with_deltas(start_daemon, cluster, f"file://{store}")
+    writes(cluster, 20)
+    live = revision_of(cluster, cluster.endpoints[0])
+    wait_for(stored_up_to(env, live), 30, "deltas stored")
+    d.terminate()
+    data = next(p for p in (store / "deltas").rglob("*.delta"))
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0x20
+    data.write_bytes(bytes(raw))
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "keep").write_text("keep")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args in (
+        [
+            "restore",
+            "single",
+            "--to-latest",
+            "--name",
+            "x",
+            "--peer-url",
+            f"http://127.0.0.1:{free_port()}",
+            "--data-dir",
+            str(occupied),
+            "--force",
+        ],
+        ["fetch", "--to-latest", "--to", str(tmp_path / "point.db")],
+        ["verify", "--chain", "latest"],
+    ):
+        r = run_cli(*args, env=env)
+        assert r.returncode == 3, (args, r.stderr)
+        assert "delta" in r.stderr and "Traceback" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert (occupied / "keep").read_text() == "keep"
+
+
+def test_a_target_no_chain_reaches_exits_2_naming_the_nearest_points(
+    etcd_single: Cluster, start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    cluster = etcd_single
+    writes(cluster, 5, "/old")
+    _, env = start_with_deltas(start_daemon, cluster, f"file://{tmp_path}/store")
+    first = json.loads(run_cli("list", "--output", "json", env=env).stdout)[-1]["revision"]
+    writes(cluster, 10)
+    live = revision_of(cluster, cluster.endpoints[0])
+    wait_for(stored_up_to(env, live), 30, "deltas stored")
+    common = ["--name", "x", "--peer-url", f"http://127.0.0.1:{free_port()}", "--data-dir", str(tmp_path / "x")]
+    for revision in (first - 1, live + 1000):
+        r = run_cli("restore", "single", "--to-revision", str(revision), *common, env=env)
+        assert r.returncode == 2, r.stderr
+        assert f"revision {revision} cannot be restored" in r.stderr
+        assert "newest before it" in r.stderr or "next after it" in r.stderr
+    r = run_cli("restore", "single", "--to-time", "2001-01-01T00:00:00Z", *common, env=env)
+    assert r.returncode == 2 and "nothing was backed up" in r.stderr, r.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_fetch_of_a_revision_is_a_snapshot_etcdutl_accepts(
+    etcd_single: Cluster, start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    cluster = etcd_single
+    _, env = start_with_deltas(start_daemon, cluster, f"file://{tmp_path}/store")
+    writes(cluster, 25)
+    middle = revision_of(cluster, cluster.endpoints[0])
+    writes(cluster, 25, "/later")
+    live = revision_of(cluster, cluster.endpoints[0])
+    wait_for(stored_up_to(env, live), 30, "deltas stored")
+    dest = tmp_path / "point.db"
+    r = run_cli("fetch", "--to-revision", str(middle), "--to", str(dest), "--output", "json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["revision"] == middle and dest.stat().st_mode & 0o777 == 0o600
+    status = subprocess.run(
+        [cluster.tools.restore_tool, "snapshot", "status", str(dest), "-w", "json"], capture_output=True, text=True
+    )
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["revision"] == middle
+
+
+def test_without_a_point_a_restore_says_what_deltas_hold(
+    etcd_single: Cluster, start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    cluster = etcd_single
+    _, env = start_with_deltas(start_daemon, cluster, f"file://{tmp_path}/store")
+    writes(cluster, 12)
+    live = revision_of(cluster, cluster.endpoints[0])
+    wait_for(stored_up_to(env, live), 30, "deltas stored")
+    snapshot = json.loads(run_cli("list", "--output", "json", env=env).stdout)[0]
+    r = run_cli(
+        "restore", "single", "--snapshot", "latest", "--name", "x", "--peer-url", f"http://127.0.0.1:{free_port()}",
+        "--data-dir", str(tmp_path / "x"), "--output", "json", env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["revision"] == snapshot["revision"]
+    newer = live - snapshot["revision"]
+    assert f"deltas hold {newer} newer revisions" in r.stderr and "--to-latest" in r.stderr
+
+
+def test_compaction_while_the_daemon_is_stopped_is_a_gap_and_a_new_chain(
+    etcd_single: Cluster, start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    cluster = etcd_single
+    d, env = start_with_deltas(start_daemon, cluster, f"file://{tmp_path}/store")
+    writes(cluster, 10)
+    stored = revision_of(cluster, cluster.endpoints[0])
+    wait_for(stored_up_to(env, stored), 30, "deltas stored")
+    d.terminate()
+    writes(cluster, 10, "/while-stopped")
+    compacted = revision_of(cluster, cluster.endpoints[0])
+    cluster.etcdctl("compact", str(compacted))
+    writes(cluster, 3, "/after")
+    d2 = start_daemon(env)
+    d2.wait_until(lambda: any(e.get("event", "").startswith("DELTA GAP") for e in d2.logs()), 30, "the gap noticed")
+    d2.wait_until(lambda: d2.metrics().get("etcd_backup_delta_gaps_total", 0) >= 1, 10, "the gap counted")
+    d2.wait_until(
+        lambda: any(
+            m["reason"] == "delta-gap" for m in json.loads(run_cli("list", "--output", "json", env=env).stdout)
+        ),
+        30,
+        "a full snapshot taken at once",
+    )
+    live = revision_of(cluster, cluster.endpoints[0])
+    wait_for(stored_up_to(env, live), 30, "the new chain reaching the live revision")
+    chains = timeline(env)["chains"]
+    older = chains[-1]
+    assert older["gaps"], chains  # the revisions etcd compacted before anyone stored them
+    gap = older["gaps"][-1]
+    assert gap["after_revision"] == stored and gap["before_revision"] > compacted - 1
+    r = run_cli("restore", "single", "--to-revision", str(stored + 2), "--name", "x", "--peer-url",
+                f"http://127.0.0.1:{free_port()}", "--data-dir", str(tmp_path / "x"), env=env)  # fmt: skip
+    assert r.returncode == 2 and "in a gap" in r.stderr, r.stderr
+
+
+def test_two_writers_overlapping_never_break_a_restore(
+    etcd_single: Cluster, start_daemon: DaemonFactory, start_etcd: StartEtcd, tmp_path: Path
+) -> None:
+    """Two copies writing deltas for the same revisions (as sidecars do around a leader change)."""
+    cluster = etcd_single
+    store = f"file://{tmp_path}/store"
+    d1, env = start_with_deltas(start_daemon, cluster, store)
+    writes(cluster, 10)
+    _, _ = start_with_deltas(start_daemon, cluster, store)
+    writes(cluster, 20)
+    live = revision_of(cluster, cluster.endpoints[0])
+    expected = keyspace(cluster, cluster.endpoints[0])
+    wait_for(stored_up_to(env, live), 30, "deltas stored")
+    d1.wait_until(lambda: len(list((tmp_path / "store" / "deltas").rglob("*.json"))) >= 3, 10, "deltas of both")
+    writers = {p.name.rsplit("-", 1)[1] for p in (tmp_path / "store" / "deltas").rglob("*.json")}
+    assert len(writers) == 2, writers
+    r = run_cli("verify", "--chain", "latest", "--output", "json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["gaps"] == []
+    r = run_cli(
+        "restore", "single", "--to-latest", "--name", "x", "--peer-url", f"http://127.0.0.1:{free_port()}",
+        "--data-dir", str(tmp_path / "x"), "--output", "json", env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    restored = start_etcd(cluster.tools.etcd, json.loads(r.stdout)["etcd_flags"])
+    wait_healthy(restored.client_url, 60, restored)
+    assert keyspace(cluster, restored.client_url) == expected
+
+
+def test_what_is_buffered_is_stored_when_etcd_goes_away(
+    etcd_single: Cluster, start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    """A long interval: nothing would be stored for an hour, but the watch breaking stores it."""
+    cluster = etcd_single
+    env = config_env(cluster, f"file://{tmp_path}/store", delta__interval="1h", verify__restore_drill="off")
+    d = start_daemon(env)
+    d.wait_until(lambda: any(e.get("event") == "delta watch started" for e in d.logs()), 30, "the delta watch")
+    writes(cluster, 15)
+    live = revision_of(cluster, cluster.endpoints[0])
+    d.wait_until(lambda: d.metrics()["etcd_backup_delta_lag_seconds"] > 0, 10, "changes buffered")
+    assert timeline(env)["newest"]["revision"] < live
+    cluster.members[0].kill()
+    wait_for(stored_up_to(env, live), 30, "the buffer stored at once")
+    assert d.metrics()["etcd_backup_delta_last_revision"] == live
+
+
+def test_retention_deletes_deltas_with_their_chain_and_reports_per_chain(
+    etcd_single: Cluster, start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    cluster = etcd_single
+    store = tmp_path / "store"
+    d, env = start_with_deltas(start_daemon, cluster, f"file://{store}")
+    writes(cluster, 10)
+    mid = revision_of(cluster, cluster.endpoints[0])
+    wait_for(stored_up_to(env, mid), 30, "deltas of the first chain")
+    r = run_cli("snapshot", env=env)
+    assert r.returncode == 0, r.stderr
+    writes(cluster, 10, "/second")
+    live = revision_of(cluster, cluster.endpoints[0])
+    wait_for(stored_up_to(env, live), 30, "deltas of the second chain")
+    d.terminate()
+    keep_one = {"retention__keep_last": "1", "retention__hourly": "0", "retention__daily": "0",
+                "retention__weekly": "0", "retention__monthly": "0"}  # fmt: skip
+    penv = {**env, **{f"ETCD_BACKUP_{k.upper()}": v for k, v in keep_one.items()}}
+    r = run_cli("prune", "--output", "json", env=penv)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    (deleted_snapshot,) = report["deleted"]
+    (chain_deleted,) = report["deltas"]
+    assert chain_deleted["snapshot"] == deleted_snapshot["id"] and chain_deleted["deltas"] >= 1
+    chains = timeline(env)["chains"]
+    assert len(chains) == 1 and chains[0]["to_revision"] == live
+    assert run_cli("verify", "--chain", "latest", env=env).returncode == 0
+
+
+def test_doctor_recommends_the_latest_point_and_the_daemon_drills_it(
+    etcd_single: Cluster, start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    cluster = etcd_single
+    d, env = start_with_deltas(start_daemon, cluster, f"file://{tmp_path}/store", verify__restore_drill="3s")
+    writes(cluster, 10)
+    live = revision_of(cluster, cluster.endpoints[0])
+    drilled = d.wait_until(
+        lambda: next(
+            (m for m in json.loads(run_cli("list", "--output", "json", env=env).stdout)
+             if (m["verification"]["drill"] or {}).get("point")),
+            None,
+        ),
+        90,
+        "a drill of the newest point",
+    )  # fmt: skip
+    drill = drilled["verification"]["drill"]
+    assert drill["ok"] is True and drill["compared_with_live"] is True and drill["revision"] >= live - 1
+    wait_for(stored_up_to(env, live), 30, "deltas stored")
+    cluster.members[0].kill()
+    doc = json.loads(run_cli("doctor", "--output", "json", env={**env, "ETCD_BACKUP_ETCD__DIAL_TIMEOUT": "1s"}).stdout)
+    assert doc["scenario"] == "single-member-down"
+    assert "--to-latest" in doc["recommendation"]
+    assert doc["newest_point"]["revision"] == live
