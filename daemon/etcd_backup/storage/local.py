@@ -96,18 +96,23 @@ class LocalStore:
         if not base.exists() and not self.root.is_file():
             return []  # nothing stored yet (a root that is a file fails below)
         out: list[ObjectInfo] = []
+        root = str(self.root)
         try:
             for dirpath, dirs, files in os.walk(base, onerror=_raise):
-                if dirpath == str(self.root):
+                if dirpath == root:
                     dirs[:] = [d for d in dirs if d != _SPOOL]
+                # Keys from strings, and a stat only for what matches: a folder of deltas holds
+                # half a million files after a month, and a listing after a revision wants a few.
+                head = dirpath[len(root) + 1 :] + "/" if dirpath != root else ""
                 for name in files:
-                    if name.startswith(_PARTIAL):
+                    key = head + name
+                    if (
+                        name.startswith(_PARTIAL)
+                        or not key.startswith(prefix)
+                        or (start_after is not None and key <= start_after)
+                    ):
                         continue
-                    path = Path(dirpath) / name
-                    key = path.relative_to(self.root).as_posix()
-                    if not key.startswith(prefix) or (start_after is not None and key <= start_after):
-                        continue
-                    st = path.stat()
+                    st = os.stat(os.path.join(dirpath, name))
                     out.append(ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
         except OSError as exc:
             raise StorageError(f"{self.description}: listing failed: {exc.strerror or exc}") from exc
