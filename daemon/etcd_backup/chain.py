@@ -134,7 +134,9 @@ class _ByLast:
     def reaching_into(self, after: int, until: int | None) -> list[DeltaRef]:
         """Deltas with last revision > `after` and first revision <= `until`, in input order."""
         found: list[tuple[int, DeltaRef]] = []
-        for last, position, d in self.items[bisect_right(self.lasts, after) :]:
+        items = self.items
+        for i in range(bisect_right(self.lasts, after), len(items)):  # by index: no copy of the rest
+            last, position, d = items[i]
             if until is not None and last - self.span > until:
                 break  # every delta from here on starts after `until`
             if until is None or d.first_revision <= until:

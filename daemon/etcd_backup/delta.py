@@ -62,17 +62,9 @@ def _compact_time(ts: datetime) -> str:
 
 def _parse_compact(text: str) -> datetime:
     """`20261201T083500123Z` (as _STEM matched it); ValueError for an impossible date or time.
-    By hand rather than strptime: a listing parses two of these per delta, 250,000 deltas a month."""
-    return datetime(
-        int(text[0:4]),
-        int(text[4:6]),
-        int(text[6:8]),
-        int(text[9:11]),
-        int(text[11:13]),
-        int(text[13:15]),
-        int(text[15:18]) * 1000,
-        tzinfo=UTC,
-    )
+    Through fromisoformat's basic format rather than strptime (4x slower): a listing parses two
+    of these per delta, and a month of 10 s deltas is 250,000."""
+    return datetime.fromisoformat(f"{text[:15]}.{text[15:18]}+00:00")
 
 
 def after_revision(cluster_id: str, revision: int) -> str:

@@ -96,28 +96,34 @@ class LocalStore:
         if not base.exists() and not self.root.is_file():
             return []  # nothing stored yet (a root that is a file fails below)
         out: list[ObjectInfo] = []
-        root = str(self.root)
         try:
-            for dirpath, dirs, files in os.walk(base, onerror=_raise):
-                if dirpath == root:
-                    dirs[:] = [d for d in dirs if d != _SPOOL]
-                # Keys from strings, and a stat only for what matches: a folder of deltas holds
-                # half a million files after a month, and a listing after a revision wants a few.
-                head = dirpath[len(root) + 1 :] + "/" if dirpath != root else ""
-                for name in files:
-                    key = head + name
-                    if (
-                        name.startswith(_PARTIAL)
-                        or not key.startswith(prefix)
-                        or (start_after is not None and key <= start_after)
-                    ):
-                        continue
-                    st = os.stat(os.path.join(dirpath, name))
-                    out.append(ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
+            head = "".join(f"{part}/" for part in folder.split("/") if part)  # as _path reads it
+            self._scan(str(base), head, prefix, start_after, out)
         except OSError as exc:
             raise StorageError(f"{self.description}: listing failed: {exc.strerror or exc}") from exc
         out.sort(key=lambda o: o.key)
         return out
+
+    def _scan(self, path: str, head: str, prefix: str, start_after: str | None, out: list[ObjectInfo]) -> None:
+        """Files below `path` (key prefix `head`) matching the listing; keys from strings and a
+        stat only for what matches: a folder of deltas holds half a million files after a month,
+        and a listing after a revision wants a few of them."""
+        with os.scandir(path) as entries:
+            for entry in entries:
+                name = entry.name
+                key = head + name
+                if entry.is_dir():
+                    if not (head == "" and name == _SPOOL) and not entry.is_symlink():
+                        self._scan(entry.path, f"{key}/", prefix, start_after, out)
+                    continue
+                if (
+                    name.startswith(_PARTIAL)
+                    or not key.startswith(prefix)
+                    or (start_after is not None and key <= start_after)
+                ):
+                    continue
+                st = entry.stat()
+                out.append(ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
 
     def delete(self, key: str) -> None:
         try:
