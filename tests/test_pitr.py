@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
-from conftest import Cluster, ClusterFactory, DaemonFactory, DaemonProcess, StartEtcd, config_env, run_cli
+from conftest import AgeTool, Cluster, ClusterFactory, DaemonFactory, DaemonProcess, StartEtcd, config_env, run_cli
 from etcd_backup.etcdproc import free_port, wait_healthy
 
 pytestmark = pytest.mark.timeout(240)
 
+SECRET = "s3cr3t-in-a-delta-plaintext-marker"
 DELTA = {"delta__interval": "500ms", "verify__restore_drill": "off", "schedule__interval": "1h"}
 
 
@@ -434,3 +435,63 @@ def test_doctor_recommends_the_latest_point_and_the_daemon_drills_it(
     assert doc["scenario"] == "single-member-down"
     assert "--to-latest" in doc["recommendation"]
     assert doc["newest_point"]["revision"] == live
+
+
+def test_encrypted_deltas_open_with_age_and_restore_only_with_the_identity(
+    etcd_single: Cluster, start_daemon: DaemonFactory, start_etcd: StartEtcd, tmp_path: Path, age_tool: AgeTool
+) -> None:
+    """With [encryption] on, a delta object is an age file (`age -d | zstd -d` gives the JSON lines
+    delta.py documents, with the key in base64); a restore needs the identity: without it exit 2
+    naming the recipients, nothing written; with it every change comes back."""
+    cluster = etcd_single
+    recipient = age_tool.new_identity(tmp_path / "age.key")
+    store = tmp_path / "store"
+    _, env = start_with_deltas(
+        start_daemon, cluster, f"file://{store}", encryption__recipients=recipient, storage__compression="zstd"
+    )
+    cluster.put("/registry/secrets/prod/db", SECRET)
+    writes(cluster, 20)
+    live = revision_of(cluster, cluster.endpoints[0])
+    expected = keyspace(cluster, cluster.endpoints[0])
+    wait_for(stored_up_to(env, live), 30, f"deltas up to revision {live}")
+
+    objects = sorted(p for p in store.rglob("deltas/*/*.delta*"))
+    assert objects and all(p.name.endswith(".delta.zst.age") for p in objects), objects
+    secret_key = base64.b64encode(b"/registry/secrets/prod/db").decode()
+    seen: set[int] = set()
+    for p in objects:
+        raw = p.read_bytes()
+        assert raw.startswith(b"age-encryption.org/v1\n") and SECRET.encode() not in raw
+        manifest = json.loads(p.with_name(p.name.split(".delta")[0] + ".json").read_text())
+        assert manifest["encryption"] == {"format": "age", "recipients": [recipient]}
+        r = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", f"age -d -i {tmp_path / 'age.key'} {p} | zstd -d"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        header, *lines = [json.loads(line) for line in r.stdout.splitlines()]
+        assert header["format"] == "etcd-backup-delta" and header["last_revision"] >= header["first_revision"]
+        revisions = [line["revision"] for line in lines]
+        assert revisions == list(range(header["first_revision"], header["last_revision"] + 1))
+        seen.update(revisions)
+        if any(e["key"] == secret_key for line in lines for e in line["events"]):
+            event = next(e for line in lines for e in line["events"] if e["key"] == secret_key)
+            assert base64.b64decode(event["value"]).decode() == SECRET
+    assert live in seen
+
+    target = tmp_path / "restored"
+    args = ["--to-latest", "--name", "m1", "--peer-url", f"http://127.0.0.1:{free_port()}", "--data-dir", str(target)]
+    r = run_cli("restore", "single", *args, "--output", "json", env=env)
+    assert r.returncode == 2, r.stderr
+    print("error line:", r.stderr.strip().splitlines()[-1])
+    assert "Traceback" not in r.stderr and recipient in r.stderr.strip().splitlines()[-1], r.stderr
+    assert not target.exists()
+
+    with_key = {**env, "ETCD_BACKUP_ENCRYPTION__IDENTITY_FILE": str(tmp_path / "age.key")}
+    r = run_cli("restore", "single", *args, "--output", "json", env=with_key)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["revision"] == live
+    restored = start_etcd(cluster.tools.etcd, out["etcd_flags"])
+    wait_healthy(restored.client_url, 60, restored)
+    assert keyspace(cluster, restored.client_url) == expected
