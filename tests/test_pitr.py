@@ -15,7 +15,17 @@ from typing import Any
 
 import pytest
 
-from conftest import AgeTool, Cluster, ClusterFactory, DaemonFactory, DaemonProcess, StartEtcd, config_env, run_cli
+from conftest import (
+    ROOT,
+    AgeTool,
+    Cluster,
+    ClusterFactory,
+    DaemonFactory,
+    DaemonProcess,
+    StartEtcd,
+    config_env,
+    run_cli,
+)
 from etcd_backup.etcdproc import free_port, wait_healthy
 
 pytestmark = pytest.mark.timeout(240)
@@ -70,6 +80,15 @@ def stored_up_to(env: dict[str, str], revision: int) -> Callable[[], bool]:
         return newest is not None and newest["revision"] >= revision
 
     return check
+
+
+def delta_runbook() -> list[str]:
+    """The shell lines of the README's "Reading deltas without etcd-backup" block, without comments
+    and the S3 download (the test copies the objects)."""
+    section = (ROOT / "README.md").read_text().split("### Reading deltas without etcd-backup", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = [line.strip() for line in block.splitlines()]
+    return [line for line in lines if line and not line.startswith("#") and not line.startswith("aws ")]
 
 
 def txn(cluster: Cluster, ops: list[str]) -> None:
@@ -450,7 +469,11 @@ def test_encrypted_deltas_open_with_age_and_restore_only_with_the_identity(
         start_daemon, cluster, f"file://{store}", encryption__recipients=recipient, storage__compression="zstd"
     )
     cluster.put("/registry/secrets/prod/db", SECRET)
-    writes(cluster, 20)
+    cluster.put("/registry/namespaces/prod", "ns")
+    writes(cluster, 10)
+    cluster.etcdctl("del", "/registry/namespaces/prod")
+    deleted_at = revision_of(cluster, cluster.endpoints[0])
+    writes(cluster, 10)
     live = revision_of(cluster, cluster.endpoints[0])
     expected = keyspace(cluster, cluster.endpoints[0])
     wait_for(stored_up_to(env, live), 30, f"deltas up to revision {live}")
@@ -478,6 +501,23 @@ def test_encrypted_deltas_open_with_age_and_restore_only_with_the_identity(
             event = next(e for line in lines for e in line["events"] if e["key"] == secret_key)
             assert base64.b64decode(event["value"]).decode() == SECRET
     assert live in seen
+
+    # The README's "Reading deltas without etcd-backup", as an operator without the tool runs it.
+    work = tmp_path / "by-hand"
+    (work / "deltas").mkdir(parents=True)
+    for p in objects:
+        (work / "deltas" / p.name).write_bytes(p.read_bytes())
+    (work / "age.key").write_bytes((tmp_path / "age.key").read_bytes())
+    script = delta_runbook()
+    assert any(line.startswith("for f in deltas/") for line in script), script
+    r = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", "\n".join(script)],
+        cwd=work, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "HOME": str(work)}, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, f"{script}\n{r.stdout}\n{r.stderr}"
+    found = [json.loads(line) for line in r.stdout.splitlines()]
+    assert {"revision": deleted_at, "time": found[0]["time"]} == found[0]  # the delete, found by jq
+    assert [f["type"] for f in found[1:]] == ["put", "delete"] and found[1]["value"] == "ns"
 
     target = tmp_path / "restored"
     args = ["--to-latest", "--name", "m1", "--peer-url", f"http://127.0.0.1:{free_port()}", "--data-dir", str(target)]
