@@ -535,3 +535,48 @@ def test_encrypted_deltas_open_with_age_and_restore_only_with_the_identity(
     restored = start_etcd(cluster.tools.etcd, out["etcd_flags"])
     wait_healthy(restored.client_url, 60, restored)
     assert keyspace(cluster, restored.client_url) == expected
+
+
+def test_a_lease_shorter_than_the_replay_neither_breaks_it_nor_loses_its_keys(
+    etcd_single: Cluster, start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    """gardener #1045/#1046: the scratch etcd of a replay starts from a snapshot holding a lease;
+    if the replay outlasts the lease's TTL, etcd revokes it there, which writes a revision of its
+    own (the replay breaks by one) and deletes keys that were live at the target."""
+    import etcd3  # a client of its own, not ours: the writes must be fast to outlast the lease
+
+    cluster = etcd_single
+    lease = cluster.etcdctl("lease", "grant", "2").split()[1]
+    keeper = subprocess.Popen(  # the source keeps its lease alive, as a kubelet or controller does
+        [cluster.tools.etcdctl, f"--endpoints={cluster.endpoints[0]}", "lease", "keep-alive", lease],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "ETCDCTL_API": "3"},
+    )  # fmt: skip
+    try:
+        cluster.etcdctl("put", "/leased/k", "v", f"--lease={lease}")
+        _, env = start_with_deltas(start_daemon, cluster, f"file://{tmp_path}/store")
+        base = timeline(env)["chains"][0]["from_revision"]
+        assert base >= 2  # the full snapshot holds the lease and its key
+        host, port = cluster.endpoints[0].removeprefix("http://").rsplit(":", 1)
+        client = etcd3.client(host=host, port=int(port))
+        for i in range(8000):
+            client.put(f"/bulk/{i % 50}", "x" * 100)
+        client.close()
+        target = revision_of(cluster, cluster.endpoints[0])
+        expected = keyspace(cluster, cluster.endpoints[0])
+        assert "/leased/k" in expected
+        wait_for(stored_up_to(env, target), 60, f"deltas up to revision {target}")
+    finally:
+        keeper.kill()
+        keeper.wait(10)
+
+    started = time.monotonic()
+    r = run_cli(
+        "restore", "single", "--to-revision", str(target), "--name", "l", "--peer-url",
+        f"http://127.0.0.1:{free_port()}", "--data-dir", str(tmp_path / "l"), "--output", "json", env=env,
+    )  # fmt: skip
+    took = time.monotonic() - started
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["revision"] == target and out["point"]["revisions_replayed"] == target - base
+    assert out["keys"] == len(expected)  # the leased key too
+    assert took > 3, f"the replay took {took:.1f} s: shorter than the lease, so this test proves nothing"
