@@ -281,28 +281,19 @@ def retain(manifests: Iterable[Manifest], kept_ids: set[str], deltas: Sequence[D
         if d.cluster_id not in clusters_with_base:
             keep[d.key] = "no verified full snapshot of its cluster"
             continue
-        owner = next(
-            (
-                c
-                for c in kept
-                if c.base.cluster_id == d.cluster_id
-                and d.last_revision > c.base.revision
-                and (c.until is None or d.first_revision <= c.until)
-            ),
-            None,
-        )
+        owner = next((c for c in kept if _extends(d, c)), None)
         if owner is not None:
             keep[d.key] = f"chain of {owner.base.id}"
         else:
-            dropped = next(
-                (
-                    c
-                    for c in all_chains
-                    if c.base.cluster_id == d.cluster_id
-                    and d.last_revision > c.base.revision
-                    and (c.until is None or d.first_revision <= c.until)
-                ),
-                None,
-            )
+            dropped = next((c for c in all_chains if _extends(d, c)), None)
             delete[d.key] = f"chain of deleted snapshot {dropped.base.id}" if dropped else "before every kept chain"
     return DeltaDecision(keep, delete)
+
+
+def _extends(d: DeltaRef, c: Chain) -> bool:
+    """Whether `d` reaches into `c`'s own range: past its base, not past the next base."""
+    return (
+        c.base.cluster_id == d.cluster_id
+        and d.last_revision > c.base.revision
+        and (c.until is None or d.first_revision <= c.until)
+    )
