@@ -507,3 +507,40 @@ def test_archive_skips_what_is_not_a_file_and_names_each_path_once(
         assert stat.S_IMODE(key.mode) == 0o600
     with pytest.raises(ConfigError, match="not found"):
         cparchive.write_archive([str(host / "nope")], io.BytesIO(), strict=True)
+
+
+def test_what_is_on_disk_below_the_target_is_checked_before_writing(tmp_path: Path) -> None:
+    from etcd_backup import cparchive
+    from etcd_backup.errors import UnsafeError
+
+    host = tmp_path / "host"
+    paths = make_host(host)
+    archive = tmp_path / "files.tar"
+    with open(archive, "wb") as fh:
+        cparchive.write_archive(paths, fh, strict=True)
+    top = archived(host, "etc").split("/")[0]  # the first component below the target
+
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / top).write_text("a file where a directory must go\n")
+    with pytest.raises(UnsafeError, match="is not a directory"):
+        cparchive.plan(archive, blocked, force=True, what="t")
+
+    escaping = tmp_path / "escaping"
+    escaping.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", escaping / top)
+    with pytest.raises(UnsafeError, match="leads outside"):
+        cparchive.plan(archive, escaping, force=True, what="t")
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+    # Unrelated files beside them stay; existing directories keep their mode.
+    merged = tmp_path / "merged"
+    (merged / "unrelated").mkdir(parents=True)
+    (merged / "unrelated" / "note").write_text("mine\n")
+    pki = merged / archived(host, "etc/kubernetes/pki")
+    pki.mkdir(parents=True, mode=0o700)
+    pki.chmod(0o700)
+    cparchive.extract(cparchive.plan(archive, merged, force=False, what="t"))
+    assert (merged / "unrelated" / "note").read_text() == "mine\n"
+    assert mode(pki) == 0o700 and mode(pki / "ca.key") == 0o600 and mode(pki / "etcd") == 0o750

@@ -126,7 +126,8 @@ class _Writer:
                 self.skip(child, "not a regular file, directory or symlink")
 
     def file(self, path: str, *, follow: bool) -> None:
-        flags = os.O_RDONLY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+        # O_NONBLOCK: a file swapped for a FIFO since it was listed must not hang the snapshot.
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
         try:
             fd = os.open(path, flags)
         except FileNotFoundError:
@@ -274,6 +275,9 @@ def plan(archive: Path, dest: Path, *, force: bool, what: str, expected: Sequenc
         path = dest / m.name
         if not _inside(os.path.realpath(path.parent), root):
             raise UnsafeError(f"{path}: an existing symlink below {dest} leads outside it: nothing written")
+        blocked = next((a for a in _ancestors(path, dest) if os.path.lexists(a) and not a.is_dir()), None)
+        if blocked is not None:
+            raise UnsafeError(f"{blocked} exists and is not a directory ({path} goes below it): nothing written")
         if m.issym() and not _inside(os.path.realpath(path.parent / m.linkname), root):
             raise UnsafeError(f"{path}: its target would lead outside {dest}: nothing written")
         if not os.path.lexists(path):
@@ -297,6 +301,16 @@ def plan(archive: Path, dest: Path, *, force: bool, what: str, expected: Sequenc
             "pass --force to overwrite them, or restore --to an empty directory"
         )
     return Extraction(archive, dest, placements)
+
+
+def _ancestors(path: Path, dest: Path) -> list[Path]:
+    """The directories between `dest` (excluded) and `path` (excluded)."""
+    out: list[Path] = []
+    for parent in path.parents:
+        if parent == dest:
+            break
+        out.append(parent)
+    return out
 
 
 def _kind(m: tarfile.TarInfo) -> str:
