@@ -432,6 +432,30 @@ def _not_a_key(value: str) -> str:
     return value
 
 
+class FilesConfig(_Section):
+    """Control-plane files (kubeadm's pki, the API server's EncryptionConfiguration) archived with
+    every full snapshot. They hold private keys: refused in plain unless explicitly allowed."""
+
+    paths: StrList = Field(default_factory=list)
+    allow_unencrypted: bool = False
+
+    @field_validator("paths")
+    @classmethod
+    def _paths(cls, value: list[str]) -> list[str]:
+        out: list[str] = []
+        for raw in value:
+            if "\0" in raw or not raw.strip():
+                raise ValueError(f"{raw!r} is not a path")
+            # Absolute and normalised: the daemon's working directory is nobody's business, and
+            # the archive names files by their place below /.
+            path = os.path.abspath(raw)
+            if path == "/":
+                raise ValueError("'/' is the whole filesystem: name the directories and files to archive")
+            if path not in out:
+                out.append(path)
+        return out
+
+
 class LogConfig(_Section):
     format: Literal["json", "console"] = "json"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -455,6 +479,7 @@ class Config(BaseModel):
     restore: RestoreConfig = Field(default_factory=RestoreConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)
+    files: FilesConfig = Field(default_factory=FilesConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
 
@@ -529,11 +554,25 @@ def load(cli_path: str | None = None) -> Config:
     overrides = _check_env_names(os.environ)
     origin = str(path) if path else "environment"
     try:
-        return Config(**_merged(data, overrides, origin))
+        cfg = Config(**_merged(data, overrides, origin))
     except ValidationError as exc:
         raise ConfigError(_without_secrets(_format_error(exc, origin), data)) from None
     except (ValueError, TypeError) as exc:
         raise ConfigError(_without_secrets(f"configuration error in {origin}: {exc}".splitlines()[0], data)) from None
+    problem = files_unprotected(cfg)
+    if problem:
+        raise ConfigError(f"configuration error in {origin}: {problem}")
+    return cfg
+
+
+def files_unprotected(cfg: Config) -> str | None:
+    """Why the configured control-plane files may not be stored (None: they may)."""
+    if cfg.files.paths and not cfg.encryption.enabled and not cfg.files.allow_unencrypted:
+        return (
+            "files.paths: control-plane files hold private keys and [encryption] is off: "
+            "set encryption.recipients (or identity_file), or files.allow_unencrypted = true"
+        )
+    return None
 
 
 def _without_secrets(message: str, data: dict[str, Any]) -> str:

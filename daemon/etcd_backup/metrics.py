@@ -17,9 +17,22 @@ from prometheus_client import (
 # `*_created` series double the output and nobody alerts on them (process-wide switch).
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
-# `delta` (the watch and its delta objects) and `copy` (storage.copy_to) exist from start so that
-# alerts on them see a 0 before the first failure.
-STAGES = ("snapshot", "upload", "verify", "retention", "drill", "leader_check", "storage", "etcd", "delta", "copy")
+# `delta` (the watch and its delta objects), `copy` (storage.copy_to) and `files` (a configured
+# control-plane file left out of a snapshot) exist from start so that alerts on them see a 0
+# before the first failure.
+STAGES = (
+    "snapshot",
+    "upload",
+    "verify",
+    "retention",
+    "drill",
+    "leader_check",
+    "storage",
+    "etcd",
+    "delta",
+    "copy",
+    "files",
+)
 
 
 class Metrics:

@@ -253,7 +253,7 @@ def place(verified: Verified, dest: Path) -> Path:
     return dest
 
 
-__all__ = ["EtcdBackupError", "Verified", "check_stored", "fetch_verified", "place", "verify_stored"]
+__all__ = ["EtcdBackupError", "Verified", "check_stored", "fetch_object", "fetch_verified", "place", "verify_stored"]
 
 
 @dataclass
@@ -303,21 +303,48 @@ def fetch_delta(
         m = delta.DeltaManifest.from_json(get_bytes(store, ref.key), ref.key)
     except ObjectNotFound:
         raise IntegrityError(f"delta {ref.stem}: its manifest {ref.key} is gone") from None
-    what = f"delta {m.id}"
-    if m.encryption is not None:
-        require(identities, m.encryption.recipients, what)
-    raw = _download(store, m.object_key, size=m.object_size, sha256=m.object_sha256, what=what, work_dir=work_dir)
-    if m.compression == "none" and m.encryption is None:
-        return StoredDelta(m, raw)
+    plain = fetch_object(
+        store,
+        m.object_key,
+        size=m.object_size,
+        sha256=m.object_sha256,
+        compression=m.compression,
+        encryption=m.encryption,
+        identities=identities,
+        what=f"delta {m.id}",
+        work_dir=work_dir,
+    )
+    return StoredDelta(m, plain)
+
+
+def fetch_object(
+    store: SnapshotStore,
+    key: str,
+    *,
+    size: int,
+    sha256: str,
+    compression: str,
+    encryption: Encryption | None,
+    identities: Identities | None,
+    what: str,
+    work_dir: str | None = None,
+) -> scratch.Scratch:
+    """Any stored object proven (size and SHA-256 as its manifest says, then decrypted and
+    decompressed) as a private local file of its plaintext. MissingIdentity before the download
+    when it is encrypted to keys we do not hold; IntegrityError when it is damaged or gone."""
+    if encryption is not None:
+        require(identities, encryption.recipients, what)
+    raw = _download(store, key, size=size, sha256=sha256, what=what, work_dir=work_dir)
+    if compression == "none" and encryption is None:
+        return raw
     try:
-        plain = _decode(
+        return _decode(
             raw.path,
-            compression=m.compression,
-            encryption=m.encryption,
+            compression=compression,
+            encryption=encryption,
             identities=identities,
             what=what,
             work_dir=work_dir,
         )
-        return StoredDelta(m, plain)
     finally:
         raw.discard()

@@ -28,6 +28,13 @@ def verification_label(m: Manifest) -> str:
     return "verified"
 
 
+def files_label(m: Manifest) -> str:
+    """How many control-plane files the snapshot carries (`restore files`); blank: none."""
+    if m.files is None:
+        return ""
+    return f"{m.files.count}" + (f" ({len(m.files.skipped)} left out)" if m.files.skipped else "")
+
+
 def lock_label(retention: Retention | None) -> str:
     from ..model import rfc3339
 
@@ -67,10 +74,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             m.reason,
             "yes" if m.pinned else "",
             verification_label(m),
+            files_label(m),
             *([lock_label(held[m.id])] if locks else []),
         ]
         for m in listing.manifests
     ]
-    headers = ["ID", "CREATED", "REVISION", "KEYS", "SIZE", "REASON", "PINNED", "VERIFICATION"]
+    headers = ["ID", "CREATED", "REVISION", "KEYS", "SIZE", "REASON", "PINNED", "VERIFICATION", "FILES"]
     print(table(rows, [*headers, *(["LOCK"] if locks else [])]))
     return 0

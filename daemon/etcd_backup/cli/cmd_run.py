@@ -45,6 +45,10 @@ def server_token(server: ServerConfig) -> str | None:
 def run(args: argparse.Namespace, ctx: Context) -> int:
     cfg = ctx.config
     token = server_token(cfg.server)
+    if cfg.files.paths:
+        from ..cparchive import check_paths
+
+        check_paths(cfg.files.paths)  # at start, like a TLS file; later runs leave out what went missing
     import structlog
 
     from .. import httpapi
