@@ -544,3 +544,26 @@ def test_what_is_on_disk_below_the_target_is_checked_before_writing(tmp_path: Pa
     cparchive.extract(cparchive.plan(archive, merged, force=False, what="t"))
     assert (merged / "unrelated" / "note").read_text() == "mine\n"
     assert mode(pki) == 0o700 and mode(pki / "ca.key") == 0o600 and mode(pki / "etcd") == 0o750
+
+
+def test_verify_proves_the_files_object_and_names_it_when_damaged(etcd_single: Cluster, tmp_path: Path) -> None:
+    host = tmp_path / "host"
+    paths = make_host(host)
+    store = tmp_path / "store"
+    env = files_env(etcd_single, f"file://{store}", paths, files__allow_unencrypted="true")
+    m, _ = snapshot(env)
+    out = json.loads(cli(env, "verify", m["id"], "--output", "json").stdout)
+    assert out["ok"] is True and out["files"] == {
+        "ok": True,
+        "object_key": m["files"]["object_key"],
+        "count": m["files"]["count"],
+    }
+    assert "control-plane files ok" in cli(env, "verify", m["id"]).stdout
+
+    stored = store / m["files"]["object_key"]
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stored.chmod(0o600)
+    stored.write_bytes(bytes(data))
+    r = cli(env, "verify", m["id"], expect=3)
+    one_error_line(r, "control-plane files of snapshot", m["id"], "SHA-256")

@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -79,6 +80,17 @@ def check_stored(store: SnapshotStore, manifest: Manifest, work_dir: str | None 
     encrypted snapshot on a host without the identity). A failure is recorded in the manifest."""
     _download_checked(store, manifest, work_dir, record=True).discard()
     return Check(True, rfc3339(utcnow()), {"object_sha256": manifest.object_sha256})
+
+
+def check_files(store: SnapshotStore, manifest: Manifest, work_dir: str | None = None) -> dict[str, Any] | None:
+    """The control-plane files object's size and SHA-256 (the stored bytes: no identity needed);
+    IntegrityError naming it when it is damaged or gone. None when the snapshot carries none."""
+    f = manifest.files
+    if f is None:
+        return None
+    what = f"control-plane files of snapshot {manifest.id}"
+    _download(store, f.object_key, size=f.object_size, sha256=f.object_sha256, what=what, work_dir=work_dir).discard()
+    return {"ok": True, "object_key": f.object_key, "count": f.count}
 
 
 def _download_checked(
