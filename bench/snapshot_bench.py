@@ -216,7 +216,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4, help="storage.concurrency for etcd-backup (default 4)")
     ap.add_argument("--workdir", default=None, help="where etcd data and spool files go (default: a temp dir)")
     ap.add_argument("--s3", default="moto,seaweedfs", help="S3 servers for the s3 storage kind")
-    ap.add_argument("--checksum", default="sha256", help="storage.checksum for etcd-backup (sha256, crc32c, md5)")
+    ap.add_argument("--checksum", default="crc32c", help="storage.checksum for etcd-backup (crc32c, sha256, md5)")
     ap.add_argument("--encrypt", action="store_true", help="also time etcd-backup with age encryption")
     args = ap.parse_args()
     recipient = crypto.generate()[1] if args.encrypt else None  # the private key is not even kept

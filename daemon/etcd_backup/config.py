@@ -171,8 +171,8 @@ class StorageConfig(_Section):
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
     ca_file: str | None = None
     # How each upload proves the stored bytes (storage/s3checksum.py): "md5" for stores that
-    # reject or ignore the x-amz-checksum headers.
-    checksum: Literal["sha256", "crc32c", "md5"] = "sha256"
+    # reject or ignore the x-amz-checksum headers. The object's SHA-256 is computed in any case.
+    checksum: Literal["sha256", "crc32c", "md5"] = "crc32c"
     # S3 Object Lock on every object written: retain-until = write time + lock_for.
     object_lock: Literal["off", "governance", "compliance"] = "off"
     lock_for: Duration = 14 * 86400.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -57,6 +58,19 @@ class Capabilities:
     locks: LockInspector | None = None
 
 
+class Digest(Protocol):
+    def update(self, data: bytes | memoryview, /) -> None: ...
+
+    def digest(self) -> bytes: ...
+
+
+class PartDigests(Protocol):
+    def get(self, number: int) -> bytes | None:
+        """The digest of part `number` (1-based) once its bytes are written; None for a part
+        this tracker does not cover (the caller reads it from the file)."""
+        ...
+
+
 class SpooledFile(Protocol):
     """An object's bytes as a local file that is still being written (the snapshot spool).
 
@@ -73,6 +87,11 @@ class SpooledFile(Protocol):
         ...
 
     def wait_complete(self) -> Path: ...
+
+    def part_digests(self, part_size: int, new: Callable[[], Digest]) -> PartDigests:
+        """Digests of each `part_size` range, computed by the writer from the bytes it appends (no
+        second read of the file). A part is ready when `wait_bytes` has seen its end."""
+        ...
 
 
 class SnapshotStore(Protocol):

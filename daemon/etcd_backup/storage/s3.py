@@ -61,7 +61,7 @@ class S3Store:
         verify_tls: bool = True,
         ca_file: str | None = None,
         addressing_style: str = "auto",
-        checksum: Algorithm = "sha256",
+        checksum: Algorithm = "crc32c",
         object_lock: str = "off",
         lock_for: float = 14 * 86400.0,
         timeout: float = 60.0,
