@@ -19,8 +19,10 @@ from .scheduler import Scheduler, first_drill
 from .service.cycle import SnapshotRuns
 from .service.health import HealthWatch
 from .service.memberwatch import MemberWatch
+from .service.replication import Replication
 from .service.upkeep import Upkeep
 from .storage import SnapshotStore
+from .storage.kept import KeepSpool
 from .systemd import sd_notify, watchdog_interval
 
 log = structlog.get_logger(__name__)
@@ -31,7 +33,9 @@ HTTP_SNAPSHOT_WAIT = 120.0  # how long a POST waits for a running snapshot befor
 
 
 class Daemon:
-    def __init__(self, cfg: Config, store: SnapshotStore, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, cfg: Config, store: SnapshotStore, metrics: Metrics | None = None, copy: SnapshotStore | None = None
+    ) -> None:
         self.cfg = cfg
         self.store = store
         self.metrics = metrics or Metrics()
@@ -52,18 +56,34 @@ class Daemon:
             stopping=self.stopping,
             snapshot_lock=snapshot_lock,
         )
+        self.scheduler = Scheduler(self.period, self.stopping)
+        # The second copy: snapshots go through a store that keeps the newest spool to copy from.
+        kept = KeepSpool(store) if copy is not None else None
+        self.replication = (
+            Replication(
+                cfg,
+                kept,
+                copy,
+                metrics=self.metrics,
+                leadership=self.leadership,
+                stopping=self.stopping,
+                running=self.scheduler.running,
+            )
+            if kept is not None and copy is not None
+            else None
+        )
         self.runs = SnapshotRuns(
             cfg,
-            store,
+            kept or store,
             metrics=self.metrics,
             health=self.health,
             leadership=self.leadership,
             stopping=self.stopping,
             lock=snapshot_lock,
             period=self.period,
+            after=self._committed,
         )
         self.members = MemberWatch(cfg, on_change=self._member_changed)
-        self.scheduler = Scheduler(self.period, self.stopping)
 
     def start(self) -> None:
         # Snapshots spool beside a file:// store unless storage.spool_dir is set; downloads and
@@ -99,11 +119,19 @@ class Daemon:
         if watchdog:
             s.heartbeat(watchdog, lambda: sd_notify("WATCHDOG=1"), now=now)
         s.once("cleanup", self.upkeep.startup_cleanup, at=now)
+        if self.replication is not None:
+            self.replication.start()
 
     def _scheduled(self, reason: str) -> None:
-        """A scheduled (or member-change) run, then retention."""
+        """A scheduled (or member-change) run, then retention (of the copy too)."""
         if self.runs.scheduled(reason) and not self.stopping.is_set():
             self.upkeep.prune()
+            if self.replication is not None:
+                self.replication.request(prune=True)
+
+    def _committed(self, manifest: Manifest) -> None:
+        if self.replication is not None:
+            self.replication.request()
 
     def _member_changed(self) -> None:
         at = datetime.now(UTC) + timedelta(seconds=MEMBER_CHANGE_DELAY)
@@ -111,7 +139,9 @@ class Daemon:
 
     def stop(self, timeout: float = 12.0) -> bool:
         """Stop scheduling, cancel the in-flight snapshot, wait for running jobs. True if all ended."""
-        done = self.scheduler.stop(timeout)
+        done = self.scheduler.stop(timeout)  # a copy pass in progress sees the stop flag and ends
+        if self.replication is not None:
+            self.replication.stop()
         log.info("daemon stopped" if done else "daemon stopped with jobs still running")
         return done
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UsageError
-from .common import Context, Subparsers, add_output, emit_json
+from .common import Context, Subparsers, add_output, add_store, emit_json
 
 
 def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
@@ -15,6 +15,7 @@ def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, metavar="FILE", help="where to write the snapshot file")
     p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     add_output(p)
+    add_store(p)
     return p
 
 

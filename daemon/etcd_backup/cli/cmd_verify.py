@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from .common import Context, Subparsers, add_output, emit_json
+from .common import Context, Subparsers, add_output, add_store, emit_json
 
 if TYPE_CHECKING:
     from ..model import Manifest
@@ -16,6 +16,7 @@ def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
     p.add_argument("snapshot", metavar="ID|latest")
     p.add_argument("--drill", action="store_true", help="also restore it into a scratch etcd")
     add_output(p)
+    add_store(p)
     return p
 
 

@@ -42,6 +42,13 @@ class LockInspector(Protocol):
         ...
 
 
+class ServerCopy(Protocol):
+    def copy_from(self, source: object, key: str, *, size: int, sha256: str) -> ObjectInfo | None:
+        """`key` of `source` copied to the same key here; None when this store cannot copy from
+        that one (then the caller streams the bytes)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Capabilities:
     """What a store does with a snapshot's spool file, declared by the store (never probed).
@@ -56,6 +63,9 @@ class Capabilities:
     # With S3 Object Lock on, every object written is locked; `delete` then raises ObjectLocked
     # until the lock has passed, and this tells how long an object stays.
     locks: LockInspector | None = None
+    # Copies objects from another store without the bytes passing through this host (S3 to S3
+    # on one endpoint), proven against the SHA-256 the caller expects.
+    server_copy: ServerCopy | None = None
 
 
 class Digest(Protocol):
