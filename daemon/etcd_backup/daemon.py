@@ -68,6 +68,7 @@ class Daemon:
                 leadership=self.leadership,
                 stopping=self.stopping,
                 running=self.scheduler.running,
+                min_gap=min(30.0, self.period / 4),
             )
             if kept is not None and copy is not None
             else None

@@ -41,6 +41,7 @@ class Replication:
         leadership: Leadership,
         stopping: threading.Event,
         running: Running,
+        min_gap: float = 30.0,
     ) -> None:
         self.cfg = cfg
         self.primary = primary  # the store snapshots are taken through: it keeps the newest spool
@@ -49,6 +50,8 @@ class Replication:
         self.leadership = leadership
         self.stopping = stopping
         self.running = running  # counts a pass as a running job (a stop waits for it)
+        # Each pass lists both stores: commits that come faster (deltas) share the next pass.
+        self.min_gap = min_gap
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._prune = False
@@ -90,6 +93,7 @@ class Replication:
                     self.run_once(prune=prune)
             except ShuttingDown:
                 return
+            self.stopping.wait(self.min_gap)
 
     def run_once(self, *, prune: bool = False) -> None:
         try:
