@@ -106,13 +106,13 @@ class Context:
         """After a command committed a snapshot: copy what the second store lacks. A failure never
         fails the command (the next run retries); the line returned says what happened, and a
         failure is also a warning on stderr. None without a second copy."""
-        copy, kept = self.copy_store, self.snapshot_store
-        if copy is None:
-            return None
-        from ..service.copy import sync
         from ..storage.kept import KeepSpool
 
-        assert isinstance(kept, KeepSpool)
+        copy, kept = self.copy_store, self.snapshot_store
+        if copy is None or not isinstance(kept, KeepSpool):
+            return None
+        from ..service.copy import sync
+
         try:
             report = sync(kept.inner, copy, kept=kept.take)
         except Exception as exc:  # noqa: BLE001 - the snapshot is committed whatever happens here
