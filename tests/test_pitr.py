@@ -639,3 +639,48 @@ def test_writes_during_the_full_snapshot_are_neither_replayed_twice_nor_lost(
     assert revision_of(cluster, restored.client_url) == live
     assert keyspace(cluster, restored.client_url) == expected
     assert d.alive()
+
+
+def test_the_second_copy_holds_the_deltas_and_restores_the_latest_point_alone(
+    etcd_single: Cluster, start_daemon: DaemonFactory, start_etcd: StartEtcd, tmp_path: Path
+) -> None:
+    """storage.copy_to follows every delta: with the primary gone, `timeline --store copy` shows the
+    newest point and `restore single --to-latest --store copy` brings back every revision."""
+    cluster = etcd_single
+    primary, copy = tmp_path / "primary", tmp_path / "copy"
+    # A 40 s period: copy passes at most 10 s apart (min(30 s, period / 4)), and no scheduled
+    # snapshot (which starts a pass too) before the waits below end.
+    d, env = start_with_deltas(
+        start_daemon, cluster, f"file://{primary}", storage__copy_to=f"file://{copy}", schedule__interval="40s"
+    )
+
+    def copied_up_to(revision: int) -> Callable[[], bool]:
+        def check() -> bool:
+            r = run_cli("timeline", "--store", "copy", "--output", "json", env=env)
+            assert r.returncode == 0, r.stderr
+            newest = json.loads(r.stdout)["newest"]
+            return newest is not None and newest["revision"] >= revision
+
+        return check
+
+    # Twice: the second round has nothing but its deltas to start a copy pass.
+    for n in (20, 20):
+        writes(cluster, n)
+        live = revision_of(cluster, cluster.endpoints[0])
+        wait_for(stored_up_to(env, live), 30, "deltas stored in the primary")
+        wait_for(copied_up_to(live), 20, "the deltas copied")
+    expected = keyspace(cluster, cluster.endpoints[0])
+    assert d.terminate()[0] == 0
+    subprocess.run(["rm", "-rf", str(primary)], check=True)  # the primary region is gone
+
+    target = tmp_path / "restored"
+    r = run_cli(
+        "restore", "single", "--to-latest", "--store", "copy", "--name", "m1",
+        "--peer-url", f"http://127.0.0.1:{free_port()}", "--data-dir", str(target), "--output", "json", env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["revision"] == live
+    back = start_etcd(cluster.tools.etcd, out["etcd_flags"])
+    wait_healthy(back.client_url, 60, back)
+    assert keyspace(cluster, back.client_url) == expected

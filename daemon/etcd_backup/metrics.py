@@ -126,6 +126,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.copy_last_success = Gauge(
+            "etcd_backup_copy_last_success_timestamp_seconds",
+            "Unix time a copy pass last left the second store (storage.copy_to) complete (NaN until then).",
+            registry=r,
+        )
         self.ready = Gauge("etcd_backup_ready", "1 when /readyz answers 200.", registry=r)
         self.problems = Gauge(
             "etcd_backup_manifest_problems",
@@ -145,6 +150,7 @@ class Metrics:
         self.delta_last_revision.set(math.nan)
         self.delta_last_success.set(math.nan)
         self.drill_interval.set(math.nan)
+        self.copy_last_success.set(math.nan)
 
     def configured(self, *, period: float, drill_interval: float | None) -> None:
         self.schedule_period.set(period)
@@ -152,6 +158,9 @@ class Metrics:
 
     def failure(self, stage: str) -> None:
         self.failures.labels(stage=stage).inc()
+
+    def copy_complete(self, at: float) -> None:
+        self.copy_last_success.set(at)
 
     def drill_skipped(self, reason: str) -> None:
         self.drills_skipped.labels(reason=reason).inc()

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from .common import Context, Subparsers, add_output, emit_json, human_size, table
+from .common import Context, Subparsers, add_output, add_store, emit_json, human_size, table
 
 if TYPE_CHECKING:
     from ..model import Manifest
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="snapshots in storage, newest first")
     add_output(p)
+    add_store(p)
     return p
 
 

@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from .common import Context, Subparsers, add_output, add_point, emit_json, point_target
+from .common import Context, Subparsers, add_output, add_point, add_store, emit_json, point_target
 
 if TYPE_CHECKING:
     from ..runbook import Context as RunbookContext
@@ -69,6 +69,7 @@ def _snapshot_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="mark the restored revisions compacted, with --bump-revision (etcdutl 3.5.10+)",
     )
+    add_store(p)
 
 
 def _add_single(kinds: Subparsers) -> None:

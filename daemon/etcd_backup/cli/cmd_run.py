@@ -63,7 +63,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         pass  # storage unreachable at start: the daemon reports it and retries
     signals = StopSignals()
     signals.install()
-    daemon = Daemon(cfg, ctx.store)
+    daemon = Daemon(cfg, ctx.store, copy=ctx.copy_store)
     http = httpapi.listen(cfg.server.host, cfg.server.port, daemon, token)
     clean = True
     try:

@@ -41,9 +41,10 @@ def render(m: Manifest) -> str:
 def run(args: argparse.Namespace, ctx: Context) -> int:
     from ..service.backup import take_snapshot
 
-    manifest = take_snapshot(ctx.config, ctx.store, reason=args.reason, pinned=args.pin)
+    manifest = take_snapshot(ctx.config, ctx.snapshot_store, reason=args.reason, pinned=args.pin)
+    copied = ctx.copy_committed()  # after the commit; never fails the command
     if ctx.json:
         emit_json(manifest.to_dict())
     else:
-        print(render(manifest))
+        print(render(manifest) + (f"\n  copy      {copied}" if copied else ""))
     return 0

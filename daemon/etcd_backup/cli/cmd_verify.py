@@ -8,7 +8,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from ..errors import IntegrityError, UsageError
-from .common import Context, Subparsers, add_output, emit_json
+from .common import Context, Subparsers, add_output, add_store, emit_json
 
 if TYPE_CHECKING:
     from ..model import Manifest
@@ -29,6 +29,7 @@ def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
         help="check every delta after the snapshot: hashes and revision continuity (exit 3 on damage or a gap)",
     )
     add_output(p)
+    add_store(p)
     return p
 
 

@@ -243,7 +243,7 @@ def _replay(
                 used = i + 1
                 stored = fetches[i].result()
                 try:
-                    applied = _apply(member, leases, stored, applied, p.target, progress)
+                    applied = _apply(member, leases, stored, applied, target=p.target, progress=progress)
                 finally:
                     stored.discard()
         finally:
@@ -253,7 +253,7 @@ def _replay(
                 if not f.cancel():
                     try:
                         f.result().discard()
-                    except Exception:  # noqa: BLE001, S110 - a failed fetch cleaned up after itself
+                    except Exception:  # noqa: BLE001 - a failed fetch cleaned up after itself
                         pass
     return applied
 
@@ -263,6 +263,7 @@ def _apply(
     leases: _Leases,
     stored: StoredDelta,
     applied: int,
+    *,
     target: int,
     progress: Callable[[int], None] | None,
 ) -> int:
