@@ -9,13 +9,15 @@ servers (moto server, SeaweedFS `weed mini`), then times, per storage kind and S
   +age      with --encrypt, also `etcd-backup snapshot` encrypting to a fresh age recipient
             (plain and encrypted take turns going first; each meets an empty store)
 and prints wall time, the ratio, each one's peak RSS (largest single process), the CPU seconds
-per GiB that etcd-backup, etcd and the S3 server each spent on our snapshot, and the time of the
-structural (bbolt) verification alone. Loopback only; everything is cleaned up on exit.
+per GiB that etcd-backup, etcd and the S3 server each spent on our snapshot (per GiB of the
+database as snapshotted, the manifest's db_size), and the time of the structural (bbolt)
+verification alone. Loopback only; everything is cleaned up on exit.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -40,18 +42,21 @@ class Measured(NamedTuple):
     seconds: float  # wall time
     rss_kib: int  # peak RSS
     cpu: float  # user + system seconds
+    stdout: bytes = b""  # kept with `capture` (small outputs only: read after the process ended)
 
 
-def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> Measured:
+def run_measured(cmd: list[str], env: dict[str, str] | None = None, *, capture: bool = False) -> Measured:
     """Wall seconds, peak RSS and CPU seconds of one child process."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    out = subprocess.PIPE if capture else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         err = proc.stderr.read().decode()[-500:] if proc.stderr else ""
         raise SystemExit(f"{' '.join(cmd[:3])} failed: {err}")
-    return Measured(elapsed, usage.ru_maxrss, usage.ru_utime + usage.ru_stime)
+    stdout = proc.stdout.read() if capture and proc.stdout else b""
+    return Measured(elapsed, usage.ru_maxrss, usage.ru_utime + usage.ru_stime, stdout)
 
 
 def fill(endpoint: str, size_mb: int) -> None:
@@ -149,14 +154,14 @@ def baseline(kind: str, endpoint: str, moto: str, bucket: str, work: Path) -> tu
     snap = work / "baseline.db"
     snap.unlink(missing_ok=True)
     env = {**os.environ, "ETCDCTL_API": "3", **AWS}
-    t1, r1, _ = run_measured([etcdctl, f"--endpoints={endpoint}", "snapshot", "save", str(snap)], env)
-    t2, r2, _ = run_measured(["sha256sum", str(snap)])
+    t1, r1, *_ = run_measured([etcdctl, f"--endpoints={endpoint}", "snapshot", "save", str(snap)], env)
+    t2, r2, *_ = run_measured(["sha256sum", str(snap)])
     if kind == "s3":
-        t3, r3, _ = run_measured([sys.executable, "-c", UPLOAD, moto, str(snap), bucket, "baseline/snap.db"], env)
+        t3, r3, *_ = run_measured([sys.executable, "-c", UPLOAD, moto, str(snap), bucket, "baseline/snap.db"], env)
     else:
         dest = work / "baseline-store"
         dest.mkdir(exist_ok=True)
-        t3, r3, _ = run_measured(["cp", str(snap), str(dest / "snap.db")])
+        t3, r3, *_ = run_measured(["cp", str(snap), str(dest / "snap.db")])
     snap.unlink()
     print(
         f"  baseline parts: save {t1:.2f}s  sha256sum {t2:.2f}s  {'upload' if kind == 's3' else 'cp'} {t3:.2f}s",
@@ -176,7 +181,10 @@ def ours(
     checksum: str,
     recipient: str | None = None,
 ) -> Measured:
+    # As installed: with compiled bytecode (a PYTHONDONTWRITEBYTECODE of the shell would have
+    # every run compile etcd-backup's modules anew, about 0.1 CPU-s that no installation pays).
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_BACKUP_")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.update(AWS)
     env.update(
         {
@@ -193,7 +201,7 @@ def ours(
         env.update({"ETCD_BACKUP_STORAGE__URL": f"s3://{bucket}/ours", "ETCD_BACKUP_STORAGE__ENDPOINT_URL": moto})
     else:
         env["ETCD_BACKUP_STORAGE__URL"] = f"file://{work}/ours-store"
-    return run_measured([sys.executable, "-m", "etcd_backup", "snapshot"], env)
+    return run_measured([sys.executable, "-m", "etcd_backup", "snapshot", "--output", "json"], env, capture=True)
 
 
 def clear_store(work: Path, s3_url: str | None) -> None:
@@ -216,7 +224,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4, help="storage.concurrency for etcd-backup (default 4)")
     ap.add_argument("--workdir", default=None, help="where etcd data and spool files go (default: a temp dir)")
     ap.add_argument("--s3", default="moto,seaweedfs", help="S3 servers for the s3 storage kind")
-    ap.add_argument("--checksum", default="sha256", help="storage.checksum for etcd-backup (sha256, crc32c, md5)")
+    ap.add_argument("--checksum", default="crc32c", help="storage.checksum for etcd-backup (crc32c, sha256, md5)")
     ap.add_argument("--encrypt", action="store_true", help="also time etcd-backup with age encryption")
     args = ap.parse_args()
     recipient = crypto.generate()[1] if args.encrypt else None  # the private key is not even kept
@@ -245,7 +253,6 @@ def main() -> None:
                 servers[name] = start_moto(base) if name == "moto" else start_seaweedfs(base)
                 s3_client(servers[name][1]).create_bucket(Bucket="bench")
                 targets.insert(0, ("s3", name))
-        gib = args.size_mb / 1024
         print(
             f"{'storage':14} {'run':>3} {'baseline s':>10} {'ours s':>8} {'ratio':>6} "
             f"{'base RSS MiB':>12} {'ours RSS MiB':>12}   CPU s/GiB: ours etcd S3"
@@ -266,7 +273,7 @@ def main() -> None:
                     os.sync()
                     others = [etcd.process.pid] + ([servers[server][0].pid] if server else [])
                     before = [proc_cpu(pid) for pid in others]
-                    ot, orss, cpu = ours(
+                    ot, orss, cpu, manifest = ours(
                         kind,
                         client_url,
                         url,
@@ -277,6 +284,7 @@ def main() -> None:
                         recipient=variant,
                     )
                     spent = [proc_cpu(pid) - b for pid, b in zip(others, before, strict=True)]
+                    gib = json.loads(manifest)["db_size"] / 2**30  # CPU per GiB of what was snapshotted
                     s3_cpu = f"{spent[1] / gib:5.1f}" if server else "    -"
                     plain_time = ot if variant is None else plain_time
                     vs_plain = f"  ({ot / plain_time:.3f}x plain)" if variant and plain_time else ""

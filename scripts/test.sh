@@ -14,12 +14,13 @@ if ! /usr/bin/etcdctl version 2>/dev/null | grep -q 'etcdctl version: 3\.4'; the
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends etcd-server etcd-client >/dev/null
 fi
-# age (the reference implementation) and zstd: stored objects must open with the standard tools.
-if ! command -v age >/dev/null 2>&1 || ! command -v age-keygen >/dev/null 2>&1 || ! command -v zstd >/dev/null 2>&1; then
+# age (the reference implementation), zstd and jq: stored objects must open with the standard tools.
+if ! command -v age >/dev/null 2>&1 || ! command -v age-keygen >/dev/null 2>&1 || ! command -v zstd >/dev/null 2>&1 \
+    || ! command -v jq >/dev/null 2>&1; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends age zstd >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends age zstd jq >/dev/null
 fi
 # promtool checks and unit-tests the alerting rules; Debian ships it only in `prometheus` (with a
 # few small JS packages for its web UI; nothing here runs the server).

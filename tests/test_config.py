@@ -79,6 +79,10 @@ def test_config_path_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
         ('[storage]\nobject_lock = "forever"\n', "storage.object_lock"),
         ('[storage]\nca_file = "/no/ca.crt"\n', "/no/ca.crt"),
         ('[storage]\nca_file = "/etc/hostname"\ninsecure_skip_tls_verify = true\n', "contradict"),
+        ('[storage]\ncopy_to = "ftp://x"\n', "storage.copy_to"),
+        ('[storage]\nurl = "s3://b/etcd"\ncopy_to = "s3://b/etcd/copy"\n', "copy_to 's3://b/etcd/copy' overlaps"),
+        ('[storage]\nurl = "file:///srv/a"\ncopy_to = "file:///srv"\n', "overlaps url"),
+        ('[storage]\ncopy_region = "eu-west-1"\n', "copy_region is set but copy_to is not"),
         ('[server]\ntoken_file = "/no/token"\n', "/no/token"),
         ('[log]\nlevel = "verbose"\n', "log.level"),
         ("[retention\n", "not valid TOML"),
@@ -94,6 +98,28 @@ def test_bad_config_is_exit_2_with_one_line(tmp_path: Path, toml: str, needle: s
     assert len(lines) == 1, r.stderr
     assert needle in lines[0]
     assert "Traceback" not in r.stderr
+
+
+def test_copy_on_another_endpoint_may_use_the_same_bucket_and_prefix() -> None:
+    cfg = config.StorageConfig(url="s3://b/etcd", copy_to="s3://b/etcd", copy_endpoint_url="https://elsewhere:9000")
+    copy = cfg.copy_storage()
+    assert copy is not None and copy.url == "s3://b/etcd" and copy.endpoint_url == "https://elsewhere:9000"
+    assert config.StorageConfig().copy_storage() is None
+
+
+def test_unknown_copy_profile_is_exit_2(tmp_path: Path) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.write_text("[other]\naws_access_key_id = x\naws_secret_access_key = y\n")
+    env = clean_env(
+        ETCD_BACKUP_STORAGE__URL=f"file://{tmp_path}/store",
+        ETCD_BACKUP_STORAGE__COPY_TO="s3://b/copy",
+        ETCD_BACKUP_STORAGE__COPY_PROFILE="nosuch",
+        AWS_SHARED_CREDENTIALS_FILE=str(credentials),
+        AWS_CONFIG_FILE=str(tmp_path / "config"),
+    )
+    r = run_cli("list", "--store", "copy", env=env)
+    assert r.returncode == 2, r.stderr
+    assert "storage.copy_profile" in r.stderr and "'nosuch'" in r.stderr
 
 
 def test_misspelt_env_override_is_exit_2() -> None:

@@ -104,7 +104,13 @@ def test_sidecar_example_is_valid_configuration() -> None:
     listen = ServerConfig(listen=env["ETCD_BACKUP_SERVER__LISTEN"])
     assert listen.is_loopback() or env.get("ETCD_BACKUP_SERVER__TOKEN_FILE")
     # The values parse (files that exist only on a node are left out).
-    node_files = {"ETCD_BACKUP_ETCD__KUBEADM_MANIFEST", "ETCD_BACKUP_SERVER__TOKEN_FILE"}
+    node_files = {
+        "ETCD_BACKUP_ETCD__KUBEADM_MANIFEST",
+        "ETCD_BACKUP_SERVER__TOKEN_FILE",
+        "ETCD_BACKUP_ENCRYPTION__RECIPIENTS_FILE",
+        "ETCD_BACKUP_ENCRYPTION__IDENTITY_FILE",
+        "ETCD_BACKUP_FILES__PATHS",
+    }
     sections: dict[str, dict[str, str]] = {}
     for name, value in env.items():
         if name.startswith("ETCD_BACKUP_") and name not in node_files:
@@ -120,3 +126,9 @@ def test_sidecar_example_is_valid_configuration() -> None:
     assert sc["readOnlyRootFilesystem"] is True
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
     assert "/tmp" in mounts and any(env["ETCD_BACKUP_STORAGE__SPOOL_DIR"].startswith(m) for m in mounts)
+    # The control-plane files it archives are mounted (read-only), and encrypted: never in plain.
+    read_only = {m["mountPath"] for m in c["volumeMounts"] if m.get("readOnly")}
+    for path in env["ETCD_BACKUP_FILES__PATHS"].split(","):
+        assert any(path == m or path.startswith(m + "/") for m in read_only), path
+    assert env["ETCD_BACKUP_ENCRYPTION__RECIPIENTS_FILE"].startswith("/etc/etcd-backup/")
+    assert "ETCD_BACKUP_FILES__ALLOW_UNENCRYPTED" not in env

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from etcd_backup.errors import IntegrityError
-from etcd_backup.model import Check, Encryption, Manifest, Verification
+from etcd_backup.model import Check, Encryption, FileEntry, FilesObject, Manifest, SkippedFile, Verification
 
 RECIPIENT = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
 
@@ -94,3 +94,74 @@ def test_encryption_field_fuzz_parses_or_is_refused(value: Any) -> None:
         assert "\n" not in str(exc)
         return
     assert Manifest.from_json(m.to_json()) == m
+
+
+# --- the control-plane files object ----------------------------------------------------------
+
+
+def files_object(**overrides: Any) -> FilesObject:
+    fields: dict[str, Any] = {
+        "object_key": "snapshots/20300101T000000000Z-abcdef.files.tar.age",
+        "object_size": 4096,
+        "object_sha256": "11" * 32,
+        "compression": "none",
+        "count": 1,
+        "paths": ("/etc/kubernetes/pki",),
+        "entries": (
+            FileEntry("etc/kubernetes/pki", "dir", 0o755),
+            FileEntry("etc/kubernetes/pki/ca.key", "file", 0o600, 1675),
+        ),
+        "skipped": (SkippedFile("/etc/kubernetes/pki/agent.sock", "not a regular file, directory or symlink"),),
+    }
+    fields.update(overrides)
+    return FilesObject(**fields)
+
+
+def test_files_round_trip_with_octal_modes() -> None:
+    m = manifest(files=files_object())
+    doc = json.loads(m.to_json())
+    assert list(doc).index("files") == list(doc).index("encryption") + 1
+    assert doc["files"]["entries"][1] == {
+        "path": "etc/kubernetes/pki/ca.key",
+        "type": "file",
+        "mode": "0600",
+        "size": 1675,
+    }
+    assert Manifest.from_json(m.to_json()) == m
+    assert manifest().to_dict()["files"] is None
+
+
+def test_files_written_by_hand_need_only_the_object() -> None:
+    doc = manifest().to_dict()
+    doc["files"] = {"object_key": "snapshots/x.files.tar.zst.age", "object_size": 10, "object_sha256": "22" * 32}
+    f = Manifest.from_dict(doc).files
+    assert f is not None and f.compression == "zstd" and f.count == 0 and f.entries == ()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [],
+        {"object_key": 1, "object_size": 1, "object_sha256": "x"},
+        {"object_key": "k", "object_size": -1, "object_sha256": "x"},
+        {"object_key": "k", "object_size": 1, "object_sha256": "x", "entries": [{"path": "a", "type": "fifo"}]},
+        {
+            "object_key": "k",
+            "object_size": 1,
+            "object_sha256": "x",
+            "entries": [{"path": "a", "type": "file", "mode": 384}],
+        },
+        {
+            "object_key": "k",
+            "object_size": 1,
+            "object_sha256": "x",
+            "entries": [{"path": "a", "type": "file", "mode": "0900"}],
+        },
+        {"object_key": "k", "object_size": 1, "object_sha256": "x", "count": True},
+    ],
+)
+def test_malformed_files_field_is_an_integrity_error(value: Any) -> None:
+    doc = {**manifest().to_dict(), "files": value}
+    with pytest.raises(IntegrityError, match="files") as exc:
+        Manifest.from_dict(doc)
+    assert "\n" not in str(exc.value)

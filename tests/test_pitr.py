@@ -15,11 +15,22 @@ from typing import Any
 
 import pytest
 
-from conftest import Cluster, ClusterFactory, DaemonFactory, DaemonProcess, StartEtcd, config_env, run_cli
+from conftest import (
+    ROOT,
+    AgeTool,
+    Cluster,
+    ClusterFactory,
+    DaemonFactory,
+    DaemonProcess,
+    StartEtcd,
+    config_env,
+    run_cli,
+)
 from etcd_backup.etcdproc import free_port, wait_healthy
 
 pytestmark = pytest.mark.timeout(240)
 
+SECRET = "s3cr3t-in-a-delta-plaintext-marker"
 DELTA = {"delta__interval": "500ms", "verify__restore_drill": "off", "schedule__interval": "1h"}
 
 
@@ -69,6 +80,15 @@ def stored_up_to(env: dict[str, str], revision: int) -> Callable[[], bool]:
         return newest is not None and newest["revision"] >= revision
 
     return check
+
+
+def delta_runbook() -> list[str]:
+    """The shell lines of the README's "Reading deltas without etcd-backup" block, without comments
+    and the S3 download (the test copies the objects)."""
+    section = (ROOT / "README.md").read_text().split("### Reading deltas without etcd-backup", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = [line.strip() for line in block.splitlines()]
+    return [line for line in lines if line and not line.startswith("#") and not line.startswith("aws ")]
 
 
 def txn(cluster: Cluster, ops: list[str]) -> None:
@@ -204,11 +224,12 @@ def test_damaged_delta_exits_3_and_touches_nothing(
     cluster = etcd_single
     store = tmp_path / "store"
     d, env = start_with_deltas(start_daemon, cluster, f"file://{store}")
-    writes(cluster, 20)
-    live = revision_of(cluster, cluster.endpoints[0])
-    wait_for(stored_up_to(env, live), 30, "deltas stored")
+    for _ in range(2):  # two deltas at least: the damaged first one is prefetched beside the next
+        writes(cluster, 10)
+        live = revision_of(cluster, cluster.endpoints[0])
+        wait_for(stored_up_to(env, live), 30, "deltas stored")
     d.terminate()
-    data = next(p for p in (store / "deltas").rglob("*.delta"))
+    data = min((store / "deltas").rglob("*.delta"))
     raw = bytearray(data.read_bytes())
     raw[len(raw) // 2] ^= 0x20
     data.write_bytes(bytes(raw))
@@ -434,3 +455,232 @@ def test_doctor_recommends_the_latest_point_and_the_daemon_drills_it(
     assert doc["scenario"] == "single-member-down"
     assert "--to-latest" in doc["recommendation"]
     assert doc["newest_point"]["revision"] == live
+
+
+def test_encrypted_deltas_open_with_age_and_restore_only_with_the_identity(
+    etcd_single: Cluster, start_daemon: DaemonFactory, start_etcd: StartEtcd, tmp_path: Path, age_tool: AgeTool
+) -> None:
+    """With [encryption] on, a delta object is an age file (`age -d | zstd -d` gives the JSON lines
+    delta.py documents, with the key in base64); a restore needs the identity: without it exit 2
+    naming the recipients, nothing written; with it every change comes back."""
+    cluster = etcd_single
+    recipient = age_tool.new_identity(tmp_path / "age.key")
+    store = tmp_path / "store"
+    _, env = start_with_deltas(
+        start_daemon, cluster, f"file://{store}", encryption__recipients=recipient, storage__compression="zstd"
+    )
+    cluster.put("/registry/secrets/prod/db", SECRET)
+    cluster.put("/registry/namespaces/prod", "ns")
+    writes(cluster, 10)
+    cluster.etcdctl("del", "/registry/namespaces/prod")
+    deleted_at = revision_of(cluster, cluster.endpoints[0])
+    writes(cluster, 10)
+    live = revision_of(cluster, cluster.endpoints[0])
+    expected = keyspace(cluster, cluster.endpoints[0])
+    wait_for(stored_up_to(env, live), 30, f"deltas up to revision {live}")
+
+    objects = sorted(p for p in store.rglob("deltas/*/*.delta*"))
+    assert objects and all(p.name.endswith(".delta.zst.age") for p in objects), objects
+    secret_key = base64.b64encode(b"/registry/secrets/prod/db").decode()
+    seen: set[int] = set()
+    for p in objects:
+        raw = p.read_bytes()
+        assert raw.startswith(b"age-encryption.org/v1\n") and SECRET.encode() not in raw
+        manifest = json.loads(p.with_name(p.name.split(".delta")[0] + ".json").read_text())
+        assert manifest["encryption"] == {"format": "age", "recipients": [recipient]}
+        r = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", f"age -d -i {tmp_path / 'age.key'} {p} | zstd -d"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        header, *lines = [json.loads(line) for line in r.stdout.splitlines()]
+        assert header["format"] == "etcd-backup-delta" and header["last_revision"] >= header["first_revision"]
+        revisions = [line["revision"] for line in lines]
+        assert revisions == list(range(header["first_revision"], header["last_revision"] + 1))
+        seen.update(revisions)
+        if any(e["key"] == secret_key for line in lines for e in line["events"]):
+            event = next(e for line in lines for e in line["events"] if e["key"] == secret_key)
+            assert base64.b64decode(event["value"]).decode() == SECRET
+    assert live in seen
+
+    # The README's "Reading deltas without etcd-backup", as an operator without the tool runs it.
+    work = tmp_path / "by-hand"
+    (work / "deltas").mkdir(parents=True)
+    for p in objects:
+        (work / "deltas" / p.name).write_bytes(p.read_bytes())
+    (work / "age.key").write_bytes((tmp_path / "age.key").read_bytes())
+    script = delta_runbook()
+    assert any(line.startswith("for f in deltas/") for line in script), script
+    r = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", "\n".join(script)],
+        cwd=work, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "HOME": str(work)}, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, f"{script}\n{r.stdout}\n{r.stderr}"
+    found = [json.loads(line) for line in r.stdout.splitlines()]
+    assert {"revision": deleted_at, "time": found[0]["time"]} == found[0]  # the delete, found by jq
+    assert [f["type"] for f in found[1:]] == ["put", "delete"] and found[1]["value"] == "ns"
+
+    target = tmp_path / "restored"
+    args = ["--to-latest", "--name", "m1", "--peer-url", f"http://127.0.0.1:{free_port()}", "--data-dir", str(target)]
+    r = run_cli("restore", "single", *args, "--output", "json", env=env)
+    assert r.returncode == 2, r.stderr
+    print("error line:", r.stderr.strip().splitlines()[-1])
+    assert "Traceback" not in r.stderr and recipient in r.stderr.strip().splitlines()[-1], r.stderr
+    assert not target.exists()
+
+    with_key = {**env, "ETCD_BACKUP_ENCRYPTION__IDENTITY_FILE": str(tmp_path / "age.key")}
+    r = run_cli("restore", "single", *args, "--output", "json", env=with_key)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["revision"] == live
+    restored = start_etcd(cluster.tools.etcd, out["etcd_flags"])
+    wait_healthy(restored.client_url, 60, restored)
+    assert keyspace(cluster, restored.client_url) == expected
+
+
+def test_a_lease_shorter_than_the_replay_neither_breaks_it_nor_loses_its_keys(
+    etcd_single: Cluster, start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    """gardener #1045/#1046: the scratch etcd of a replay starts from a snapshot holding a lease;
+    if the replay outlasts the lease's TTL, etcd revokes it there, which writes a revision of its
+    own (the replay breaks by one) and deletes keys that were live at the target."""
+    import etcd3  # a client of its own, not ours: the writes must be fast to outlast the lease
+
+    cluster = etcd_single
+    lease = cluster.etcdctl("lease", "grant", "2").split()[1]
+    keeper = subprocess.Popen(  # the source keeps its lease alive, as a kubelet or controller does
+        [cluster.tools.etcdctl, f"--endpoints={cluster.endpoints[0]}", "lease", "keep-alive", lease],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "ETCDCTL_API": "3"},
+    )  # fmt: skip
+    try:
+        cluster.etcdctl("put", "/leased/k", "v", f"--lease={lease}")
+        _, env = start_with_deltas(start_daemon, cluster, f"file://{tmp_path}/store")
+        base = timeline(env)["chains"][0]["from_revision"]
+        assert base >= 2  # the full snapshot holds the lease and its key
+        host, port = cluster.endpoints[0].removeprefix("http://").rsplit(":", 1)
+        client = etcd3.client(host=host, port=int(port))
+        for i in range(8000):
+            client.put(f"/bulk/{i % 50}", "x" * 100)
+        client.close()
+        target = revision_of(cluster, cluster.endpoints[0])
+        expected = keyspace(cluster, cluster.endpoints[0])
+        assert "/leased/k" in expected
+        wait_for(stored_up_to(env, target), 60, f"deltas up to revision {target}")
+    finally:
+        keeper.kill()
+        keeper.wait(10)
+
+    started = time.monotonic()
+    r = run_cli(
+        "restore", "single", "--to-revision", str(target), "--name", "l", "--peer-url",
+        f"http://127.0.0.1:{free_port()}", "--data-dir", str(tmp_path / "l"), "--output", "json", env=env,
+    )  # fmt: skip
+    took = time.monotonic() - started
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["revision"] == target and out["point"]["revisions_replayed"] == target - base
+    assert out["keys"] == len(expected)  # the leased key too
+    assert took > 3, f"the replay took {took:.1f} s: shorter than the lease, so this test proves nothing"
+
+
+def test_writes_during_the_full_snapshot_are_neither_replayed_twice_nor_lost(
+    etcd_single: Cluster, start_daemon: DaemonFactory, start_etcd: StartEtcd, tmp_path: Path
+) -> None:
+    """gardener #1044: the chain starts at the revision the snapshot holds, read from the snapshot
+    itself, not from a status read before the stream, while writes go on during the stream."""
+    import threading
+
+    import etcd3
+
+    cluster = etcd_single
+    host, port = cluster.endpoints[0].removeprefix("http://").rsplit(":", 1)
+    client = etcd3.client(host=host, port=int(port))
+    for i in range(400):
+        client.put(f"/bulk/{i}", os.urandom(32 * 1024).hex())  # 25 MiB: the stream takes a while
+    before = revision_of(cluster, cluster.endpoints[0])
+    stop = threading.Event()
+
+    def write() -> None:
+        i = 0
+        while not stop.is_set():
+            client.put(f"/during/{i % 100}", str(i))
+            i += 1
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        d, env = start_with_deltas(start_daemon, cluster, f"file://{tmp_path}/store")
+        wait_for(lambda: revision_of(cluster, cluster.endpoints[0]) > before + 200, 30, "writes after the watch")
+    finally:
+        stop.set()
+        writer.join(10)
+        client.close()
+    live = revision_of(cluster, cluster.endpoints[0])
+    expected = keyspace(cluster, cluster.endpoints[0])
+    wait_for(stored_up_to(env, live), 30, f"deltas up to revision {live}")
+    chain = timeline(env)["chains"][0]
+    assert before < chain["from_revision"] < live and chain["gaps"] == []  # the writes crossed the snapshot
+
+    base = tmp_path / "base.db"
+    assert run_cli("fetch", chain["snapshot"], "--to", str(base), env=env).returncode == 0
+    status = subprocess.run(
+        [cluster.tools.restore_tool, "snapshot", "status", str(base), "-w", "json"], capture_output=True, text=True
+    )
+    assert json.loads(status.stdout)["revision"] == chain["from_revision"]  # what the snapshot holds
+
+    r = run_cli(
+        "restore", "single", "--to-latest", "--name", "w", "--peer-url", f"http://127.0.0.1:{free_port()}",
+        "--data-dir", str(tmp_path / "w"), "--output", "json", env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    restored = start_etcd(cluster.tools.etcd, out["etcd_flags"])
+    wait_healthy(restored.client_url, 60, restored)
+    assert revision_of(cluster, restored.client_url) == live
+    assert keyspace(cluster, restored.client_url) == expected
+    assert d.alive()
+
+
+def test_the_second_copy_holds_the_deltas_and_restores_the_latest_point_alone(
+    etcd_single: Cluster, start_daemon: DaemonFactory, start_etcd: StartEtcd, tmp_path: Path
+) -> None:
+    """storage.copy_to follows every delta: with the primary gone, `timeline --store copy` shows the
+    newest point and `restore single --to-latest --store copy` brings back every revision."""
+    cluster = etcd_single
+    primary, copy = tmp_path / "primary", tmp_path / "copy"
+    # A 40 s period: copy passes at most 10 s apart (min(30 s, period / 4)), and no scheduled
+    # snapshot (which starts a pass too) before the waits below end.
+    d, env = start_with_deltas(
+        start_daemon, cluster, f"file://{primary}", storage__copy_to=f"file://{copy}", schedule__interval="40s"
+    )
+
+    def copied_up_to(revision: int) -> Callable[[], bool]:
+        def check() -> bool:
+            r = run_cli("timeline", "--store", "copy", "--output", "json", env=env)
+            assert r.returncode == 0, r.stderr
+            newest = json.loads(r.stdout)["newest"]
+            return newest is not None and newest["revision"] >= revision
+
+        return check
+
+    # Twice: the second round has nothing but its deltas to start a copy pass.
+    for n in (20, 20):
+        writes(cluster, n)
+        live = revision_of(cluster, cluster.endpoints[0])
+        wait_for(stored_up_to(env, live), 30, "deltas stored in the primary")
+        wait_for(copied_up_to(live), 20, "the deltas copied")
+    expected = keyspace(cluster, cluster.endpoints[0])
+    assert d.terminate()[0] == 0
+    subprocess.run(["rm", "-rf", str(primary)], check=True)  # the primary region is gone
+
+    target = tmp_path / "restored"
+    r = run_cli(
+        "restore", "single", "--to-latest", "--store", "copy", "--name", "m1",
+        "--peer-url", f"http://127.0.0.1:{free_port()}", "--data-dir", str(target), "--output", "json", env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["revision"] == live
+    back = start_etcd(cluster.tools.etcd, out["etcd_flags"])
+    wait_healthy(back.client_url, 60, back)
+    assert keyspace(cluster, back.client_url) == expected

@@ -45,6 +45,32 @@ def test_trailer_hasher_accepts_real_snapshot_in_any_chunking(etcd_single: Clust
     assert result.total == len(raw)
 
 
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 32 * 1024, 300_000])
+def test_snapshot_messages_are_decoded_as_protobuf_does(size: int) -> None:
+    # The blob is read by hand from each message (a view, no copy): it must be what protobuf reads,
+    # with every field etcd 3.4 to 3.6 sends (header, remaining_bytes, blob, version) in any order.
+    from etcd3 import etcdrpc
+
+    from etcd_backup.etcdclient import _snapshot_blob
+
+    blob = os.urandom(size)
+    header = etcdrpc.ResponseHeader(cluster_id=2**63 + 5, member_id=7, revision=123456789, raft_term=9)
+    msg = etcdrpc.SnapshotResponse(header=header, remaining_bytes=2**40, blob=blob)
+    raw = msg.SerializeToString()
+    version = b"\x22\x053.6.0"  # field 4 (string), unknown to these protos
+    for wire in (raw, raw + version, version + raw):
+        assert bytes(_snapshot_blob(wire)) == blob
+    assert bytes(_snapshot_blob(etcdrpc.SnapshotResponse(blob=blob).SerializeToString())) == blob
+
+
+@pytest.mark.parametrize("wire", [b"\x1a\x05abc", b"\x1a", b"\x0d\x00\x00\x00\x00", b"\x10\xff"])
+def test_malformed_snapshot_message_is_refused(wire: bytes) -> None:
+    from etcd_backup.etcdclient import _snapshot_blob
+
+    with pytest.raises((ValueError, IndexError)):
+        _snapshot_blob(wire)
+
+
 @pytest.mark.parametrize("damage", ["flip-data", "flip-trailer", "truncate-1", "truncate-trailer", "empty"])
 def test_trailer_hasher_rejects_damaged_stream(etcd_single: Cluster, tmp_path: Path, damage: str) -> None:
     raw = bytearray(_real_snapshot(etcd_single, tmp_path / "s.db"))

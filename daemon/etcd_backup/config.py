@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from pydantic import (
     BaseModel,
@@ -171,15 +171,29 @@ class StorageConfig(_Section):
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
     ca_file: str | None = None
     # How each upload proves the stored bytes (storage/s3checksum.py): "md5" for stores that
-    # reject or ignore the x-amz-checksum headers.
-    checksum: Literal["sha256", "crc32c", "md5"] = "sha256"
+    # reject or ignore the x-amz-checksum headers. The object's SHA-256 is computed in any case.
+    checksum: Literal["sha256", "crc32c", "md5"] = "crc32c"
     # S3 Object Lock on every object written: retain-until = write time + lock_for.
     object_lock: Literal["off", "governance", "compliance"] = "off"
     lock_for: Duration = 14 * 86400.0
+    # A second store every committed object is copied to after the primary commit. Its S3
+    # endpoint and region default to the primary's; its credentials come from the standard AWS
+    # chain too, or from a named profile of the shared AWS config. Every other setting is shared.
+    copy_to: str | None = None
+    copy_endpoint_url: str | None = None
+    copy_region: str | None = None
+    copy_profile: str | None = None
 
-    @field_validator("url")
+    @field_validator("copy_to", "copy_endpoint_url", "copy_region", "copy_profile", mode="before")
     @classmethod
-    def _url(cls, value: str) -> str:
+    def _unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("url", "copy_to")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         url = urlparse(value)
         if url.scheme == "s3":
             if not url.netloc:
@@ -220,11 +234,53 @@ class StorageConfig(_Section):
             raise ValueError("lock_for must be at least 1s when object_lock is on")
         if self.ca_file and self.insecure_skip_tls_verify:
             raise ValueError("ca_file and insecure_skip_tls_verify contradict each other: set one")
+        if not self.copy_to:
+            unused = [k for k in ("copy_endpoint_url", "copy_region", "copy_profile") if getattr(self, k)]
+            if unused:
+                raise ValueError(f"{unused[0]} is set but copy_to is not")
+        elif _overlap(self.url, self.endpoint_url, self.copy_to, self.copy_endpoint_url or self.endpoint_url):
+            raise ValueError(
+                f"copy_to {self.copy_to!r} overlaps url {self.url!r}: the second copy needs a place of its own "
+                "(another bucket, prefix or directory, neither inside the other)"
+            )
         return self
 
     @property
     def scheme(self) -> str:
         return urlparse(self.url).scheme
+
+    def copy_storage(self) -> StorageConfig | None:
+        """The second store's settings (`copy_to` as its url), or None without one."""
+        if not self.copy_to:
+            return None
+        return self.model_copy(
+            update={
+                "url": self.copy_to,
+                "endpoint_url": self.copy_endpoint_url or self.endpoint_url,
+                "region": self.copy_region or self.region,
+                "copy_to": None,
+                "copy_endpoint_url": None,
+                "copy_region": None,
+                "copy_profile": None,
+            }
+        )
+
+
+def _overlap(url: str, endpoint: str | None, other: str, other_endpoint: str | None) -> bool:
+    """Whether two store locations are the same or one lies inside the other."""
+    a, b = urlparse(url), urlparse(other)
+    if a.scheme != b.scheme:
+        return False
+    if a.scheme == "s3":
+        if a.netloc != b.netloc or (endpoint or "") != (other_endpoint or ""):
+            return False
+        first, second = a.path.strip("/"), b.path.strip("/")
+    else:
+        first = str(Path(unquote(a.netloc + a.path)).resolve()).rstrip("/")
+        second = str(Path(unquote(b.netloc + b.path)).resolve()).rstrip("/")
+    if not first or not second or first == second:
+        return True
+    return first.startswith(second + "/") or second.startswith(first + "/")
 
 
 class ScheduleConfig(_Section):
@@ -432,6 +488,30 @@ def _not_a_key(value: str) -> str:
     return value
 
 
+class FilesConfig(_Section):
+    """Control-plane files (kubeadm's pki, the API server's EncryptionConfiguration) archived with
+    every full snapshot. They hold private keys: refused in plain unless explicitly allowed."""
+
+    paths: StrList = Field(default_factory=list)
+    allow_unencrypted: bool = False
+
+    @field_validator("paths")
+    @classmethod
+    def _paths(cls, value: list[str]) -> list[str]:
+        out: list[str] = []
+        for raw in value:
+            if "\0" in raw or not raw.strip():
+                raise ValueError(f"{raw!r} is not a path")
+            # Absolute and normalised: the daemon's working directory is nobody's business, and
+            # the archive names files by their place below /.
+            path = os.path.abspath(raw)
+            if path == "/":
+                raise ValueError("'/' is the whole filesystem: name the directories and files to archive")
+            if path not in out:
+                out.append(path)
+        return out
+
+
 class LogConfig(_Section):
     format: Literal["json", "console"] = "json"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -455,6 +535,7 @@ class Config(BaseModel):
     restore: RestoreConfig = Field(default_factory=RestoreConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)
+    files: FilesConfig = Field(default_factory=FilesConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
 
@@ -529,11 +610,25 @@ def load(cli_path: str | None = None) -> Config:
     overrides = _check_env_names(os.environ)
     origin = str(path) if path else "environment"
     try:
-        return Config(**_merged(data, overrides, origin))
+        cfg = Config(**_merged(data, overrides, origin))
     except ValidationError as exc:
         raise ConfigError(_without_secrets(_format_error(exc, origin), data)) from None
     except (ValueError, TypeError) as exc:
         raise ConfigError(_without_secrets(f"configuration error in {origin}: {exc}".splitlines()[0], data)) from None
+    problem = files_unprotected(cfg)
+    if problem:
+        raise ConfigError(f"configuration error in {origin}: {problem}")
+    return cfg
+
+
+def files_unprotected(cfg: Config) -> str | None:
+    """Why the configured control-plane files may not be stored (None: they may)."""
+    if cfg.files.paths and not cfg.encryption.enabled and not cfg.files.allow_unencrypted:
+        return (
+            "files.paths: control-plane files hold private keys and [encryption] is off: "
+            "set encryption.recipients (or identity_file), or files.allow_unencrypted = true"
+        )
+    return None
 
 
 def _without_secrets(message: str, data: dict[str, Any]) -> str:

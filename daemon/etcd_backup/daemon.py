@@ -21,8 +21,10 @@ from .service.cycle import SnapshotRuns
 from .service.deltawriter import DeltaWriter
 from .service.health import HealthWatch, completed_at
 from .service.memberwatch import MemberWatch
+from .service.replication import Replication
 from .service.upkeep import Upkeep
 from .storage import SnapshotStore
+from .storage.kept import KeepSpool
 from .systemd import sd_notify, watchdog_interval
 
 log = structlog.get_logger(__name__)
@@ -33,7 +35,9 @@ HTTP_SNAPSHOT_WAIT = 120.0  # how long a POST waits for a running snapshot befor
 
 
 class Daemon:
-    def __init__(self, cfg: Config, store: SnapshotStore, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, cfg: Config, store: SnapshotStore, metrics: Metrics | None = None, copy: SnapshotStore | None = None
+    ) -> None:
         self.cfg = cfg
         self.store = store
         self.metrics = metrics or Metrics()
@@ -56,9 +60,26 @@ class Daemon:
             stopping=self.stopping,
             snapshot_lock=snapshot_lock,
         )
+        self.scheduler = Scheduler(self.period, self.stopping)
+        # The second copy: snapshots go through a store that keeps the newest spool to copy from.
+        kept = KeepSpool(store) if copy is not None else None
+        self.replication = (
+            Replication(
+                cfg,
+                kept,
+                copy,
+                metrics=self.metrics,
+                leadership=self.leadership,
+                stopping=self.stopping,
+                running=self.scheduler.running,
+                min_gap=min(30.0, self.period / 4),
+            )
+            if kept is not None and copy is not None
+            else None
+        )
         self.runs = SnapshotRuns(
             cfg,
-            store,
+            kept or store,
             metrics=self.metrics,
             health=self.health,
             leadership=self.leadership,
@@ -76,12 +97,12 @@ class Daemon:
                 leadership=self.leadership,
                 stopping=self.stopping,
                 need_full_snapshot=self._gap_snapshot,
+                after=self._delta_committed,
             )
             if cfg.delta.interval
             else None
         )
         self.members = MemberWatch(cfg, on_change=self._member_changed)
-        self.scheduler = Scheduler(self.period, self.stopping)
 
     def start(self) -> None:
         # Snapshots spool beside a file:// store unless storage.spool_dir is set; downloads and
@@ -119,15 +140,25 @@ class Daemon:
         if watchdog:
             s.heartbeat(watchdog, lambda: sd_notify("WATCHDOG=1"), now=now)
         s.once("cleanup", self.upkeep.startup_cleanup, at=now)
+        if self.replication is not None:
+            self.replication.start()
 
     def _scheduled(self, reason: str) -> None:
-        """A scheduled (or member-change) run, then retention."""
+        """A scheduled (or member-change) run, then retention (of the copy too)."""
         if self.runs.scheduled(reason) and not self.stopping.is_set():
             self.upkeep.prune()
+            if self.replication is not None:
+                self.replication.request(prune=True)
 
     def _committed(self, m: Manifest) -> None:
+        """A full snapshot was committed: the watch cuts its deltas there, and the copy follows."""
         if self.deltas is not None:
             self.deltas.new_base(m)
+        self._delta_committed(None)
+
+    def _delta_committed(self, _: object) -> None:
+        if self.replication is not None:
+            self.replication.request()
 
     def _gap_snapshot(self) -> None:
         """The watch lost revisions to compaction: a full snapshot at once starts a new chain."""
@@ -157,7 +188,10 @@ class Daemon:
         started = time.monotonic()
         self.stopping.set()
         flushed = self.deltas.join(timeout / 2) if self.deltas is not None else True
+        # A copy pass in progress sees the stop flag and ends.
         done = self.scheduler.stop(max(0.0, timeout - (time.monotonic() - started))) and flushed
+        if self.replication is not None:
+            self.replication.stop()
         log.info("daemon stopped" if done else "daemon stopped with jobs still running")
         return done
 

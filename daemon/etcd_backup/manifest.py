@@ -3,6 +3,9 @@
 Layout (relative to the configured prefix):
     snapshots/<id>.db[.zst][.age]   the etcd snapshot stream as received (db + 32-byte SHA-256
                                     trailer), zstd-compressed and/or age-encrypted as configured
+    snapshots/<id>.files.tar[.zst][.age]
+                                    the control-plane files ([files] paths) as a tar, in the
+                                    data object's form; only when files are configured
     snapshots/<id>.json             the manifest, written last: it is the commit point
 Later kinds of object (delta snapshots) get their own folder beside `snapshots/`.
 """
@@ -16,17 +19,23 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from .errors import EtcdBackupError, IntegrityError, ObjectNotFound, UsageError
-from .model import Manifest
+from .model import FilesObject, Manifest
 from .storage import ObjectInfo, SnapshotStore, get_bytes, put_bytes
 
 FOLDER = "snapshots/"
 MANIFEST_SUFFIX = ".json"
 _DATA_SUFFIXES = {"none": ".db", "zstd": ".db.zst"}
+FILES_SUFFIX = ".files.tar"
 ENCRYPTED_SUFFIX = ".age"  # last: the outermost layer, undone first (age -d, then zstd -d)
 
 
 def data_key(snapshot_id: str, compression: str, encrypted: bool = False) -> str:
     return f"{FOLDER}{snapshot_id}{_DATA_SUFFIXES[compression]}{ENCRYPTED_SUFFIX if encrypted else ''}"
+
+
+def files_key(snapshot_id: str, compression: str, encrypted: bool = False) -> str:
+    zst = ".zst" if compression == "zstd" else ""
+    return f"{FOLDER}{snapshot_id}{FILES_SUFFIX}{zst}{ENCRYPTED_SUFFIX if encrypted else ''}"
 
 
 def manifest_key(snapshot_id: str) -> str:
@@ -57,6 +66,11 @@ def _check_consistent(manifest: Manifest, snapshot_id: str) -> None:
         raise IntegrityError(f"manifest {snapshot_id} names a different snapshot id {manifest.id!r}")
     if manifest.object_key != data_key(snapshot_id, manifest.compression, manifest.encryption is not None):
         raise IntegrityError(f"manifest {snapshot_id} names an unexpected object {manifest.object_key!r}")
+    files = manifest.files
+    if files is not None and files.object_key != files_key(
+        snapshot_id, files.compression, manifest.encryption is not None
+    ):
+        raise IntegrityError(f"manifest {snapshot_id} names an unexpected files object {files.object_key!r}")
 
 
 @dataclass
@@ -76,6 +90,8 @@ class Listing:
     manifests: list[Manifest] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     orphans: list[ObjectInfo] = field(default_factory=list)  # data objects without a manifest
+    # Snapshots whose control-plane files object is missing or damaged: their etcd data restores.
+    files_problems: list[Problem] = field(default_factory=list)
     objects: dict[str, ObjectInfo] = field(default_factory=dict)
 
     def newest_verified(self, cluster_id: str | None = None) -> Manifest | None:
@@ -129,6 +145,7 @@ class Listing:
             for m in self.manifests
             if not m.verified
         ]
+        out += [f"{p.key}: {p.error}" for p in self.files_problems]
         clusters = self.clusters()
         if len(clusters) > 1:
             summary = ", ".join(f"{cid} ({len(ms)} snapshot(s), newest {ms[0].id})" for cid, ms in clusters.items())
@@ -216,6 +233,9 @@ def list_snapshots(store: SnapshotStore, cache: ManifestCache | None = None) -> 
         except ObjectNotFound:
             continue  # deleted while we listed
         claimed.add(manifest.object_key)
+        if manifest.files is not None:
+            claimed.add(manifest.files.object_key)
+            _check_files_object(listing, key, manifest.files, objects)
         data = objects.get(manifest.object_key)
         if data is None:
             listing.problems.append(Problem(key, f"data object {manifest.object_key} is missing"))
@@ -229,6 +249,16 @@ def list_snapshots(store: SnapshotStore, cache: ManifestCache | None = None) -> 
     listing.orphans = [o for k, o in objects.items() if not k.endswith(MANIFEST_SUFFIX) and k not in claimed]
     listing.manifests.sort(key=lambda m: (m.created, m.id), reverse=True)
     return listing
+
+
+def _check_files_object(listing: Listing, key: str, files: FilesObject, objects: dict[str, ObjectInfo]) -> None:
+    found = objects.get(files.object_key)
+    if found is None:
+        listing.files_problems.append(Problem(key, f"control-plane files object {files.object_key} is missing"))
+    elif found.size != files.object_size:
+        listing.files_problems.append(
+            Problem(key, f"control-plane files object has {found.size} bytes, manifest says {files.object_size}")
+        )
 
 
 class CachedListing:

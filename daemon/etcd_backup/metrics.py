@@ -17,9 +17,22 @@ from prometheus_client import (
 # `*_created` series double the output and nobody alerts on them (process-wide switch).
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
-# `delta` (the watch and its delta objects) and `copy` (storage.copy_to) exist from start so that
-# alerts on them see a 0 before the first failure.
-STAGES = ("snapshot", "upload", "verify", "retention", "drill", "leader_check", "storage", "etcd", "delta", "copy")
+# `delta` (the watch and its delta objects), `copy` (storage.copy_to) and `files` (a configured
+# control-plane file left out of a snapshot) exist from start so that alerts on them see a 0
+# before the first failure.
+STAGES = (
+    "snapshot",
+    "upload",
+    "verify",
+    "retention",
+    "drill",
+    "leader_check",
+    "storage",
+    "etcd",
+    "delta",
+    "copy",
+    "files",
+)
 
 
 class Metrics:
@@ -113,6 +126,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.copy_last_success = Gauge(
+            "etcd_backup_copy_last_success_timestamp_seconds",
+            "Unix time a copy pass last left the second store (storage.copy_to) complete (NaN until then).",
+            registry=r,
+        )
         self.ready = Gauge("etcd_backup_ready", "1 when /readyz answers 200.", registry=r)
         self.problems = Gauge(
             "etcd_backup_manifest_problems",
@@ -132,6 +150,7 @@ class Metrics:
         self.delta_last_revision.set(math.nan)
         self.delta_last_success.set(math.nan)
         self.drill_interval.set(math.nan)
+        self.copy_last_success.set(math.nan)
 
     def configured(self, *, period: float, drill_interval: float | None) -> None:
         self.schedule_period.set(period)
@@ -139,6 +158,9 @@ class Metrics:
 
     def failure(self, stage: str) -> None:
         self.failures.labels(stage=stage).inc()
+
+    def copy_complete(self, at: float) -> None:
+        self.copy_last_success.set(at)
 
     def drill_skipped(self, reason: str) -> None:
         self.drills_skipped.labels(reason=reason).inc()

@@ -120,6 +120,110 @@ class Encryption:
         return cls(format="age", recipients=tuple(recipients))
 
 
+FILE_TYPES = ("file", "dir", "symlink")
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One archived control-plane file: its name and metadata, never anything read from it."""
+
+    path: str  # relative to the filesystem root, '/'-separated: etc/kubernetes/pki/ca.key
+    type: str  # "file" | "dir" | "symlink"
+    mode: int  # permission bits (0o7777)
+    size: int = 0  # bytes of a regular file
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "type": self.type, "mode": f"{self.mode:04o}", "size": self.size}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> FileEntry:
+        if not isinstance(data, dict) or not isinstance(data.get("path"), str) or data.get("type") not in FILE_TYPES:
+            raise ValueError("files entry needs a string 'path' and a 'type' of file, dir or symlink")
+        mode, size = data.get("mode"), data.get("size", 0)
+        if not isinstance(mode, str) or not mode.isdigit() or not set(mode) <= set("01234567") or int(mode, 8) > 0o7777:
+            raise ValueError("files entry 'mode' must be an octal string like '0600'")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ValueError("files entry 'size' must be a non-negative integer")
+        return cls(data["path"], data["type"], int(mode, 8), size)
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedFile:
+    """A configured path (or something below one) that is not in the archive, and why."""
+
+    path: str  # absolute, as on the host
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> SkippedFile:
+        if not isinstance(data, dict) or not isinstance(data.get("path"), str):
+            raise ValueError("files.skipped entry needs a string 'path'")
+        return cls(data["path"], str(data.get("reason", "")))
+
+
+@dataclass(frozen=True, slots=True)
+class FilesObject:
+    """The control-plane files archived with a snapshot: a tar object of their own beside the
+    data object, stored in the same form (compression, and the manifest's encryption)."""
+
+    object_key: str
+    object_size: int
+    object_sha256: str
+    compression: str
+    count: int  # files and symlinks in the archive (directories not counted)
+    paths: tuple[str, ...] = ()  # the configured paths it was made from
+    entries: tuple[FileEntry, ...] = ()
+    skipped: tuple[SkippedFile, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "object_key": self.object_key,
+            "object_size": self.object_size,
+            "object_sha256": self.object_sha256,
+            "compression": self.compression,
+            "count": self.count,
+            "paths": list(self.paths),
+            "skipped": [s.to_dict() for s in self.skipped],
+            "entries": [e.to_dict() for e in self.entries],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> FilesObject | None:
+        """None (absent, as in snapshots taken without [files]) means no files."""
+        if data is None:
+            return None
+        if not isinstance(data, dict):
+            raise ValueError("field 'files' must be null or an object")
+        for name in ("object_key", "object_sha256"):
+            if not isinstance(data.get(name), str):
+                raise ValueError(f"field 'files.{name}' missing or not a string")
+        size = data.get("object_size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ValueError("field 'files.object_size' missing or not a non-negative integer")
+        lists = {name: data.get(name, []) for name in ("paths", "entries", "skipped")}
+        for name, value in lists.items():
+            if not isinstance(value, list):
+                raise ValueError(f"field 'files.{name}' must be a list")
+        entries = tuple(FileEntry.from_dict(e) for e in lists["entries"])
+        count = data.get("count", sum(e.type != "dir" for e in entries))
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ValueError("field 'files.count' must be a non-negative integer")
+        compression = data.get("compression", "zstd" if ".zst" in data["object_key"] else "none")
+        return cls(
+            object_key=data["object_key"],
+            object_size=size,
+            object_sha256=data["object_sha256"],
+            compression=str(compression),
+            count=count,
+            paths=tuple(str(p) for p in lists["paths"]),
+            entries=entries,
+            skipped=tuple(SkippedFile.from_dict(s) for s in lists["skipped"]),
+        )
+
+
 _INT_FIELDS = ("revision", "keys", "db_size", "object_size")
 _STR_FIELDS = (
     "id",
@@ -205,6 +309,8 @@ class Manifest:
     # The member list when the snapshot was taken: names, peer and client URLs for the runbook.
     members: tuple[ClusterMember, ...] = ()
     encryption: Encryption | None = None
+    # The control-plane files archived with it ([files] paths), or None.
+    files: FilesObject | None = None
 
     def member_named(self, name: str) -> ClusterMember | None:
         return next((m for m in self.members if m.name == name), None)
@@ -225,6 +331,7 @@ class Manifest:
         data["verification"] = self.verification.to_dict()
         data["members"] = [m.to_dict() for m in self.members]
         data["encryption"] = self.encryption.to_dict() if self.encryption else None
+        data["files"] = self.files.to_dict() if self.files else None
         # Contract order first, extras after: easier to read in `cat`.
         order = [
             "schema_version",
@@ -242,6 +349,7 @@ class Manifest:
             "object_sha256",
             "compression",
             "encryption",
+            "files",
             "db_sha256",
             "verification",
             "duration_seconds",
@@ -288,6 +396,7 @@ class Manifest:
                 db_sha256=str(data.get("db_sha256", "")),
                 members=tuple(ClusterMember.from_dict(m) for m in members),
                 encryption=Encryption.from_dict(data.get("encryption")),
+                files=FilesObject.from_dict(data.get("files")),
             )
         except (ValueError, TypeError, OverflowError) as exc:
             raise IntegrityError(f"manifest {str(data.get('id', '?'))[:80]}: {exc}".splitlines()[0]) from None

@@ -11,13 +11,15 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import scratch
 from .errors import OperationalError
+from .storage.base import Digest
 
 _FLUSH_EVERY = 32 * 1024 * 1024
+_NEVER = 1 << 62
 _IOV_MAX = 1024  # buffers per writev (Linux's IOV_MAX)
 
 
@@ -57,6 +59,50 @@ class _Flusher:
         self._thread.join()
 
 
+class PartTracker:
+    """Digests of the consecutive `part_size` ranges of a spool, from offset `start` on, computed
+    from the buffers as they are appended: the store's part checksums cost no second read of the
+    file, and they are taken from the very bytes that were hashed for the snapshot's own check."""
+
+    def __init__(self, part_size: int, new: Callable[[], Digest], start: int) -> None:
+        self._size = part_size
+        self._new = new
+        self._index = start // part_size  # 0-based part being filled
+        self._pos = start  # next offset to digest
+        self._digest = new()
+        self._filled = 0
+        self._done: dict[int, bytes] = {}
+
+    def feed(self, views: Sequence[memoryview], offset: int) -> None:
+        """`views` were appended at `offset`."""
+        for view in views:
+            end = offset + len(view)
+            if end > self._pos:
+                piece = view[self._pos - offset :] if offset < self._pos else view
+                while piece:
+                    take = piece[: self._size - self._filled]
+                    self._digest.update(take)
+                    self._filled += len(take)
+                    piece = piece[len(take) :]
+                    if self._filled == self._size:
+                        self._close_part()
+                self._pos = end
+            offset = end
+
+    def finish(self) -> None:
+        if self._filled:
+            self._close_part()
+
+    def _close_part(self) -> None:
+        self._done[self._index] = self._digest.digest()
+        self._index += 1
+        self._digest = self._new()
+        self._filled = 0
+
+    def get(self, number: int) -> bytes | None:
+        return self._done.get(number - 1)
+
+
 class Spool:
     def __init__(self, directory: str | None, prefix: str, *, durable: bool = False) -> None:
         self._file = scratch.create(directory, scratch.Kind.SPOOL, prefix)
@@ -64,10 +110,14 @@ class Spool:
         fd = self._fd = self._file.fd
         self._cond = threading.Condition()
         self.written = 0
+        # The smallest `written` a waiter waits for: appends below it wake nobody (a part upload
+        # waits for 8 MiB, not for each of the 1 MiB appends on the way).
+        self._wake_at = _NEVER
         self._finished = False
         self._released = False
         self._error: BaseException | None = None
         self._flusher = _Flusher(fd) if durable else None
+        self._trackers: list[PartTracker] = []
 
     def append(self, data: bytes | memoryview) -> None:
         self.append_all([data], len(data))
@@ -78,15 +128,16 @@ class Spool:
             # The upload failed already: stop receiving a snapshot nobody will store.
             raise self._error
         views = [memoryview(b) for b in buffers]
+        left = list(views)
         try:
-            while views:
-                n = os.writev(self._fd, views[:_IOV_MAX])
+            while left:
+                n = os.writev(self._fd, left[:_IOV_MAX])
                 # A short write (rare on a regular file) leaves a tail to retry.
-                while views and n >= len(views[0]):
-                    n -= len(views[0])
-                    views.pop(0)
+                while left and n >= len(left[0]):
+                    n -= len(left[0])
+                    left.pop(0)
                 if n:
-                    views[0] = views[0][n:]
+                    left[0] = left[0][n:]
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise OperationalError(
@@ -95,15 +146,31 @@ class Spool:
                 ) from exc
             raise OperationalError(f"writing spool {self.path}: {exc.strerror}") from exc
         with self._cond:
+            # Digests first: a part is ready for the store as soon as `written` covers it.
+            for tracker in self._trackers:
+                tracker.feed(views, self.written)
             self.written += size
-            self._cond.notify_all()
+            if self.written >= self._wake_at:
+                self._wake_at = _NEVER
+                self._cond.notify_all()
         if self._flusher is not None:
             self._flusher.wrote(size)
 
     def finish(self) -> None:
         with self._cond:
+            for tracker in self._trackers:
+                tracker.finish()
             self._finished = True
             self._cond.notify_all()
+
+    def part_digests(self, part_size: int, new: Callable[[], Digest]) -> PartTracker:
+        """Track the digests of each `part_size` range from here on (parts already begun are
+        not covered: their `get` is None)."""
+        with self._cond:
+            start = -(-self.written // part_size) * part_size
+            tracker = PartTracker(part_size, new, start)
+            self._trackers.append(tracker)
+            return tracker
 
     def release(self) -> None:
         with self._cond:
@@ -138,6 +205,7 @@ class Spool:
                     raise self._error
                 if self.written >= target or self._finished:
                     return self.written, self._finished
+                self._wake_at = min(self._wake_at, target)
                 self._cond.wait()
 
     def _wait_for(self, pos: int) -> int:
@@ -150,6 +218,7 @@ class Spool:
                     return self.written - pos
                 if self._finished and self._released:
                     return 0
+                self._wake_at = min(self._wake_at, pos + 1)
                 self._cond.wait()
 
     def close(self) -> None:
@@ -192,6 +261,10 @@ class SpoolReader:
     def wait_bytes(self, target: int) -> tuple[int, bool]:
         """For stores that upload ranges of the spool file as soon as they are written."""
         return self._spool.wait_bytes(target)
+
+    def part_digests(self, part_size: int, new: Callable[[], Digest]) -> PartTracker:
+        """For stores that send a checksum with each range: computed as the bytes arrive."""
+        return self._spool.part_digests(part_size, new)
 
     def readable(self) -> bool:
         return True

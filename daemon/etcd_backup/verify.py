@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -79,6 +80,17 @@ def check_stored(store: SnapshotStore, manifest: Manifest, work_dir: str | None 
     encrypted snapshot on a host without the identity). A failure is recorded in the manifest."""
     _download_checked(store, manifest, work_dir, record=True).discard()
     return Check(True, rfc3339(utcnow()), {"object_sha256": manifest.object_sha256})
+
+
+def check_files(store: SnapshotStore, manifest: Manifest, work_dir: str | None = None) -> dict[str, Any] | None:
+    """The control-plane files object's size and SHA-256 (the stored bytes: no identity needed);
+    IntegrityError naming it when it is damaged or gone. None when the snapshot carries none."""
+    f = manifest.files
+    if f is None:
+        return None
+    what = f"control-plane files of snapshot {manifest.id}"
+    _download(store, f.object_key, size=f.object_size, sha256=f.object_sha256, what=what, work_dir=work_dir).discard()
+    return {"ok": True, "object_key": f.object_key, "count": f.count}
 
 
 def _download_checked(
@@ -253,7 +265,7 @@ def place(verified: Verified, dest: Path) -> Path:
     return dest
 
 
-__all__ = ["EtcdBackupError", "Verified", "check_stored", "fetch_verified", "place", "verify_stored"]
+__all__ = ["EtcdBackupError", "Verified", "check_stored", "fetch_object", "fetch_verified", "place", "verify_stored"]
 
 
 @dataclass
@@ -303,21 +315,48 @@ def fetch_delta(
         m = delta.DeltaManifest.from_json(get_bytes(store, ref.key), ref.key)
     except ObjectNotFound:
         raise IntegrityError(f"delta {ref.stem}: its manifest {ref.key} is gone") from None
-    what = f"delta {m.id}"
-    if m.encryption is not None:
-        require(identities, m.encryption.recipients, what)
-    raw = _download(store, m.object_key, size=m.object_size, sha256=m.object_sha256, what=what, work_dir=work_dir)
-    if m.compression == "none" and m.encryption is None:
-        return StoredDelta(m, raw)
+    plain = fetch_object(
+        store,
+        m.object_key,
+        size=m.object_size,
+        sha256=m.object_sha256,
+        compression=m.compression,
+        encryption=m.encryption,
+        identities=identities,
+        what=f"delta {m.id}",
+        work_dir=work_dir,
+    )
+    return StoredDelta(m, plain)
+
+
+def fetch_object(
+    store: SnapshotStore,
+    key: str,
+    *,
+    size: int,
+    sha256: str,
+    compression: str,
+    encryption: Encryption | None,
+    identities: Identities | None,
+    what: str,
+    work_dir: str | None = None,
+) -> scratch.Scratch:
+    """Any stored object proven (size and SHA-256 as its manifest says, then decrypted and
+    decompressed) as a private local file of its plaintext. MissingIdentity before the download
+    when it is encrypted to keys we do not hold; IntegrityError when it is damaged or gone."""
+    if encryption is not None:
+        require(identities, encryption.recipients, what)
+    raw = _download(store, key, size=size, sha256=sha256, what=what, work_dir=work_dir)
+    if compression == "none" and encryption is None:
+        return raw
     try:
-        plain = _decode(
+        return _decode(
             raw.path,
-            compression=m.compression,
-            encryption=m.encryption,
+            compression=compression,
+            encryption=encryption,
             identities=identities,
             what=what,
             work_dir=work_dir,
         )
-        return StoredDelta(m, plain)
     finally:
         raw.discard()

@@ -101,6 +101,77 @@ def test_spool_vectored_append_keeps_order_across_many_buffers(tmp_path: Path) -
     spool.close()
 
 
+def _file_digests(data: bytes, part: int, algorithm: str) -> list[bytes]:
+    from etcd_backup.storage.s3checksum import Checksum
+
+    return Checksum(algorithm).of_ranges(io.BytesIO(data).read, len(data), part)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("algorithm", ["crc32c", "sha256", "md5"])
+def test_part_digests_come_from_the_appended_bytes(tmp_path: Path, algorithm: str) -> None:
+    # Buffers of uneven sizes that straddle part boundaries; a tracker registered from the start
+    # covers every part, the short last one once the spool is finished.
+    from etcd_backup.storage.s3checksum import Checksum
+
+    part = 64 * 1024
+    data = os.urandom(10 * part + 777)
+    spool = Spool(str(tmp_path), "t")
+    try:
+        tracker = spool.part_digests(part, Checksum(algorithm).new)  # type: ignore[arg-type]
+        pos = 0
+        for n in [1, part - 1, part + 5, 3 * part, 100, 5 * part]:
+            spool.append_all([data[pos : pos + n // 2], data[pos + n // 2 : pos + n]], n)
+            pos += n
+        assert tracker.get(11) is None  # the last part is not over yet
+        spool.append(data[pos:])
+        spool.finish()
+        assert [tracker.get(n) for n in range(1, 12)] == _file_digests(data, part, algorithm)
+        assert tracker.get(12) is None
+    finally:
+        spool.close()
+
+
+def test_part_digests_tracked_late_skip_the_parts_already_begun(tmp_path: Path) -> None:
+    from etcd_backup.storage.s3checksum import Checksum
+
+    part = 4096
+    data = os.urandom(5 * part)
+    spool = Spool(str(tmp_path), "t")
+    try:
+        spool.append(data[: part + 10])  # part 2 has begun
+        tracker = spool.part_digests(part, Checksum("crc32c").new)
+        spool.append(data[part + 10 :])
+        spool.finish()
+        expected = _file_digests(data, part, "crc32c")
+        assert [tracker.get(n) for n in (1, 2)] == [None, None]  # read from the file by the store
+        assert [tracker.get(n) for n in (3, 4, 5)] == expected[2:]
+    finally:
+        spool.close()
+
+
+def test_parts_begun_before_the_upload_are_read_from_the_file(any_s3_bucket: Bucket, tmp_path: Path) -> None:
+    # The upload starts after the first parts are written: their checksums come from the file,
+    # the rest from the writer; a store that checks them (SeaweedFS) takes every part.
+    bucket = any_s3_bucket
+    store = S3Store(bucket.name, bucket.prefix, endpoint_url=bucket.server.endpoint, part_size=5 * MiB, concurrency=2)
+    data = os.urandom(18 * MiB + 5)
+    spool = Spool(str(tmp_path), "t")
+    try:
+        spool.append(data[: 7 * MiB])
+        t, outcome = _upload(store, spool)
+        for i in range(7 * MiB, len(data), MiB):
+            spool.append(data[i : i + MiB])
+        spool.finish()
+        spool.release()
+        t.join(60)
+    finally:
+        spool.close()
+    assert not isinstance(outcome[0], BaseException), outcome[0]
+    buf = io.BytesIO()
+    store.get("snapshots/s.db", buf)
+    assert buf.getvalue() == data
+
+
 _WRITER = """
 import sys, time
 from etcd_backup.spool import Spool

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UsageError
-from .common import Context, Subparsers, add_output, add_point, emit_json, point_target
+from .common import Context, Subparsers, add_output, add_point, add_store, emit_json, point_target
 
 
 def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, metavar="FILE", help="where to write the snapshot file")
     p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     add_output(p)
+    add_store(p)
     return p
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from .common import Context, Subparsers, add_output, emit_json, human_size, table
+from .common import Context, Subparsers, add_output, add_store, emit_json, human_size, table
 
 if TYPE_CHECKING:
     from ..model import Manifest
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="snapshots in storage, newest first")
     add_output(p)
+    add_store(p)
     return p
 
 
@@ -26,6 +27,13 @@ def verification_label(m: Manifest) -> str:
     if v.drill is not None:
         return "drilled"
     return "verified"
+
+
+def files_label(m: Manifest) -> str:
+    """How many control-plane files the snapshot carries (`restore files`); blank: none."""
+    if m.files is None:
+        return ""
+    return f"{m.files.count}" + (f" ({len(m.files.skipped)} left out)" if m.files.skipped else "")
 
 
 def lock_label(retention: Retention | None) -> str:
@@ -67,10 +75,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             m.reason,
             "yes" if m.pinned else "",
             verification_label(m),
+            files_label(m),
             *([lock_label(held[m.id])] if locks else []),
         ]
         for m in listing.manifests
     ]
-    headers = ["ID", "CREATED", "REVISION", "KEYS", "SIZE", "REASON", "PINNED", "VERIFICATION"]
+    headers = ["ID", "CREATED", "REVISION", "KEYS", "SIZE", "REASON", "PINNED", "VERIFICATION", "FILES"]
     print(table(rows, [*headers, *(["LOCK"] if locks else [])]))
     return 0

@@ -37,23 +37,25 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
     result = pre_change(
         ctx.config,
-        ctx.store,
+        ctx.snapshot_store,
         reason=args.reason,
         drill=args.drill,
         quota_bytes=quota(args),
         config_path=ctx.config_path,
     )
+    copied = ctx.copy_committed()  # the pinned snapshot (and its drill) in the second store too
     if ctx.json:
         emit_json(result.to_dict())
     else:
-        print(render(result))
+        print(render(result, copied))
     return 0
 
 
-def render(r: PreChange) -> str:
+def render(r: PreChange, copied: str | None = None) -> str:
     drill = r.manifest.verification.drill
     lines = [
         render_manifest(r.manifest),
+        *([f"  copy      {copied}"] if copied else []),
         f"  drill     {'passed' if drill and drill.ok else 'not run (add --drill)'}",
         "",
         f"safe to proceed. Pinned snapshot: {r.manifest.id}",

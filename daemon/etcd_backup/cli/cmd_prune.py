@@ -6,11 +6,12 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from ..errors import OperationalError
+from ..errors import EtcdBackupError, OperationalError
 from .common import Context, Subparsers, add_output, emit_json
 
 if TYPE_CHECKING:
     from ..service.prune import PruneReport
+    from ..storage import SnapshotStore
 
 
 def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
@@ -48,25 +49,45 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     from ..service.prune import policy_from_config, prune
 
     cfg = ctx.config
-    report = prune(
-        ctx.store,
-        policy_from_config(cfg.retention),
-        debris_age=cfg.retention.debris_age,
-        now=utcnow(),
-        dry_run=args.dry_run,
-    )
-    for problem in report.problems:
-        print(
-            f"etcd-backup: warning: left alone (fix or delete by hand): {problem.key}: {problem.error}",
-            file=sys.stderr,
+
+    def apply(store: SnapshotStore) -> PruneReport:
+        report = prune(
+            store,
+            policy_from_config(cfg.retention),
+            debris_age=cfg.retention.debris_age,
+            now=utcnow(),
+            dry_run=args.dry_run,
         )
+        for problem in report.problems:
+            print(
+                f"etcd-backup: warning: left alone (fix or delete by hand): {problem.key}: {problem.error}",
+                file=sys.stderr,
+            )
+        return report
+
+    report = apply(ctx.store)
+    # Retention applies to the second copy too, on its own listing; a copy that cannot be reached
+    # fails the command after the primary was pruned.
+    copy, copy_error = None, None
+    if ctx.copy_store is not None:
+        try:
+            copy = apply(ctx.copy_store)
+        except EtcdBackupError as exc:
+            copy_error = exc
     if ctx.json:
-        emit_json(report.to_dict())
+        doc = report.to_dict()
+        if ctx.copy_store is not None:
+            doc["copy"] = copy.to_dict() if copy is not None else {"error": str(copy_error)}
+        emit_json(doc)
     else:
         print(render(report))
-    if report.errors:
+        if ctx.copy_store is not None:
+            body = render(copy) if copy is not None else f"FAILED: {copy_error}"
+            print(f"copy {ctx.copy_store.description}:\n{body}")
+    errors = list(report.errors)
+    errors += [f"the copy: {e}" for e in ([str(copy_error)] if copy_error else copy.errors if copy else [])]
+    if errors:
         raise OperationalError(
-            f"prune incomplete: {report.errors[0]}"
-            + (f" (and {len(report.errors) - 1} more)" if len(report.errors) > 1 else "")
+            f"prune incomplete: {errors[0]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
         )
     return 0

@@ -1,4 +1,5 @@
-"""`restore single|replace-member|cluster`: the outage commands of scenarios 3 and 4."""
+"""`restore single|replace-member|cluster|files`: the outage commands of scenarios 3 and 4, and the
+control-plane files stored beside a snapshot."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from .common import Context, Subparsers, add_output, add_point, emit_json, point_target
+from .common import Context, Subparsers, add_output, add_point, add_store, emit_json, point_target
 
 if TYPE_CHECKING:
     from ..runbook import Context as RunbookContext
+    from ..service.cpfiles import FilesRestore
     from ..service.rebuild import ClusterRestore, RebuildPlan, RebuiltMember
     from ..service.replace import Replacement
 
@@ -22,12 +24,14 @@ def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
         "replace-member: scenario 4 with quorum intact. cluster: scenario 4 with quorum lost. "
         "Snapshots are verified before anything is touched; an existing data dir is never deleted, and "
         "one in use by a running etcd (or belonging to a member that still answers) is never touched. "
-        "`etcd-backup doctor` prints these commands filled in.",
+        "`etcd-backup doctor` prints these commands filled in. "
+        "files: the control-plane files ([files] paths) stored with a snapshot, written back below a directory.",
     )
     kinds = p.add_subparsers(dest="restore_kind", metavar="KIND", required=True)
     _add_single(kinds)
     _add_replace(kinds)
     _add_cluster(kinds)
+    _add_files(kinds)
     return p
 
 
@@ -65,6 +69,7 @@ def _snapshot_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="mark the restored revisions compacted, with --bump-revision (etcdutl 3.5.10+)",
     )
+    add_store(p)
 
 
 def _add_single(kinds: Subparsers) -> None:
@@ -118,9 +123,30 @@ def _add_replace(kinds: Subparsers) -> None:
     _common(p)
 
 
+def _add_files(kinds: Subparsers) -> None:
+    p = kinds.add_parser(
+        "files",
+        help="write a snapshot's control-plane files (pki, encryption config) back below a directory",
+        description="Downloads and checks the snapshot's files object (SHA-256, age), then writes every file "
+        "below DIR under its original path (DIR/etc/kubernetes/pki/ca.key; --to / puts them back in place) "
+        "with its mode. Nothing is written when any file exists already, unless --force.",
+    )
+    p.add_argument(
+        "--snapshot",
+        required=True,
+        metavar="ID|latest",
+        help="snapshot id (see `etcd-backup list`, column FILES), or latest: the newest verified one",
+    )
+    p.add_argument("--to", required=True, metavar="DIR", help="the directory the archived paths are placed below")
+    p.add_argument("--force", action="store_true", help="overwrite files and symlinks that exist already")
+    _common(p)
+
+
 def run(args: argparse.Namespace, ctx: Context) -> int:
     if args.restore_kind == "replace-member":
         return _run_replace(args, ctx)
+    if args.restore_kind == "files":
+        return _run_files(args, ctx)
     from ..members import parse_member
     from ..service import rebuild
 
@@ -165,6 +191,31 @@ def _run_replace(args: argparse.Namespace, ctx: Context) -> int:
     else:
         print(render_replacement(result, ctx.runbook))
     return 0
+
+
+def _run_files(args: argparse.Namespace, ctx: Context) -> int:
+    from pathlib import Path
+
+    from ..service.cpfiles import restore_files
+
+    result = restore_files(
+        ctx.config, ctx.store, args.snapshot, Path(args.to), force=args.force, live_cluster=ctx.live_cluster_id
+    )
+    if ctx.json:
+        emit_json(result.to_dict())
+    else:
+        print(render_files(result))
+    return 0
+
+
+def render_files(r: FilesRestore) -> str:
+    doc = r.to_dict()
+    replaced = f", {len(doc['overwritten'])} overwritten" if doc["overwritten"] else ""
+    lines = [f"{doc['count']} control-plane file(s) of snapshot {r.manifest.id} written below {r.dest}{replaced}"]
+    lines += [f"  {w['mode']}  {w['type']:<7}  {w['path']}" for w in doc["written"]]
+    if doc["kept_directories"]:
+        lines.append(f"existing directories kept as they were: {', '.join(doc['kept_directories'])}")
+    return "\n".join(lines)
 
 
 def _member_block(r: RebuiltMember) -> list[str]:

@@ -45,6 +45,10 @@ def server_token(server: ServerConfig) -> str | None:
 def run(args: argparse.Namespace, ctx: Context) -> int:
     cfg = ctx.config
     token = server_token(cfg.server)
+    if cfg.files.paths:
+        from ..cparchive import check_paths
+
+        check_paths(cfg.files.paths)  # at start, like a TLS file; later runs leave out what went missing
     import structlog
 
     from .. import httpapi
@@ -59,7 +63,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         pass  # storage unreachable at start: the daemon reports it and retries
     signals = StopSignals()
     signals.install()
-    daemon = Daemon(cfg, ctx.store)
+    daemon = Daemon(cfg, ctx.store, copy=ctx.copy_store)
     http = httpapi.listen(cfg.server.host, cfg.server.port, daemon, token)
     clean = True
     try:

@@ -20,25 +20,31 @@ def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
 
 
 def render(m: Manifest) -> str:
-    return "\n".join(
-        [
-            f"snapshot {m.id} stored and verified",
-            f"  created   {m.created_at}  reason {m.reason}{'  pinned' if m.pinned else ''}",
-            f"  source    {m.endpoint} (member {m.member_id}, cluster {m.cluster_id}, etcd {m.etcd_version})",
-            f"  content   revision {m.revision}, {m.keys} keys, db {human_size(m.db_size)}",
-            f"  object    {m.object_key} ({human_size(m.object_size)}, {m.compression}"
-            f"{', age' if m.encryption else ''}) sha256 {m.object_sha256}",
-            f"  took      {m.duration_seconds:.2f}s",
-        ]
-    )
+    lines = [
+        f"snapshot {m.id} stored and verified",
+        f"  created   {m.created_at}  reason {m.reason}{'  pinned' if m.pinned else ''}",
+        f"  source    {m.endpoint} (member {m.member_id}, cluster {m.cluster_id}, etcd {m.etcd_version})",
+        f"  content   revision {m.revision}, {m.keys} keys, db {human_size(m.db_size)}",
+        f"  object    {m.object_key} ({human_size(m.object_size)}, {m.compression}"
+        f"{', age' if m.encryption else ''}) sha256 {m.object_sha256}",
+    ]
+    if m.files is not None:
+        f = m.files
+        lines.append(
+            f"  files     {f.object_key} ({f.count} files, {human_size(f.object_size)}) sha256 {f.object_sha256}"
+        )
+        lines += [f"  warning   {s.path} not archived: {s.reason}" for s in f.skipped]
+    lines.append(f"  took      {m.duration_seconds:.2f}s")
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     from ..service.backup import take_snapshot
 
-    manifest = take_snapshot(ctx.config, ctx.store, reason=args.reason, pinned=args.pin)
+    manifest = take_snapshot(ctx.config, ctx.snapshot_store, reason=args.reason, pinned=args.pin)
+    copied = ctx.copy_committed()  # after the commit; never fails the command
     if ctx.json:
         emit_json(manifest.to_dict())
     else:
-        print(render(manifest))
+        print(render(manifest) + (f"\n  copy      {copied}" if copied else ""))
     return 0

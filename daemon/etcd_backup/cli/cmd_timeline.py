@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import Context, Subparsers, add_output, emit_json, table
+from .common import Context, Subparsers, add_output, add_store, emit_json, table
 
 
 def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
@@ -15,6 +15,7 @@ def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
         "and last revision and time it covers, how many deltas, and any gaps; and the newest restorable point.",
     )
     add_output(p)
+    add_store(p)
     return p
 
 

@@ -8,7 +8,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from ..errors import IntegrityError, UsageError
-from .common import Context, Subparsers, add_output, emit_json
+from .common import Context, Subparsers, add_output, add_store, emit_json
 
 if TYPE_CHECKING:
     from ..model import Manifest
@@ -29,12 +29,13 @@ def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
         help="check every delta after the snapshot: hashes and revision continuity (exit 3 on damage or a gap)",
     )
     add_output(p)
+    add_store(p)
     return p
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     from .. import manifest as manifests
-    from ..verify import verify_stored
+    from ..verify import check_files, verify_stored
 
     cfg = ctx.config
     if args.chain:
@@ -48,11 +49,17 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if manifest.encryption is not None and identities is None and not args.drill:
         return _verify_without_identity(ctx, manifest)
     verified = verify_stored(ctx.store, manifest, cfg.storage.spool_dir, identities=identities)
+    try:
+        files = check_files(ctx.store, manifest, cfg.storage.spool_dir)
+    except BaseException:
+        verified.discard()
+        raise
     result: dict[str, Any] = {
         "id": manifest.id,
         "ok": True,
         "hash": verified.hash_check.to_dict(),
         "structure": verified.structure_check.to_dict(),
+        "files": files,
         "drill": None,
     }
     outcome = None
@@ -71,6 +78,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         print(
             f"snapshot {manifest.id}: hash ok, structure ok (revision {verified.status.revision}, "
             f"{verified.status.total_key} bolt entries)"
+            + (f", control-plane files ok ({files['count']})" if files else "")
         )
         if outcome is not None:
             print(f"drill: {'ok' if outcome.check.ok else 'FAILED'} {outcome.check.error or ''}".rstrip())
@@ -124,14 +132,24 @@ def _drill_point(args: argparse.Namespace, ctx: Context) -> int:
 
 def _verify_without_identity(ctx: Context, manifest: Manifest) -> int:
     """A write-only host (recipients, no identity): prove what it can, the stored bytes."""
-    from ..verify import check_stored
+    from ..verify import check_files, check_stored
 
     check = check_stored(ctx.store, manifest, ctx.config.storage.spool_dir)
+    files = check_files(ctx.store, manifest, ctx.config.storage.spool_dir)
     note = "structure not checked: the snapshot is encrypted and reading it needs encryption.identity_file"
     if ctx.json:
         emit_json(
-            {"id": manifest.id, "ok": True, "hash": check.to_dict(), "structure": None, "drill": None, "note": note}
+            {
+                "id": manifest.id,
+                "ok": True,
+                "hash": check.to_dict(),
+                "structure": None,
+                "files": files,
+                "drill": None,
+                "note": note,
+            }
         )
     else:
-        print(f"snapshot {manifest.id}: stored object ok (size and SHA-256 match the manifest); {note}")
+        also = " and control-plane files" if files else ""
+        print(f"snapshot {manifest.id}: stored object{also} ok (size and SHA-256 match the manifest); {note}")
     return 0

@@ -9,6 +9,8 @@ import sys
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from ..errors import UsageError
+
 # Heavy modules load inside the commands that need them: `--help` and `list` start fast.
 if TYPE_CHECKING:
     from ..config import Config
@@ -46,6 +48,16 @@ def point_target(args: argparse.Namespace) -> Any:
     return parse_target(bool(args.to_latest), args.to_revision, args.to_time)
 
 
+def add_store(p: argparse.ArgumentParser) -> None:
+    """Every read command can use the second store instead, e.g. when the primary region is down."""
+    p.add_argument(
+        "--store",
+        choices=["primary", "copy"],
+        default="primary",
+        help="read from storage.url (primary, the default) or from the second copy, storage.copy_to",
+    )
+
+
 class Context:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -74,9 +86,14 @@ class Context:
 
     @cached_property
     def store(self) -> SnapshotStore:
+        """The store the command works on: the primary, or the copy with `--store copy`."""
         from ..storage import open_store
 
         storage = self.config.storage
+        if getattr(self.args, "store", "primary") == "copy":
+            if self.copy_store is None:
+                raise UsageError("--store copy: no second copy is configured (storage.copy_to)")
+            return self.copy_store
         if storage.insecure_skip_tls_verify and storage.scheme == "s3" and self.args.command != "run":
             # One-shot commands log nothing by default; this must be seen all the same.
             print(
@@ -84,6 +101,49 @@ class Context:
                 file=sys.stderr,
             )
         return open_store(storage)
+
+    @cached_property
+    def copy_store(self) -> SnapshotStore | None:
+        """The second store (storage.copy_to), or None."""
+        from ..storage import open_copy_store
+
+        return open_copy_store(self.config.storage)
+
+    @cached_property
+    def snapshot_store(self) -> SnapshotStore:
+        """What a command takes snapshots through: with a second copy, the primary wrapped so that
+        the newest spool stays readable for the copy (see storage/kept.py)."""
+        if self.copy_store is None:
+            return self.store
+        from ..storage.kept import KeepSpool
+
+        return KeepSpool(self.store)
+
+    def copy_committed(self) -> str | None:
+        """After a command committed a snapshot: copy what the second store lacks. A failure never
+        fails the command (the next run retries); the line returned says what happened, and a
+        failure is also a warning on stderr. None without a second copy."""
+        from ..storage.kept import KeepSpool
+
+        copy, kept = self.copy_store, self.snapshot_store
+        if copy is None or not isinstance(kept, KeepSpool):
+            return None
+        from ..service.copy import sync
+
+        try:
+            report = sync(kept.inner, copy, kept=kept.take)
+        except Exception as exc:  # noqa: BLE001 - the snapshot is committed whatever happens here
+            line = f"copy to {copy.description} FAILED, retried at the next run: {exc}"
+            print(f"etcd-backup: warning: {line}", file=sys.stderr)
+            return line
+        finally:
+            kept.close()
+        if report.damaged:
+            line = f"copy to {copy.description} incomplete: {report.damaged[0]}"
+            print(f"etcd-backup: warning: {line}", file=sys.stderr)
+            return line
+        done = len(report.copied) + len(report.refreshed)
+        return f"copied to {copy.description} ({done} object(s), {human_size(report.bytes)}, {report.seconds:.2f}s)"
 
     @property
     def config_path(self) -> str | None:

@@ -98,13 +98,19 @@ def build_parser() -> argparse.ArgumentParser:
 def _tune_malloc() -> None:
     """Serve large buffers (upload parts, stream batches) from mmap so freeing them returns the
     memory; glibc's adaptive threshold otherwise keeps freed multi-MiB parts in per-thread arenas
-    and RSS creeps up with every part."""
+    and RSS creeps up with every part.
+
+    Fixing the mmap threshold also fixes the trim threshold at its 128 KiB default: the heap then
+    shrinks and grows again around every 256 KiB read buffer, and the kernel faults in (and
+    zeroes) fresh pages each time: 400,000 faults and a third of the CPU of a 1 GiB snapshot.
+    Keeping up to 4 MiB free at the top of each arena ends that for a few MiB of RSS."""
     try:
         import ctypes
 
         libc = ctypes.CDLL(None)
-        m_mmap_threshold = -3
+        m_trim_threshold, m_mmap_threshold = -1, -3
         libc.mallopt(m_mmap_threshold, 1024 * 1024)
+        libc.mallopt(m_trim_threshold, 4 * 1024 * 1024)
     except (OSError, AttributeError):
         pass  # not glibc: nothing to tune
 

@@ -8,6 +8,7 @@ The upload completes only after both checks passed; the manifest comes last.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import threading
 import time
@@ -26,6 +27,7 @@ from ..etcdclient import Member, MemberStatus, connect_healthy, hexid
 from ..model import TRAILER, Check, ClusterMember, Manifest, Verification, new_snapshot_id, rfc3339, utcnow
 from ..spool import Spool
 from ..storage import SnapshotStore
+from . import cpfiles
 
 log = structlog.get_logger(__name__)
 
@@ -45,16 +47,16 @@ class TrailerHasher:
         self._tail = b""
         self.total = 0
 
-    def update(self, chunk: bytes) -> None:
+    def update(self, chunk: bytes | memoryview) -> None:
         self.total += len(chunk)
         if len(chunk) >= TRAILER:
             # The common case: no copy of the chunk, only the 32 held-back bytes move.
             if self._tail:
                 self._hash.update(self._tail)
             self._hash.update(memoryview(chunk)[:-TRAILER])
-            self._tail = chunk[-TRAILER:]
+            self._tail = bytes(chunk[-TRAILER:])
             return
-        data = self._tail + chunk
+        data = self._tail + bytes(chunk)
         if len(data) > TRAILER:
             self._hash.update(data[:-TRAILER])
         self._tail = data[-TRAILER:]
@@ -72,21 +74,31 @@ class TrailerHasher:
         return StreamResult(self.total, digest.hex(), whole.hexdigest())
 
 
-def receive(chunks: Iterable[bytes], spool: Spool, cancel: threading.Event | None, where: str) -> StreamResult:
+def receive(
+    chunks: Iterable[bytes | memoryview], spool: Spool, cancel: threading.Event | None, where: str
+) -> StreamResult:
     hasher = TrailerHasher()
-    batch: list[bytes] = []
+    batch: list[bytes | memoryview] = []
     pending = 0
-    for chunk in chunks:
-        hasher.update(chunk)
-        batch.append(chunk)
-        pending += len(chunk)
-        # Gather the 32 KiB messages into ~1 MiB vectored writes: fewer syscalls, and no joined
-        # copy (a fresh 1 MiB buffer per write costs more in page faults than the write itself).
-        if pending >= 1024 * 1024:
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("snapshot cancelled (shutting down)")
-            spool.append_all(batch, pending)
-            batch, pending = [], 0
+    # 32,768 messages per GiB leave only short-lived, acyclic objects that reference counting
+    # frees; the cyclic collector would walk every live object (boto3 and all) again and again.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for chunk in chunks:
+            hasher.update(chunk)
+            batch.append(chunk)
+            pending += len(chunk)
+            # Gather the 32 KiB messages into ~1 MiB vectored writes: fewer syscalls, and no joined
+            # copy (a fresh 1 MiB buffer per write costs more in page faults than the write itself).
+            if pending >= 1024 * 1024:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("snapshot cancelled (shutting down)")
+                spool.append_all(batch, pending)
+                batch, pending = [], 0
+    finally:
+        if collecting:
+            gc.enable()
     if batch:
         spool.append_all(batch, pending)
     return hasher.result(where)
@@ -105,23 +117,36 @@ def take_snapshot(
     pinned: bool = False,
     cancel: threading.Event | None = None,
     now: Callable[[], datetime] = utcnow,
+    strict_files: bool = True,
 ) -> Manifest:
     """Snapshot a healthy member, verify, upload, commit the manifest; fail over to the next
-    healthy member if the one streaming dies mid-way."""
+    healthy member if the one streaming dies mid-way.
+
+    With [files] paths, they are archived first and stored beside the data object (see
+    cpfiles.py); `strict_files` (one-shot commands) makes a missing path a configuration error,
+    the daemon passes False and leaves it out, named in the manifest.
+    """
     # Fail before streaming a large snapshot when the bucket is missing or access is denied.
     store.ping()
+    files = cpfiles.prepare(cfg, store, strict=strict_files)
     failed: list[str] = []
-    while True:
-        member = _connect(cfg, failed)
-        try:
-            return snapshot_member(cfg, store, member, reason=reason, pinned=pinned, cancel=cancel, now=now)
-        except EtcdUnavailable as exc:
-            failed.append(member[0].endpoint)
-            if len(failed) >= len(cfg.etcd.endpoints):
-                raise
-            log.warning("snapshot stream failed; trying the next endpoint", error=str(exc))
-        finally:
-            member[0].close()
+    try:
+        while True:
+            member = _connect(cfg, failed)
+            try:
+                return snapshot_member(
+                    cfg, store, member, reason=reason, pinned=pinned, cancel=cancel, now=now, files=files
+                )
+            except EtcdUnavailable as exc:
+                failed.append(member[0].endpoint)
+                if len(failed) >= len(cfg.etcd.endpoints):
+                    raise
+                log.warning("snapshot stream failed; trying the next endpoint", error=str(exc))
+            finally:
+                member[0].close()
+    finally:
+        if files is not None:
+            files.close()
 
 
 FAILOVER_WAIT = 15.0  # seconds for the remaining members to elect a leader after one died mid-stream
@@ -151,8 +176,9 @@ def snapshot_member(
     pinned: bool = False,
     cancel: threading.Event | None = None,
     now: Callable[[], datetime] = utcnow,
+    files: cpfiles.Prepared | None = None,
 ) -> Manifest:
-    """Snapshot one member, verify, upload, and commit the manifest."""
+    """Snapshot one member, verify, upload, and commit the manifest (with `files`, after their object)."""
     started = time.monotonic()
     created = now()
     snapshot_id = new_snapshot_id(created)
@@ -213,6 +239,13 @@ def snapshot_member(
         if not object_sha256 or (info.sha256 and info.sha256 != object_sha256):
             store.delete(key)
             raise IntegrityError(f"{key}: stored bytes differ from the stream received")
+        files_object = None
+        if files is not None:
+            try:
+                files_object = cpfiles.upload(cfg, store, files, snapshot_id)
+            except BaseException:
+                _delete_quietly(store, key)
+                raise
         manifest = Manifest(
             id=snapshot_id,
             created_at=rfc3339(created),
@@ -235,11 +268,14 @@ def snapshot_member(
             tool_version=__version__,
             db_sha256=stream.db_sha256,
             members=cluster,
+            files=files_object,
         )
         try:
             manifests.write(store, manifest)
         except EtcdBackupError:
             _delete_quietly(store, key)
+            if files_object is not None:
+                cpfiles.discard(store, files_object.object_key)
             raise
         bound.info(
             "snapshot stored",
@@ -248,6 +284,7 @@ def snapshot_member(
             keys=keys,
             db_size=db_size,
             object_size=info.size,
+            files=files_object.count if files_object else None,
             seconds=manifest.duration_seconds,
         )
         return manifest

@@ -89,6 +89,7 @@ class DeltaWriter:
         leadership: Leadership,
         stopping: threading.Event,
         need_full_snapshot: Callable[[], None],
+        after: Callable[[delta.DeltaManifest], None] | None = None,
     ) -> None:
         assert cfg.delta.interval is not None
         self.cfg = cfg
@@ -98,6 +99,7 @@ class DeltaWriter:
         self.leadership = leadership
         self.stopping = stopping
         self.need_full_snapshot = need_full_snapshot
+        self.after = after  # told of every delta committed (the second copy follows)
         self.interval: float = cfg.delta.interval
         self.max_buffer = cfg.delta.max_buffer
         self.writer = secrets.token_hex(3)
@@ -406,6 +408,8 @@ class DeltaWriter:
             seconds=round(time.monotonic() - started, 3),
             stage="delta",
         )
+        if self.after is not None:
+            self.after(m)
 
 
 def _encoded(body: bytes, form: codec.Form) -> bytes:

@@ -235,30 +235,51 @@ def _replay(
         fetches: list[Future[StoredDelta]] = [
             pool.submit(fetch_delta, store, ref, work_dir, identities=identities) for ref in p.deltas[:1]
         ]
-        for i, _ref in enumerate(p.deltas):
-            if i + 1 < len(p.deltas):
-                fetches.append(pool.submit(fetch_delta, store, p.deltas[i + 1], work_dir, identities=identities))
-            stored = fetches[i].result()
-            try:
-                header, records = stored.revisions()
-                for r in records:
-                    if r.revision <= applied:
-                        continue  # held by the base or an overlapping delta
-                    if r.revision > p.target:
-                        break
-                    _grant(member, leases, header, r)
-                    got = member.txn(r.events)
-                    if got != r.revision:
-                        raise IntegrityError(
-                            f"replay of delta {stored.manifest.id} diverged: revision {r.revision} became {got}"
-                        )
-                    applied = got
-                    if progress is not None:
-                        progress(applied)
-            finally:
-                stored.discard()
-        for f in fetches[len(p.deltas) :]:
-            f.cancel()
+        used = 0
+        try:
+            for i, _ref in enumerate(p.deltas):
+                if i + 1 < len(p.deltas):
+                    fetches.append(pool.submit(fetch_delta, store, p.deltas[i + 1], work_dir, identities=identities))
+                used = i + 1
+                stored = fetches[i].result()
+                try:
+                    applied = _apply(member, leases, stored, applied, target=p.target, progress=progress)
+                finally:
+                    stored.discard()
+        finally:
+            # A replay stopped early (a damaged delta, the target reached) leaves the prefetched
+            # delta behind: wait for it and remove its scratch files.
+            for f in fetches[used:]:
+                if not f.cancel():
+                    try:
+                        f.result().discard()
+                    except Exception:  # noqa: BLE001 - a failed fetch cleaned up after itself
+                        pass
+    return applied
+
+
+def _apply(
+    member: Member,
+    leases: _Leases,
+    stored: StoredDelta,
+    applied: int,
+    *,
+    target: int,
+    progress: Callable[[int], None] | None,
+) -> int:
+    header, records = stored.revisions()
+    for r in records:
+        if r.revision <= applied:
+            continue  # held by the base or an overlapping delta
+        if r.revision > target:
+            break
+        _grant(member, leases, header, r)
+        got = member.txn(r.events)
+        if got != r.revision:
+            raise IntegrityError(f"replay of delta {stored.manifest.id} diverged: revision {r.revision} became {got}")
+        applied = got
+        if progress is not None:
+            progress(applied)
     return applied
 
 

@@ -243,13 +243,14 @@ def _delete_snapshots(store: SnapshotStore, listing: Listing, decision: Decision
             except EtcdBackupError as exc:
                 report.errors.append(f"deleting {m.id}: {exc}")
                 continue
-            try:
-                store.delete(m.object_key)
-            except ObjectLocked as exc:
-                report.locked.append(LockedItem(m.id, m.object_key, exc.until))  # debris once unlocked
-            except EtcdBackupError as exc:
-                # The manifest is gone, so this is debris now; the next prune removes it.
-                report.errors.append(f"deleting data of {m.id}: {exc}")
+            for key in [m.object_key, *([m.files.object_key] if m.files else [])]:
+                try:
+                    store.delete(key)
+                except ObjectLocked as exc:
+                    report.locked.append(LockedItem(m.id, key, exc.until))  # debris once unlocked
+                except EtcdBackupError as exc:
+                    # The manifest is gone, so this is debris now; the next prune removes it.
+                    report.errors.append(f"deleting data of {m.id}: {exc}")
         report.deleted.append(Deletion(m.id, reason, m.created_at))
         log.info(
             "snapshot deleted" if not report.dry_run else "snapshot would be deleted",

@@ -6,12 +6,36 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from ..config import StorageConfig
+from ..errors import ConfigError
 from .base import Debris, ObjectInfo, Retention, SnapshotStore, get_bytes, put_bytes
 
-__all__ = ["Debris", "ObjectInfo", "Retention", "SnapshotStore", "get_bytes", "open_store", "put_bytes"]
+__all__ = [
+    "Debris",
+    "ObjectInfo",
+    "Retention",
+    "SnapshotStore",
+    "get_bytes",
+    "open_copy_store",
+    "open_store",
+    "put_bytes",
+]
 
 
-def open_store(cfg: StorageConfig) -> SnapshotStore:
+def open_copy_store(cfg: StorageConfig) -> SnapshotStore | None:
+    """The second store (`storage.copy_to`), or None without one."""
+    copy = cfg.copy_storage()
+    if copy is None:
+        return None
+    try:
+        setting = "storage.copy_endpoint_url" if cfg.copy_endpoint_url else "storage.endpoint_url (the copy's too)"
+        return open_store(copy, profile=cfg.copy_profile, endpoint_setting=setting)
+    except ConfigError as exc:
+        raise ConfigError(f"storage.copy_profile: {exc}") from None
+
+
+def open_store(
+    cfg: StorageConfig, *, profile: str | None = None, endpoint_setting: str = "storage.endpoint_url"
+) -> SnapshotStore:
     url = urlparse(cfg.url)
     if url.scheme == "file":
         # file://./rel and file:///abs both work; netloc holds the first part of a relative path.
@@ -35,6 +59,8 @@ def open_store(cfg: StorageConfig) -> SnapshotStore:
         object_lock=cfg.object_lock,
         lock_for=cfg.lock_for,
         timeout=cfg.timeout,
+        profile=profile,
+        endpoint_setting=endpoint_setting,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -41,6 +42,13 @@ class LockInspector(Protocol):
         ...
 
 
+class ServerCopy(Protocol):
+    def copy_from(self, source: object, key: str, *, size: int, sha256: str) -> ObjectInfo | None:
+        """`key` of `source` copied to the same key here; None when this store cannot copy from
+        that one (then the caller streams the bytes)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Capabilities:
     """What a store does with a snapshot's spool file, declared by the store (never probed).
@@ -55,6 +63,22 @@ class Capabilities:
     # With S3 Object Lock on, every object written is locked; `delete` then raises ObjectLocked
     # until the lock has passed, and this tells how long an object stays.
     locks: LockInspector | None = None
+    # Copies objects from another store without the bytes passing through this host (S3 to S3
+    # on one endpoint), proven against the SHA-256 the caller expects.
+    server_copy: ServerCopy | None = None
+
+
+class Digest(Protocol):
+    def update(self, data: bytes | memoryview, /) -> None: ...
+
+    def digest(self) -> bytes: ...
+
+
+class PartDigests(Protocol):
+    def get(self, number: int) -> bytes | None:
+        """The digest of part `number` (1-based) once its bytes are written; None for a part
+        this tracker does not cover (the caller reads it from the file)."""
+        ...
 
 
 class SpooledFile(Protocol):
@@ -73,6 +97,11 @@ class SpooledFile(Protocol):
         ...
 
     def wait_complete(self) -> Path: ...
+
+    def part_digests(self, part_size: int, new: Callable[[], Digest]) -> PartDigests:
+        """Digests of each `part_size` range, computed by the writer from the bytes it appends (no
+        second read of the file). A part is ready when `wait_bytes` has seen its end."""
+        ...
 
 
 class SnapshotStore(Protocol):

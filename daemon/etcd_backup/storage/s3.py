@@ -14,9 +14,10 @@ import botocore.exceptions
 import structlog
 from boto3.s3.transfer import TransferConfig
 
-from ..errors import ObjectNotFound, StorageError
+from ..errors import ConfigError, ObjectNotFound, StorageError
 from .base import Capabilities, Debris, ObjectInfo, Retention, SpooledFile
 from .s3checksum import Algorithm, Checksum
+from .s3copy import ServerCopier
 from .s3lock import Locking
 from .s3upload import Uploader
 
@@ -61,13 +62,18 @@ class S3Store:
         verify_tls: bool = True,
         ca_file: str | None = None,
         addressing_style: str = "auto",
-        checksum: Algorithm = "sha256",
+        checksum: Algorithm = "crc32c",
         object_lock: str = "off",
         lock_for: float = 14 * 86400.0,
         timeout: float = 60.0,
+        profile: str | None = None,
+        endpoint_setting: str = "storage.endpoint_url",  # named in errors: the copy has its own
         client: Any = None,
     ) -> None:
         self.bucket = bucket
+        # Stores with the same endpoint and credentials copy between each other server-side.
+        self.endpoint = (endpoint_url or "", profile or "")
+        self._endpoint_setting = endpoint_setting
         self.prefix = prefix.strip("/")
         self.description = f"s3://{bucket}/{self.prefix}".rstrip("/")
         self.part_size = part_size
@@ -108,13 +114,15 @@ class S3Store:
                 s3={"payload_signing_enabled": False, "addressing_style": addressing_style},
             )
             verify: bool | str = ca_file if ca_file and verify_tls else verify_tls
-            client = boto3.session.Session().client(
-                "s3", endpoint_url=endpoint_url, region_name=region, config=cfg, verify=verify
-            )
+            try:
+                session = boto3.session.Session(profile_name=profile)
+            except botocore.exceptions.ProfileNotFound:
+                raise ConfigError(f"AWS profile {profile!r} is not in the shared AWS config files") from None
+            client = session.client("s3", endpoint_url=endpoint_url, region_name=region, config=cfg, verify=verify)
         self.client = client
         self.checksum = Checksum(checksum)
         self._locking = Locking(client, bucket, object_lock, lock_for, self._error)
-        self.capabilities = Capabilities(locks=self if self._locking.mode else None)
+        self.capabilities = Capabilities(locks=self if self._locking.mode else None, server_copy=self)
         self._uploader = Uploader(
             client,
             bucket,
@@ -126,6 +134,15 @@ class S3Store:
             description=self.description,
             after_write=self._locking.ensure_locked,
             remove=self._locking.delete,
+        )
+        self._copier = ServerCopier(
+            client,
+            bucket,
+            write_args=lambda: {**self._extra, **self._locking.write_args()},
+            error=self._error,
+            after_write=self._locking.ensure_locked,
+            remove=self._locking.delete,
+            description=self.description,
         )
 
     def _key(self, key: str) -> str:
@@ -163,7 +180,7 @@ class S3Store:
             # botocore's own text repeats the whole request URL (upload ids and all): say it shorter.
             return StorageError(
                 f"{action} {where} failed: {network} (after {_ATTEMPTS} attempts); "
-                "check storage.endpoint_url and the network"
+                f"check {self._endpoint_setting} and the network"
             )
         if isinstance(exc, botocore.exceptions.BotoCoreError):
             return StorageError(f"{action} {where} failed: {exc}")
@@ -191,6 +208,12 @@ class S3Store:
             return self._uploader.put_stream(key, self._key(key), source)
         except OSError as exc:
             raise self._error("upload", exc, key) from exc
+
+    def copy_from(self, source: object, key: str, *, size: int, sha256: str) -> ObjectInfo | None:
+        """`key` of `source` copied server-side, if `source` is a bucket of this endpoint."""
+        if not isinstance(source, S3Store) or source.endpoint != self.endpoint:
+            return None
+        return self._copier.copy(key, self._key(key), (source.bucket, source._key(key)), size, sha256)
 
     def get(self, key: str, dest: BinaryIO) -> int:
         full = self._key(key)

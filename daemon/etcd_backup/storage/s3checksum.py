@@ -19,17 +19,13 @@ import hashlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import crc32c
 
+from .base import Digest
+
 Algorithm = Literal["sha256", "crc32c", "md5"]
-
-
-class _Digest(Protocol):
-    def update(self, data: bytes | memoryview, /) -> None: ...
-
-    def digest(self) -> bytes: ...
 
 
 class _Crc32c:
@@ -51,7 +47,7 @@ def _b64(raw: bytes) -> str:
 class Checksum:
     algorithm: Algorithm
 
-    def new(self) -> _Digest:
+    def new(self) -> Digest:
         if self.algorithm == "sha256":
             return hashlib.sha256()
         if self.algorithm == "md5":

@@ -24,7 +24,7 @@ import botocore.exceptions
 import structlog
 
 from ..errors import StorageError
-from .base import ObjectInfo, SpooledFile
+from .base import ObjectInfo, PartDigests, SpooledFile
 from .s3checksum import Checksum
 
 log = structlog.get_logger(__name__)
@@ -128,6 +128,8 @@ class Uploader:
         return self.read_back(key, full, size, [d for _, _, d in parts], multipart=True, sha256=whole.hexdigest())
 
     def put_spooled(self, key: str, full: str, spooled: SpooledFile) -> ObjectInfo:
+        # Registered before anything is sent, so that the writer digests (nearly) every part.
+        digests = spooled.part_digests(self.part_size, self.checksum.new)
         size = 0
 
         def jobs() -> Iterator[Callable[[int], Part]]:
@@ -136,7 +138,8 @@ class Uploader:
                 written, ended = spooled.wait_bytes(size + self.part_size)
                 length = min(self.part_size, written - size)
                 if length > 0:
-                    yield functools.partial(self._send_range, full, upload_id, (str(spooled.path), size, length))
+                    span = (str(spooled.path), size, length)
+                    yield functools.partial(self._send_range, full, upload_id, span, digests)
                     size += length
                 if ended and size >= written:
                     return
@@ -220,16 +223,21 @@ class Uploader:
     def _send_bytes(self, full: str, upload_id: str, body: bytes, number: int) -> Part:
         return self._send(full, upload_id, number, body, self._digest(body))
 
-    def _send_range(self, full: str, upload_id: str, span: tuple[str, int, int], number: int) -> Part:
+    def _send_range(
+        self, full: str, upload_id: str, span: tuple[str, int, int], digests: PartDigests, number: int
+    ) -> Part:
         path, offset, length = span
         fd = os.open(path, os.O_RDONLY)
         try:
-            digest = self.checksum.new()
             body = FileRange(fd, offset, length)
-            while chunk := body.read(_READ_MAX):
-                digest.update(chunk)
-            body.seek(0)
-            return self._send(full, upload_id, number, body, digest.digest())
+            digest = digests.get(number)
+            if digest is None:  # a part the writer had begun before the tracking started
+                hasher = self.checksum.new()
+                while chunk := body.read(_READ_MAX):
+                    hasher.update(chunk)
+                body.seek(0)
+                digest = hasher.digest()
+            return self._send(full, upload_id, number, body, digest)
         finally:
             os.close(fd)
 
