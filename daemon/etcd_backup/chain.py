@@ -10,6 +10,8 @@ change wrote the same revisions): coverage is their union, and a plan uses as fe
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -107,19 +109,56 @@ def _bases(manifests: Iterable[Manifest], cluster_id: str | None) -> list[Manife
 
 def chains(manifests: Iterable[Manifest], deltas: Sequence[DeltaRef], cluster_id: str | None = None) -> list[Chain]:
     """Every chain, newest first (by base time)."""
+    out = _chains_in_order(manifests, deltas, cluster_id)
+    out.sort(key=lambda c: (c.base.created, c.base.id), reverse=True)
+    return out
+
+
+class _ByLast:
+    """One cluster's deltas sorted by last revision, to pick those reaching into a range without
+    looking at all of them (a bucket holds a quarter of a million after 30 days)."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[int, int, DeltaRef]] = []  # (last revision, input position, delta)
+        self.lasts: list[int] = []
+        self.span = 0  # the widest delta (last - first): how far past a range's end one may start inside it
+
+    def add(self, position: int, d: DeltaRef) -> None:
+        self.items.append((d.last_revision, position, d))
+        self.span = max(self.span, d.last_revision - d.first_revision)
+
+    def seal(self) -> None:
+        self.items.sort(key=lambda x: (x[0], x[1]))
+        self.lasts = [x[0] for x in self.items]
+
+    def reaching_into(self, after: int, until: int | None) -> list[DeltaRef]:
+        """Deltas with last revision > `after` and first revision <= `until`, in input order."""
+        found: list[tuple[int, DeltaRef]] = []
+        items = self.items
+        for i in range(bisect_right(self.lasts, after), len(items)):  # by index: no copy of the rest
+            last, position, d = items[i]
+            if until is not None and last - self.span > until:
+                break  # every delta from here on starts after `until`
+            if until is None or d.first_revision <= until:
+                found.append((position, d))
+        found.sort(key=lambda x: x[0])
+        return [d for _, d in found]
+
+
+def _chains_in_order(manifests: Iterable[Manifest], deltas: Sequence[DeltaRef], cluster_id: str | None) -> list[Chain]:
+    """Every chain in base order (cluster, revision, time): each cluster's chains in a row."""
     bases = _bases(manifests, cluster_id)
-    by_cluster: dict[str, list[DeltaRef]] = {}
-    for d in deltas:
-        by_cluster.setdefault(d.cluster_id, []).append(d)
+    by_cluster: dict[str, _ByLast] = {}
+    for position, d in enumerate(deltas):
+        by_cluster.setdefault(d.cluster_id, _ByLast()).add(position, d)
+    for ordered in by_cluster.values():
+        ordered.seal()
     out: list[Chain] = []
     for i, base in enumerate(bases):
         nxt = bases[i + 1] if i + 1 < len(bases) and bases[i + 1].cluster_id == base.cluster_id else None
         until = nxt.revision if nxt is not None else None
-        mine = [
-            d
-            for d in by_cluster.get(base.cluster_id, [])
-            if d.last_revision > base.revision and (until is None or d.first_revision <= until)
-        ]
+        group = by_cluster.get(base.cluster_id)
+        mine = group.reaching_into(base.revision, until) if group is not None else []
         reach, gaps = cover(base.revision, mine, until)
         held = max((d.last_revision for d in mine), default=base.revision)
         if until is not None and held + 1 < until:
@@ -127,8 +166,40 @@ def chains(manifests: Iterable[Manifest], deltas: Sequence[DeltaRef], cluster_id
         to_revision = min(held, until) if until is not None else held
         to_time = max((d.last_time for d in mine), default=base.created) if mine else base.created
         out.append(Chain(base, until, tuple(mine), to_revision, to_time, tuple(gaps), reach))
-    out.sort(key=lambda c: (c.base.created, c.base.id), reverse=True)
     return out
+
+
+class _Coverage:
+    """The revisions one cluster's deltas hold, as sorted disjoint runs (overlapping and adjacent
+    deltas merged): how far a chain reaches from any start without a gap is one bisection,
+    where a cover from every base would sort every delta once per base."""
+
+    def __init__(self, deltas: Iterable[DeltaRef]) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        for first, last in sorted((d.first_revision, d.last_revision) for d in deltas):
+            if self.ends and first <= self.ends[-1] + 1:
+                self.ends[-1] = max(self.ends[-1], last)
+            else:
+                self.starts.append(first)
+                self.ends.append(last)
+
+    def tip(self, start: int) -> int:
+        """The newest revision reachable from `start`: every revision after it up to the tip is held."""
+        i = bisect_right(self.starts, start + 1) - 1
+        return self.ends[i] if i >= 0 and self.ends[i] > start else start
+
+
+def _coverages(deltas: Sequence[DeltaRef]) -> dict[str, _Coverage]:
+    by_cluster: dict[str, list[DeltaRef]] = {}
+    for d in deltas:
+        by_cluster.setdefault(d.cluster_id, []).append(d)
+    return {c: _Coverage(ds) for c, ds in by_cluster.items()}
+
+
+def _tip(coverages: dict[str, _Coverage], base: Manifest) -> int:
+    cov = coverages.get(base.cluster_id)
+    return cov.tip(base.revision) if cov is not None else base.revision
 
 
 # --- plans ---------------------------------------------------------------------------------------
@@ -189,12 +260,12 @@ def plan_revision(
 ) -> Plan:
     """The newest verified base at or below `revision` from which an unbroken chain reaches it."""
     chain_list = chains(manifests, deltas, cluster_id)
+    coverages = _coverages(deltas)
     for c in chain_list:  # newest base first
-        if c.base.revision > revision:
+        if c.base.revision > revision or revision > _tip(coverages, c.base):
             continue
         reach, _ = cover(c.base.revision, deltas_of(deltas, c.base.cluster_id), None)
-        if revision <= reach.tip:
-            return Plan(c.base, _needed(reach.used, c.base.revision, revision), revision)
+        return Plan(c.base, _needed(reach.used, c.base.revision, revision), revision)
     where = "in a gap" if any(lo.revision < revision for lo, _ in restorable(chain_list)) else "not covered"
     raise Unreachable(f"revision {revision} cannot be restored ({where}): {_nearest(chain_list, revision)}")
 
@@ -220,13 +291,14 @@ def plan_latest(manifests: Iterable[Manifest], deltas: Sequence[DeltaRef], clust
     chain_list = chains(manifests, deltas, cluster_id)
     if not chain_list:
         raise Unreachable("nothing can be restored: no verified full snapshot" + _of(cluster_id))
-    best: Plan | None = None
-    for c in chain_list:
-        reach, _ = cover(c.base.revision, deltas_of(deltas, c.base.cluster_id), None)
-        if best is None or reach.tip > best.target:
-            best = Plan(c.base, reach.used, reach.tip)
-    assert best is not None
-    return best
+    coverages = _coverages(deltas)
+    best, best_tip = chain_list[0], _tip(coverages, chain_list[0].base)
+    for c in chain_list[1:]:
+        tip = _tip(coverages, c.base)
+        if tip > best_tip:
+            best, best_tip = c, tip
+    reach, _ = cover(best.base.revision, deltas_of(deltas, best.base.cluster_id), None)
+    return Plan(best.base, reach.used, reach.tip)
 
 
 def _of(cluster_id: str | None) -> str:
@@ -272,28 +344,29 @@ def retain(manifests: Iterable[Manifest], kept_ids: set[str], deltas: Sequence[D
     reaches into the range of a kept verified base; everything newer than a cluster's newest
     verified base stays (that chain is always kept); a cluster without any verified base keeps
     all its deltas (nothing to judge them by)."""
-    all_chains = chains(manifests, deltas)
-    kept = [c for c in all_chains if c.base.id in kept_ids]
-    clusters_with_base = {c.base.cluster_id for c in all_chains}
+    in_order = _chains_in_order(manifests, deltas, None)
+    # The order the reasons are chosen in: newest base first, as `chains` answers.
+    rank = {id(c): i for i, c in enumerate(sorted(in_order, key=lambda c: (c.base.created, c.base.id), reverse=True))}
+    per_cluster: dict[str, list[Chain]] = {}
+    for c in in_order:
+        per_cluster.setdefault(c.base.cluster_id, []).append(c)
+    starts = {k: [c.base.revision for c in cs] for k, cs in per_cluster.items()}
+    ends = {k: [math.inf if c.until is None else c.until for c in cs] for k, cs in per_cluster.items()}
     keep: dict[str, str] = {}
     delete: dict[str, str] = {}
     for d in deltas:
-        if d.cluster_id not in clusters_with_base:
+        cs = per_cluster.get(d.cluster_id)
+        if cs is None:
             keep[d.key] = "no verified full snapshot of its cluster"
             continue
-        owner = next((c for c in kept if _extends(d, c)), None)
+        # The chains whose range (base revision, until] the delta reaches into: a run of them.
+        lo = bisect_left(ends[d.cluster_id], d.first_revision)
+        hi = bisect_left(starts[d.cluster_id], d.last_revision)
+        reached = sorted(cs[lo:hi], key=lambda c: rank[id(c)])
+        owner = next((c for c in reached if c.base.id in kept_ids), None)
         if owner is not None:
             keep[d.key] = f"chain of {owner.base.id}"
         else:
-            dropped = next((c for c in all_chains if _extends(d, c)), None)
+            dropped = reached[0] if reached else None
             delete[d.key] = f"chain of deleted snapshot {dropped.base.id}" if dropped else "before every kept chain"
     return DeltaDecision(keep, delete)
-
-
-def _extends(d: DeltaRef, c: Chain) -> bool:
-    """Whether `d` reaches into `c`'s own range: past its base, not past the next base."""
-    return (
-        c.base.cluster_id == d.cluster_id
-        and d.last_revision > c.base.revision
-        and (c.until is None or d.first_revision <= c.until)
-    )

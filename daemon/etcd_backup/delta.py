@@ -61,7 +61,10 @@ def _compact_time(ts: datetime) -> str:
 
 
 def _parse_compact(text: str) -> datetime:
-    return datetime.strptime(text[:-4] + text[-4:-1] + "000", "%Y%m%dT%H%M%S%f").replace(tzinfo=UTC)
+    """`20261201T083500123Z` (as _STEM matched it); ValueError for an impossible date or time.
+    Through fromisoformat's basic format rather than strptime (4x slower): a listing parses two
+    of these per delta, and a month of 10 s deltas is 250,000."""
+    return datetime.fromisoformat(f"{text[:15]}.{text[15:18]}+00:00")
 
 
 def after_revision(cluster_id: str, revision: int) -> str:

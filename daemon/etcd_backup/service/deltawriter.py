@@ -362,6 +362,7 @@ class DeltaWriter:
 
     def _store(self, records: list[delta.Revision], lines: list[bytes]) -> None:
         assert self._cluster is not None
+        started = time.monotonic()
         first, last = records[0], records[-1]
         used = {ev.kv.lease for r in records for ev in r.events if ev.kv.lease and not ev.deleted}
         header = delta.encode_header(
@@ -404,6 +405,7 @@ class DeltaWriter:
             last_revision=last.revision,
             events=m.events,
             object_size=m.object_size,
+            seconds=round(time.monotonic() - started, 3),
             stage="delta",
         )
         if self.after is not None:

@@ -82,7 +82,14 @@ class Upkeep:
             return
         try:
             with self._lock:
-                clean_debris(self.store, debris_age=self.cfg.retention.debris_age, now=utcnow())
+                started = time.monotonic()
+                report = clean_debris(self.store, debris_age=self.cfg.retention.debris_age, now=utcnow())
+            log.info(
+                "start-up clean-up done",
+                debris=len(report.debris),
+                seconds=round(time.monotonic() - started, 3),
+                stage="retention",
+            )
         except EtcdBackupError as exc:
             self.metrics.failure("retention")
             log.warning("debris clean-up skipped", error=str(exc), stage="retention")

@@ -150,9 +150,15 @@ def get_bytes(store: SnapshotStore, key: str, limit: int = 16 * 1024 * 1024) -> 
 
 
 class _LimitedBuffer(io.BytesIO):
+    """Bytes of a small object, at most `limit`. Not seekable, so that a store reads it in one
+    request (S3: one GET, where a seekable target gets a managed, ranged download)."""
+
     def __init__(self, limit: int) -> None:
         super().__init__()
         self._limit = limit
+
+    def seekable(self) -> bool:
+        return False
 
     def write(self, data: bytes) -> int:  # type: ignore[override]
         if self.tell() + len(data) > self._limit:

@@ -97,18 +97,8 @@ class LocalStore:
             return []  # nothing stored yet (a root that is a file fails below)
         out: list[ObjectInfo] = []
         try:
-            for dirpath, dirs, files in os.walk(base, onerror=_raise):
-                if dirpath == str(self.root):
-                    dirs[:] = [d for d in dirs if d != _SPOOL]
-                for name in files:
-                    if name.startswith(_PARTIAL):
-                        continue
-                    path = Path(dirpath) / name
-                    key = path.relative_to(self.root).as_posix()
-                    if not key.startswith(prefix) or (start_after is not None and key <= start_after):
-                        continue
-                    st = path.stat()
-                    out.append(ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
+            head = "".join(f"{part}/" for part in folder.split("/") if part)  # as _path reads it
+            _scan(str(base), head, prefix, start_after, out)
         except OSError as exc:
             raise StorageError(f"{self.description}: listing failed: {exc.strerror or exc}") from exc
         out.sort(key=lambda o: o.key)
@@ -162,3 +152,25 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _scan(path: str, head: str, prefix: str, start_after: str | None, out: list[ObjectInfo]) -> None:
+    """Files below `path` (key prefix `head`) matching the listing; keys from strings and a
+    stat only for what matches: a folder of deltas holds half a million files after a month,
+    and a listing after a revision wants a few of them."""
+    with os.scandir(path) as entries:
+        for entry in entries:
+            name = entry.name
+            key = head + name
+            if entry.is_dir():
+                if not (head == "" and name == _SPOOL) and not entry.is_symlink():
+                    _scan(entry.path, f"{key}/", prefix, start_after, out)
+                continue
+            if (
+                name.startswith(_PARTIAL)
+                or not key.startswith(prefix)
+                or (start_after is not None and key <= start_after)
+            ):
+                continue
+            st = entry.stat()
+            out.append(ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
