@@ -28,7 +28,9 @@ class ScratchEtcd:
 
 @lru_cache(maxsize=8)
 def _flags(binary: str) -> str:
-    return subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=20).stderr
+    """`etcd --help`: on stdout for 3.5, on stderr for some builds."""
+    done = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=20)
+    return done.stdout + done.stderr
 
 
 def unsafe_fast(binary: str) -> list[str]:
