@@ -1378,6 +1378,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="pitr-bench-", dir=args.workdir))
     say(f"# pitr_bench: {' '.join(sys.argv[1:]) or '(defaults)'}; work dir {work}; {os.cpu_count()} CPUs")
     b = Bench(work)
+    # A SIGTERM (an interrupted run) stops what the bench started, as the end of a run does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         for figure in FIGURES:
             if figure not in only:
