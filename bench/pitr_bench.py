@@ -261,7 +261,7 @@ class Bench:
             args += [f"-{name}.port={ports[name]}", f"-{name}.port.grpc={grpc_port}"]
         (base / "data").mkdir(exist_ok=True)
         log = open(base / "weed.log", "wb")  # noqa: SIM115 - lives as long as the server
-        flags = ["-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0"]
+        flags = ["-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=200"]
         proc = subprocess.Popen(
             [
                 exe,

@@ -106,6 +106,7 @@ def start_seaweedfs(base: Path) -> tuple[subprocess.Popen[bytes], str]:
     (base / "weed").mkdir()
     log = open(base / "weed.log", "wb")  # noqa: SIM115 - lives as long as the server
     flags = ["-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.autoCreateBucket=false"]
+    flags.append("-volume.max=200")  # not sized from the free disk (see tests/conftest.py)
     proc = subprocess.Popen(
         [exe, "mini", f"-dir={base / 'weed'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", *args, *flags],
         stdout=log,

@@ -203,6 +203,10 @@ def _clusters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterFacto
     finally:
         for c in clusters:
             c.stop()
+            # Each member preallocates a 64 MiB WAL segment (two with the next one): the suite's
+            # data dirs would fill tens of GB. Logs stay for a failed test's report.
+            for m in c.members:
+                shutil.rmtree(m.data_dir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -420,6 +424,9 @@ def seaweedfs_server(tmp_path_factory: pytest.TempPathFactory, tls_files: TLSFil
                 "-s3.port.iceberg=0",
                 "-s3.port.lance=0",
                 "-s3.autoCreateBucket=false",
+                # Each bucket is a collection with volumes of its own; left to itself, weed sizes
+                # its volume count from the free disk, and a full disk's worth of tests runs out.
+                "-volume.max=200",
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
