@@ -97,7 +97,7 @@ class Daemon:
                 leadership=self.leadership,
                 stopping=self.stopping,
                 need_full_snapshot=self._gap_snapshot,
-                after=self._delta_committed,
+                after=self._copy_soon,
             )
             if cfg.delta.interval
             else None
@@ -154,9 +154,10 @@ class Daemon:
         """A full snapshot was committed: the watch cuts its deltas there, and the copy follows."""
         if self.deltas is not None:
             self.deltas.new_base(m)
-        self._delta_committed(None)
+        self._copy_soon()
 
-    def _delta_committed(self, _: object) -> None:
+    def _copy_soon(self, *_committed: object) -> None:
+        """Something was committed to the primary (a snapshot, a delta): a copy pass follows."""
         if self.replication is not None:
             self.replication.request()
 
