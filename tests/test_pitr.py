@@ -111,6 +111,17 @@ def writes(cluster: Cluster, n: int, prefix: str = "/app") -> None:
         cluster.put(f"{prefix}/{i % 7}", f"value-{i}")
 
 
+def restore_single(
+    env: dict[str, str], data_dir: Path, *options: str, name: str = "m1"
+) -> subprocess.CompletedProcess[str]:
+    """`restore single OPTIONS` as one new member on a free loopback peer port, JSON on stdout."""
+    peer = f"http://127.0.0.1:{free_port()}"
+    return run_cli(
+        "restore", "single", *options, "--name", name, "--peer-url", peer, "--data-dir", str(data_dir),
+        "--output", "json", env=env,
+    )  # fmt: skip
+
+
 def start_with_deltas(
     start_daemon: DaemonFactory, cluster: Cluster, store: str, **extra: str
 ) -> tuple[DaemonProcess, dict[str, str]]:
@@ -146,10 +157,7 @@ def test_restore_to_latest_holds_every_revision_of_the_source(
     assert t["chains"][0]["to_revision"] == live and t["chains"][0]["deltas"] >= 1
 
     target = tmp_path / "restored"
-    r = run_cli(
-        "restore", "single", "--to-latest", "--name", "m1", "--peer-url", f"http://127.0.0.1:{free_port()}",
-        "--data-dir", str(target), "--output", "json", env=env,
-    )  # fmt: skip
+    r = restore_single(env, target, "--to-latest")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["revision"] == live and out["point"]["revision"] == live
@@ -177,10 +185,7 @@ def test_to_revision_and_to_time_undo_a_deleted_prefix(
 
     for option in (["--to-revision", str(before_delete)], ["--to-time", moment.isoformat().replace("+00:00", "Z")]):
         target = tmp_path / f"r{option[0]}"
-        r = run_cli(
-            "restore", "single", *option, "--name", "back", "--peer-url", f"http://127.0.0.1:{free_port()}",
-            "--data-dir", str(target), "--output", "json", env=env,
-        )  # fmt: skip
+        r = restore_single(env, target, *option, name="back")
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
         assert out["revision"] == before_delete, (option, out["revision"])
@@ -204,10 +209,7 @@ def test_keys_with_leases_come_back_with_the_same_lease(
     live = revision_of(cluster, cluster.endpoints[0])
     expected = keyspace(cluster, cluster.endpoints[0])
     wait_for(stored_up_to(env, live), 30, "the leased keys stored")
-    r = run_cli(
-        "restore", "single", "--to-revision", str(live), "--name", "l", "--peer-url", f"http://127.0.0.1:{free_port()}",
-        "--data-dir", str(tmp_path / "l"), "--output", "json", env=env,
-    )  # fmt: skip
+    r = restore_single(env, tmp_path / "l", "--to-revision", str(live), name="l")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     restored = start_etcd(cluster.tools.etcd, out["etcd_flags"])
@@ -313,10 +315,7 @@ def test_without_a_point_a_restore_says_what_deltas_hold(
     live = revision_of(cluster, cluster.endpoints[0])
     wait_for(stored_up_to(env, live), 30, "deltas stored")
     snapshot = json.loads(run_cli("list", "--output", "json", env=env).stdout)[0]
-    r = run_cli(
-        "restore", "single", "--snapshot", "latest", "--name", "x", "--peer-url", f"http://127.0.0.1:{free_port()}",
-        "--data-dir", str(tmp_path / "x"), "--output", "json", env=env,
-    )  # fmt: skip
+    r = restore_single(env, tmp_path / "x", "--snapshot", "latest", name="x")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["revision"] == snapshot["revision"]
     newer = live - snapshot["revision"]
@@ -377,10 +376,7 @@ def test_two_writers_overlapping_never_break_a_restore(
     r = run_cli("verify", "--chain", "latest", "--output", "json", env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["gaps"] == []
-    r = run_cli(
-        "restore", "single", "--to-latest", "--name", "x", "--peer-url", f"http://127.0.0.1:{free_port()}",
-        "--data-dir", str(tmp_path / "x"), "--output", "json", env=env,
-    )  # fmt: skip
+    r = restore_single(env, tmp_path / "x", "--to-latest", name="x")
     assert r.returncode == 0, r.stderr
     restored = start_etcd(cluster.tools.etcd, json.loads(r.stdout)["etcd_flags"])
     wait_healthy(restored.client_url, 60, restored)
@@ -578,10 +574,7 @@ def test_a_lease_shorter_than_the_replay_neither_breaks_it_nor_loses_its_keys(
         keeper.wait(10)
 
     started = time.monotonic()
-    r = run_cli(
-        "restore", "single", "--to-revision", str(target), "--name", "l", "--peer-url",
-        f"http://127.0.0.1:{free_port()}", "--data-dir", str(tmp_path / "l"), "--output", "json", env=env,
-    )  # fmt: skip
+    r = restore_single(env, tmp_path / "l", "--to-revision", str(target), name="l")
     took = time.monotonic() - started
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -636,10 +629,7 @@ def test_writes_during_the_full_snapshot_are_neither_replayed_twice_nor_lost(
     )
     assert json.loads(status.stdout)["revision"] == chain["from_revision"]  # what the snapshot holds
 
-    r = run_cli(
-        "restore", "single", "--to-latest", "--name", "w", "--peer-url", f"http://127.0.0.1:{free_port()}",
-        "--data-dir", str(tmp_path / "w"), "--output", "json", env=env,
-    )  # fmt: skip
+    r = restore_single(env, tmp_path / "w", "--to-latest", name="w")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     restored = start_etcd(cluster.tools.etcd, out["etcd_flags"])
@@ -682,10 +672,7 @@ def test_the_second_copy_holds_the_deltas_and_restores_the_latest_point_alone(
     subprocess.run(["rm", "-rf", str(primary)], check=True)  # the primary region is gone
 
     target = tmp_path / "restored"
-    r = run_cli(
-        "restore", "single", "--to-latest", "--store", "copy", "--name", "m1",
-        "--peer-url", f"http://127.0.0.1:{free_port()}", "--data-dir", str(target), "--output", "json", env=env,
-    )  # fmt: skip
+    r = restore_single(env, target, "--to-latest", "--store", "copy")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["revision"] == live
@@ -722,10 +709,7 @@ def test_deltas_on_each_real_s3_server(
     r = run_cli("fetch", "--to-revision", str(middle), "--to", str(dest), "--output", "json", env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["revision"] == middle
-    r = run_cli(
-        "restore", "single", "--to-latest", "--name", "m1", "--peer-url", f"http://127.0.0.1:{free_port()}",
-        "--data-dir", str(tmp_path / "restored"), "--output", "json", env=env,
-    )  # fmt: skip
+    r = restore_single(env, tmp_path / "restored", "--to-latest")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["revision"] == live
