@@ -26,12 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from snapshot_bench import AWS, fill, s3_client, start_moto, start_seaweedfs
+from snapshot_bench import AWS, fill, s3_client, start_bench_etcd, start_moto, start_seaweedfs
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "daemon"))
 
-from etcd_backup.etcdproc import find_binary, free_port, start_member, wait_healthy  # noqa: E402
+from etcd_backup.etcdproc import wait_healthy  # noqa: E402
 
 
 def snapshot(env: dict[str, str]) -> tuple[float, float, float]:
@@ -74,16 +74,8 @@ def main() -> None:
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="etcd-backup-copy-bench-", dir=args.workdir))
-    client_url, peer_url = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
-    etcd = start_member(
-        find_binary("etcd"),
-        name="bench",
-        data_dir=work / "etcd",
-        client_url=client_url,
-        peer_url=peer_url,
-        extra_args=["--quota-backend-bytes=17179869184"],
-        log_path=work / "etcd.log",
-    )
+    etcd = start_bench_etcd(work)
+    client_url = etcd.client_url
     procs: list[subprocess.Popen[bytes]] = []
     servers: dict[str, str] = {}
     try:

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "daemon"))
 
 from etcd_backup import bbolt, crypto  # noqa: E402
-from etcd_backup.etcdproc import find_binary, free_port, start_member, wait_healthy  # noqa: E402
+from etcd_backup.etcdproc import EtcdProcess, find_binary, free_port, start_member, wait_healthy  # noqa: E402
 
 AWS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -74,6 +74,20 @@ def fill(endpoint: str, size_mb: int) -> None:
 
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(put_range, range(4)))
+
+
+def start_bench_etcd(work: Path) -> EtcdProcess:
+    """The etcd 3.5 member a bench fills and snapshots (16 GiB quota), on loopback, not yet healthy."""
+    client_url, peer_url = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+    return start_member(
+        find_binary("etcd"),
+        name="bench",
+        data_dir=work / "etcd",
+        client_url=client_url,
+        peer_url=peer_url,
+        extra_args=["--quota-backend-bytes=17179869184"],
+        log_path=work / "etcd.log",
+    )
 
 
 def start_moto(base: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -251,16 +265,8 @@ def main() -> None:
     recipient = crypto.generate()[1] if args.encrypt else None  # the private key is not even kept
 
     work = Path(tempfile.mkdtemp(prefix="etcd-backup-bench-", dir=args.workdir))
-    client_url, peer_url = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
-    etcd = start_member(
-        find_binary("etcd"),
-        name="bench",
-        data_dir=work / "etcd",
-        client_url=client_url,
-        peer_url=peer_url,
-        extra_args=["--quota-backend-bytes=17179869184"],
-        log_path=work / "etcd.log",
-    )
+    etcd = start_bench_etcd(work)
+    client_url = etcd.client_url
     servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     try:
         wait_healthy(client_url, 30, etcd)
