@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import AgeTool
-from etcd_backup import crypto
+from etcd_backup import agefile, crypto
 from etcd_backup.errors import IntegrityError, MissingIdentity
 
 pytestmark = pytest.mark.timeout(60)
@@ -175,6 +175,47 @@ def test_age_tool_output_decrypts_here(tmp_path: Path, keys: tuple[Path, str], a
     with open(tmp_path / "data.age", "rb") as src:
         crypto.decrypt(src, out, crypto.load_identities(str(identity)), "object")
     assert out.getvalue() == data
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, agefile.CHUNK - 1, agefile.CHUNK, agefile.CHUNK + 1, 2 * agefile.CHUNK, 17 * agefile.CHUNK + 5]
+)
+def test_every_chunk_boundary_opens_with_the_age_tool_and_with_rage(
+    tmp_path: Path, keys: tuple[Path, str], age_tool: AgeTool, size: int
+) -> None:
+    """The STREAM payload is written here (agefile.py): the final-chunk flag and the empty or
+    full last chunk are where a hand-written writer goes wrong, and either reader would refuse it."""
+    identity, recipient = keys
+    other = age_tool.new_identity(tmp_path / "other.key")
+    data = os.urandom(size)
+    enc = tmp_path / "data.age"
+    with open(enc, "wb") as out:
+        crypto.encrypt(_Trickle(data), out, [other, recipient])
+    assert enc.stat().st_size == len(_header_of(enc.read_bytes())) + 16 + size + agefile.TAG * max(
+        1, -(-size // agefile.CHUNK)
+    )
+    for key in (identity, tmp_path / "other.key"):  # each recipient's stanza opens it
+        plain = tmp_path / f"plain-{key.name}"
+        age_tool.decrypt(key, enc, plain)
+        assert (plain.read_bytes() if plain.exists() else b"") == data  # age creates no file for no bytes
+    out_here = io.BytesIO()
+    with open(enc, "rb") as src:
+        crypto.decrypt(src, out_here, crypto.load_identities(str(identity)), "object")
+    assert out_here.getvalue() == data
+
+
+def _header_of(blob: bytes) -> bytes:
+    end = blob.index(b"\n---") + 1
+    return blob[: blob.index(b"\n", end) + 1]
+
+
+def test_recipient_key_is_the_bech32_payload_and_checks_the_checksum(keys: tuple[Path, str]) -> None:
+    _, recipient = keys
+    raw = agefile.recipient_key(recipient)
+    assert len(raw) == 32 and agefile.recipient_key(recipient.upper()) == raw
+    flipped = recipient[:-1] + ("q" if recipient[-1] != "q" else "p")
+    with pytest.raises(ValueError, match="checksum"):
+        agefile.recipient_key(flipped)
 
 
 @pytest.mark.parametrize("damage", ["payload", "header", "truncated", "not-age"])

@@ -1,12 +1,15 @@
 """age encryption at the edge: recipients, identities, streaming encrypt and decrypt, new keys.
 
-pyrage (bindings to rage, the Rust implementation of age) does the cryptography; this module
-validates key material, streams through it with bounded memory, and translates its exceptions.
+pyrage (bindings to rage, the Rust implementation of age) parses and makes keys and decrypts;
+encryption is agefile.py's (OpenSSL through `cryptography`, for speed), so what one writes the
+other reads. This module validates key material, streams with bounded memory, and translates
+pyrage's exceptions.
+
 Only X25519 keys are supported: `age1...` recipients and `AGE-SECRET-KEY-1...` identities, the
 kind `age-keygen` and `etcd-backup keygen` make. Stored objects are standard binary age files.
 
-pyrage streams whole files only (encrypt_io/decrypt_io pull from a reader and push into a
-writer until EOF) and loses the text of Python exceptions raised inside them; the guards below
+pyrage streams whole files only (decrypt_io pulls from a reader and pushes into a writer until
+EOF) and loses the text of Python exceptions raised inside them; the guards below
 keep the original exception so a failing source (a snapshot that failed verification) or sink
 (a full disk) surfaces as itself, and anything else is the ciphertext's fault.
 """
@@ -24,7 +27,8 @@ from typing import Any, Protocol
 import pyrage
 from pyrage import x25519
 
-from .errors import IntegrityError, MissingIdentity, OperationalError
+from . import agefile
+from .errors import IntegrityError, MissingIdentity
 
 FORMAT = "age"
 HEADER = b"age-encryption.org/v1\n"  # every age file starts with this line
@@ -266,22 +270,13 @@ def _own_failure(*guards: _GuardedSource | _GuardedSink) -> BaseException | None
 
 
 def encrypt(source: Reader, sink: Writer, recipients: Sequence[str]) -> None:
-    """Read `source` to EOF and write it to `sink` as an age file for `recipients`.
+    """Read `source` to EOF and write it to `sink` as an age file for `recipients` (agefile.py).
 
     Memory stays flat (64 KiB chunks). An exception of the source or the sink propagates as is.
     """
     if not recipients:
         raise ValueError("encrypt needs at least one recipient")
-    keys = [x25519.Recipient.from_str(r) for r in recipients]
-    raw = _GuardedSource(source)
-    out = _GuardedSink(sink)
-    try:
-        pyrage.encrypt_io(io.BufferedReader(raw, _READ_BUFFER), out, keys)
-    except Exception as exc:  # noqa: BLE001 - pyrage raises its own types, OSError, or ours again
-        own = _own_failure(raw, out)
-        if own is not None:
-            raise own from None
-        raise OperationalError(f"age encryption failed: {exc}") from None
+    agefile.encrypt(source, sink, recipients)
 
 
 def decrypt(source: Reader, sink: Writer, identities: Identities, what: str) -> None:
