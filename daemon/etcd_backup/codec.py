@@ -168,7 +168,7 @@ def encode(
         else:
             yield Encoded(source, source if isinstance(source, SpoolReader) else None)
         return
-    sealing = _Sealing(source, form, Spool(spool_dir, f"{label}-age", durable=durable))
+    sealing = _Sealing(source, form, Spool(spool_dir, f"{label}-age", durable=durable, disposable=True))
     sealing.start()
     error: BaseException | None = None
     try:

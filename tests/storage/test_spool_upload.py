@@ -18,6 +18,7 @@ from etcd_backup.errors import IntegrityError
 from etcd_backup.scratch import sweep
 from etcd_backup.spool import Spool
 from etcd_backup.storage import SnapshotStore
+from etcd_backup.storage.kept import KeepSpool
 from etcd_backup.storage.local import LocalStore
 from etcd_backup.storage.memory import MemoryStore
 from etcd_backup.storage.s3 import S3Store
@@ -88,6 +89,72 @@ def test_failed_spool_leaves_nothing(store: SnapshotStore, tmp_path: Path) -> No
         assert store.list_debris() == []
     finally:
         spool.close()
+
+
+def _allocated(path: Path) -> int:
+    return os.stat(path).st_blocks * 512
+
+
+def _wait_allocated_below(path: Path, limit: int, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    while (allocated := _allocated(path)) >= limit and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return allocated
+
+
+@pytest.mark.parametrize("kind", S3_KINDS)
+def test_a_disposable_spool_is_freed_behind_the_upload_and_a_plain_one_stays_whole(
+    request: pytest.FixtureRequest, tmp_path: Path, kind: str
+) -> None:
+    """The ciphertext spool gives back each part once the store checked it (a 1 GiB upload holds
+    a few parts of page cache, not 1 GiB); the plaintext spool, which the structural check reads
+    whole at the end, never does. Either way the stored object is every byte."""
+    bucket: Bucket = request.getfixturevalue(BUCKET_FIXTURES[kind])
+    store = S3Store(bucket.name, bucket.prefix, endpoint_url=bucket.server.endpoint, part_size=5 * MiB, concurrency=3)
+    data = os.urandom(23 * MiB + 321)
+    for disposable in (True, False):
+        spool = Spool(str(tmp_path / "spool"), "t", disposable=disposable)
+        try:
+            t, outcome = _upload(store, spool)
+            spool.append_all([data[i : i + MiB] for i in range(0, len(data), MiB)], len(data))
+            spool.finish()
+            if disposable:  # every full part goes out before the release; only the last 3 MiB stay
+                assert _wait_allocated_below(spool.path, 5 * MiB) < 5 * MiB
+            spool.release()
+            t.join(60)
+            assert not isinstance(outcome[0], BaseException), outcome[0]
+            if not disposable:
+                assert _allocated(spool.path) >= len(data)
+                assert spool.path.read_bytes() == data
+            buf = io.BytesIO()
+            store.get("snapshots/s.db", buf)
+            assert buf.getvalue() == data
+        finally:
+            spool.close()
+
+
+def test_the_spool_kept_for_the_copy_stays_whole(s3_bucket: Bucket, tmp_path: Path) -> None:
+    """With a second copy, the primary's spool is the copy's source: nothing of it is freed."""
+    inner = S3Store(s3_bucket.name, s3_bucket.prefix, endpoint_url=s3_bucket.server.endpoint, part_size=5 * MiB)
+    store = KeepSpool(inner)
+    data = os.urandom(17 * MiB + 5)
+    spool = Spool(str(tmp_path / "spool"), "t", disposable=True)
+    try:
+        t, outcome = _upload(store, spool)
+        spool.append(data)
+        spool.finish()
+        spool.release()
+        t.join(60)
+        assert not isinstance(outcome[0], BaseException), outcome[0]
+    finally:
+        spool.close()
+    kept = store.take("snapshots/s.db")
+    assert kept is not None
+    try:
+        with kept.reader() as fh:
+            assert fh.read() == data
+    finally:
+        kept.close()
 
 
 def test_spool_vectored_append_keeps_order_across_many_buffers(tmp_path: Path) -> None:

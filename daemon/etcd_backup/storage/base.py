@@ -103,6 +103,11 @@ class SpooledFile(Protocol):
         second read of the file). A part is ready when `wait_bytes` has seen its end."""
         ...
 
+    def sent(self, start: int, length: int) -> None:
+        """The store holds [start, start+length) for good and will not read it again. A file that
+        nobody else reads afterwards may free those bytes (a ciphertext spool does); others ignore it."""
+        ...
+
 
 class SnapshotStore(Protocol):
     """Object storage under one prefix. Keys are relative and use '/'.

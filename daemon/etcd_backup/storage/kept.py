@@ -12,11 +12,12 @@ from __future__ import annotations
 import builtins
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import Cancelled
-from .base import Capabilities, Debris, ObjectInfo, SnapshotStore, SpooledFile
+from .base import Capabilities, Debris, Digest, ObjectInfo, PartDigests, SnapshotStore, SpooledFile
 
 
 class _Untracked:
@@ -49,6 +50,9 @@ class KeptFile:
     def part_digests(self, part_size: int, new: object) -> _Untracked:
         return _Untracked()  # nothing is being appended: the store reads each part
 
+    def sent(self, start: int, length: int) -> None:
+        pass  # this file is the copy's source, whole until it is closed
+
     def reader(self) -> BinaryIO:
         return open(self.path, "rb")
 
@@ -57,6 +61,29 @@ class KeptFile:
             os.close(self._fd)
         except OSError:
             pass
+
+
+class _Whole:
+    """A spooled file that stays whole while the store sends it: it is kept for the copy after."""
+
+    def __init__(self, inner: SpooledFile) -> None:
+        self._inner = inner
+
+    @property
+    def path(self) -> Path:
+        return self._inner.path
+
+    def wait_bytes(self, target: int) -> tuple[int, bool]:
+        return self._inner.wait_bytes(target)
+
+    def wait_complete(self) -> Path:
+        return self._inner.wait_complete()
+
+    def part_digests(self, part_size: int, new: Callable[[], Digest]) -> PartDigests:
+        return self._inner.part_digests(part_size, new)
+
+    def sent(self, start: int, length: int) -> None:
+        pass
 
 
 class KeepSpool:
@@ -87,7 +114,7 @@ class KeepSpool:
     def put(self, key: str, source: BinaryIO, *, spooled: SpooledFile | None = None) -> ObjectInfo:
         if spooled is not None:
             self._keep(None)  # a new snapshot: the previous one's file goes
-        info = self.inner.put(key, source, spooled=spooled)
+        info = self.inner.put(key, source, spooled=_Whole(spooled) if spooled is not None else None)
         if spooled is not None:
             try:
                 fd = os.open(spooled.path, os.O_RDONLY)
