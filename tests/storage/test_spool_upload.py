@@ -3,7 +3,9 @@ stream arrives, and the object appears only once the spool is released (the snap
 
 from __future__ import annotations
 
+import ctypes
 import io
+import mmap
 import os
 import subprocess
 import sys
@@ -129,6 +131,45 @@ def test_a_disposable_spool_is_freed_behind_the_upload_and_a_plain_one_stays_who
             buf = io.BytesIO()
             store.get("snapshots/s.db", buf)
             assert buf.getvalue() == data
+        finally:
+            spool.close()
+
+
+def _cached(path: Path) -> int:
+    """Bytes of the file in the page cache (mincore(2) over a mapping of it)."""
+    size = os.stat(path).st_size
+    page = mmap.PAGESIZE
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    with open(path, "r+b") as fh, mmap.mmap(fh.fileno(), size) as mapped:
+        vec = ctypes.create_string_buffer(-(-size // page))
+        anchor = ctypes.c_char.from_buffer(mapped)
+        try:
+            assert libc.mincore(ctypes.addressof(anchor), size, vec) == 0, os.strerror(ctypes.get_errno())
+        finally:
+            del anchor  # the mapping cannot close while a ctypes object points into it
+        return sum(b & 1 for b in vec.raw) * page
+
+
+def test_a_durable_disposable_spool_leaves_the_page_cache_once_written_back(tmp_path: Path) -> None:
+    """The ciphertext that file:// links into place: dropped from the page cache behind the
+    background writeback (nobody reads it here again), every byte still on disk. A plain durable
+    spool (the plaintext, which the structural check reads at the end) stays cached."""
+    data = os.urandom(100 * MiB)
+    for disposable in (True, False):
+        spool = Spool(str(tmp_path / "spool"), "t", durable=True, disposable=disposable)
+        try:
+            spool.append_all([data[i : i + MiB] for i in range(0, len(data), MiB)], len(data))
+            if disposable:  # written back and dropped every 32 MiB, in the background
+                deadline = time.monotonic() + 30
+                while _cached(spool.path) > 40 * MiB and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert _cached(spool.path) <= 40 * MiB
+            else:
+                assert _cached(spool.path) >= len(data) - MiB
+            spool.finish()
+            spool.release()
+            assert spool.path.read_bytes() == data
         finally:
             spool.close()
 
