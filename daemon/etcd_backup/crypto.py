@@ -27,7 +27,6 @@ from typing import Any, Protocol
 import pyrage
 from pyrage import x25519
 
-from . import agefile
 from .errors import IntegrityError, MissingIdentity
 
 FORMAT = "age"
@@ -276,6 +275,8 @@ def encrypt(source: Reader, sink: Writer, recipients: Sequence[str]) -> None:
     """
     if not recipients:
         raise ValueError("encrypt needs at least one recipient")
+    from . import agefile  # cryptography costs 60 ms of start-up: only for commands that encrypt
+
     agefile.encrypt(source, sink, recipients)
 
 
