@@ -83,11 +83,14 @@ class _Flusher:
             upto = self._written  # on the disk once fdatasync returns
             try:
                 os.fdatasync(self._fd)
-                if self._drop:
-                    os.posix_fadvise(self._fd, self._dropped, upto - self._dropped, os.POSIX_FADV_DONTNEED)
-                    self._dropped = upto
             except OSError:
                 return  # the writer reports disk errors; this is only an optimisation
+            if self._drop:
+                try:
+                    os.posix_fadvise(self._fd, self._dropped, upto - self._dropped, os.POSIX_FADV_DONTNEED)
+                except OSError:
+                    self._drop = False  # a filesystem that cannot: keep writing back, stop dropping
+                self._dropped = upto
 
     def close(self) -> None:
         self._stopping = True
