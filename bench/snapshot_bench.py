@@ -11,7 +11,9 @@ servers (moto server, SeaweedFS `weed mini`), then times, per storage kind and S
 and prints wall time, the ratio, each one's peak RSS (largest single process), the CPU seconds
 per GiB that etcd-backup, etcd and the S3 server each spent on our snapshot (per GiB of the
 database as snapshotted, the manifest's db_size), and the time of the structural (bbolt)
-verification alone. Loopback only; everything is cleaned up on exit.
+verification alone. After each store's runs: the medians of ours / baseline, age / baseline and
+age / plain (single runs on a loaded 2-core machine scatter by 20 %). Loopback only; everything
+is cleaned up on exit.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -287,6 +290,7 @@ def main() -> None:
         for kind, server in targets:
             url = servers[server][1] if server else ""
             label = f"{kind}/{server}" if server else kind
+            ratios: dict[str, list[float]] = {"ours / baseline": [], "age / baseline": [], "age / plain": []}
             for run in range(1, args.runs + 1):
                 # Flush dirty pages first so neither side pays for the other's writeback.
                 os.sync()
@@ -294,7 +298,7 @@ def main() -> None:
                 variants = [None, recipient] if recipient else [None]
                 if run % 2 == 0:
                     variants.reverse()
-                plain_time = 0.0
+                times: dict[bool, float] = {}
                 for variant in variants:
                     clear_store(work, url if server else None)  # each meets the same (empty) store
                     os.sync()
@@ -313,15 +317,21 @@ def main() -> None:
                     spent = [proc_cpu(pid) - b for pid, b in zip(others, before, strict=True)]
                     gib = json.loads(manifest)["db_size"] / 2**30  # CPU per GiB of what was snapshotted
                     s3_cpu = f"{spent[1] / gib:5.1f}" if server else "    -"
-                    plain_time = ot if variant is None else plain_time
-                    vs_plain = f"  ({ot / plain_time:.3f}x plain)" if variant and plain_time else ""
+                    times[variant is not None] = ot
+                    ratios["age / baseline" if variant else "ours / baseline"].append(ot / bt)
+                    # Whichever went second completes the pair: age over plain of this run.
+                    vs_plain = f"  ({times[True] / times[False]:.3f}x plain)" if len(times) == 2 else ""
                     print(
                         f"{label + ('+age' if variant else ''):14} {run:>3} {bt:>10.2f} {ot:>8.2f} {ot / bt:>6.2f} "
                         f"{br / 1024:>12.1f} {orss / 1024:>12.1f}   {cpu / gib:5.1f} {spent[0] / gib:5.1f} "
                         f"{s3_cpu}{vs_plain}",
                         flush=True,
                     )
+                if len(times) == 2:
+                    ratios["age / plain"].append(times[True] / times[False])
                 clear_store(work, url if server else None)
+            medians = [f"{name} {statistics.median(v):.3f}" for name, v in ratios.items() if v]
+            print(f"  {label}, medians of {args.runs} run(s): {', '.join(medians)}", flush=True)
         snap = work / "verify.db"
         subprocess.run(
             [find_binary("etcdctl"), f"--endpoints={client_url}", "snapshot", "save", str(snap)],
