@@ -28,7 +28,7 @@ from conftest import (
     config_env,
     run_cli,
 )
-from etcd_backup.etcdproc import free_port, wait_healthy
+from etcd_backup.etcdproc import EtcdProcess, free_port, wait_healthy
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -122,6 +122,18 @@ def restore_single(
     )  # fmt: skip
 
 
+def start_restored(
+    r: subprocess.CompletedProcess[str], cluster: Cluster, start_etcd: StartEtcd
+) -> tuple[dict[str, Any], EtcdProcess]:
+    """The member that a `restore single --output json`, which must have succeeded, made: started
+    and healthy. Returns the command's JSON and the member."""
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    member = start_etcd(cluster.tools.etcd, out["etcd_flags"])
+    wait_healthy(member.client_url, 60, member)
+    return out, member
+
+
 def start_with_deltas(
     start_daemon: DaemonFactory, cluster: Cluster, store: str, **extra: str
 ) -> tuple[DaemonProcess, dict[str, str]]:
@@ -158,11 +170,8 @@ def test_restore_to_latest_holds_every_revision_of_the_source(
 
     target = tmp_path / "restored"
     r = restore_single(env, target, "--to-latest")
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
+    out, restored = start_restored(r, cluster, start_etcd)
     assert out["revision"] == live and out["point"]["revision"] == live
-    restored = start_etcd(cluster.tools.etcd, out["etcd_flags"])
-    wait_healthy(restored.client_url, 60, restored)
     assert revision_of(cluster, restored.client_url) == live
     assert keyspace(cluster, restored.client_url) == expected
 
@@ -186,11 +195,8 @@ def test_to_revision_and_to_time_undo_a_deleted_prefix(
     for option in (["--to-revision", str(before_delete)], ["--to-time", moment.isoformat().replace("+00:00", "Z")]):
         target = tmp_path / f"r{option[0]}"
         r = restore_single(env, target, *option, name="back")
-        assert r.returncode == 0, r.stderr
-        out = json.loads(r.stdout)
+        out, back = start_restored(r, cluster, start_etcd)
         assert out["revision"] == before_delete, (option, out["revision"])
-        back = start_etcd(cluster.tools.etcd, out["etcd_flags"])
-        wait_healthy(back.client_url, 60, back)
         assert keyspace(cluster, back.client_url) == expected
         assert revision_of(cluster, back.client_url) == before_delete
         back.kill()
@@ -210,10 +216,7 @@ def test_keys_with_leases_come_back_with_the_same_lease(
     expected = keyspace(cluster, cluster.endpoints[0])
     wait_for(stored_up_to(env, live), 30, "the leased keys stored")
     r = restore_single(env, tmp_path / "l", "--to-revision", str(live), name="l")
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
-    restored = start_etcd(cluster.tools.etcd, out["etcd_flags"])
-    wait_healthy(restored.client_url, 60, restored)
+    _, restored = start_restored(r, cluster, start_etcd)
     got = keyspace(cluster, restored.client_url)
     assert got == expected and got["/leased/long"]["lease"] == int(lease, 16)
     ttl = json.loads(cluster.etcdctl("lease", "timetolive", lease, "-w", "json", endpoints=[restored.client_url]))
@@ -528,11 +531,8 @@ def test_encrypted_deltas_open_with_age_and_restore_only_with_the_identity(
 
     with_key = {**env, "ETCD_BACKUP_ENCRYPTION__IDENTITY_FILE": str(tmp_path / "age.key")}
     r = run_cli("restore", "single", *args, "--output", "json", env=with_key)
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
+    out, restored = start_restored(r, cluster, start_etcd)
     assert out["revision"] == live
-    restored = start_etcd(cluster.tools.etcd, out["etcd_flags"])
-    wait_healthy(restored.client_url, 60, restored)
     assert keyspace(cluster, restored.client_url) == expected
 
 
@@ -630,10 +630,7 @@ def test_writes_during_the_full_snapshot_are_neither_replayed_twice_nor_lost(
     assert json.loads(status.stdout)["revision"] == chain["from_revision"]  # what the snapshot holds
 
     r = restore_single(env, tmp_path / "w", "--to-latest", name="w")
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
-    restored = start_etcd(cluster.tools.etcd, out["etcd_flags"])
-    wait_healthy(restored.client_url, 60, restored)
+    _, restored = start_restored(r, cluster, start_etcd)
     assert revision_of(cluster, restored.client_url) == live
     assert keyspace(cluster, restored.client_url) == expected
     assert d.alive()
@@ -673,11 +670,8 @@ def test_the_second_copy_holds_the_deltas_and_restores_the_latest_point_alone(
 
     target = tmp_path / "restored"
     r = restore_single(env, target, "--to-latest", "--store", "copy")
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
+    out, back = start_restored(r, cluster, start_etcd)
     assert out["revision"] == live
-    back = start_etcd(cluster.tools.etcd, out["etcd_flags"])
-    wait_healthy(back.client_url, 60, back)
     assert keyspace(cluster, back.client_url) == expected
 
 
@@ -710,11 +704,8 @@ def test_deltas_on_each_real_s3_server(
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["revision"] == middle
     r = restore_single(env, tmp_path / "restored", "--to-latest")
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
+    out, back = start_restored(r, cluster, start_etcd)
     assert out["revision"] == live
-    back = start_etcd(cluster.tools.etcd, out["etcd_flags"])
-    wait_healthy(back.client_url, 60, back)
     assert keyspace(cluster, back.client_url) == expected
     r = run_cli("prune", "--dry-run", "--output", "json", env=env)
     assert r.returncode == 0, r.stderr
