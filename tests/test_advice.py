@@ -163,3 +163,37 @@ def test_config_path_and_data_dir_template_are_repeated() -> None:
 def test_start_command_without_client_urls_names_the_placeholder() -> None:
     cmd = start_command(["--name=a"], [])
     assert "--listen-client-urls=CLIENT_URL" in cmd and "<" not in cmd
+
+
+def test_with_every_member_down_the_newest_cluster_on_the_endpoints_is_the_one_to_restore() -> None:
+    """A `restore cluster` gives the cluster a new id on the same URLs: at its next outage both the
+    old and the new cluster's snapshots match the endpoints, and the newer cluster is the live one."""
+    import dataclasses
+
+    from etcd_backup.manifest import Listing
+    from etcd_backup.service.doctor import this_clusters_backup
+
+    urls = ("http://10.0.0.1:2379",)
+    members = (ClusterMember("m1", "1", ("http://10.0.0.1:2380",), urls),)
+    old = dataclasses.replace(manifest(members), id="20260101T000000000Z-aaaaaa", cluster_id="old")
+    new = dataclasses.replace(
+        manifest(members), id="20260102T000000000Z-bbbbbb", created_at="2026-01-02T00:00:00.000Z", cluster_id="new"
+    )
+    other = dataclasses.replace(
+        manifest(), id="20260103T000000000Z-cccccc", created_at="2026-01-03T00:00:00.000Z", cluster_id="x"
+    )
+    other = dataclasses.replace(other, endpoint="http://10.9.9.9:2379")
+    listing = Listing([other, new, old])
+    assert this_clusters_backup(listing, None, list(urls)) == new
+    assert this_clusters_backup(Listing([other, old, new]), None, list(urls)) == new  # not by listing order
+    assert this_clusters_backup(listing, None, ["http://10.5.5.5:2379"]) is None  # none of ours
+    assert this_clusters_backup(listing, "old", list(urls)) == old  # a live cluster names itself
+
+
+def test_a_corrupt_member_is_replaced_never_disarmed() -> None:
+    members = [member("a", 1, leader=True), member("b", 2), member("c", 3)]
+    corrupt = [{"member_id": "2222", "member": "b", "alarm": "CORRUPT"}]
+    book = recommend(CTX, Scenario.HEALTHY, members, quorum(members), backup=None, other_clusters=False, alarms=corrupt)
+    assert [s.kind for s in book.steps][:1] == [StepKind.REPLACE]
+    assert "--failed b " in book.command and "Do not disarm" in book.explanation
+    assert not any("disarm" in s.command for s in book.steps)

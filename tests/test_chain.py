@@ -74,6 +74,9 @@ def test_a_chain_with_a_gap_and_the_next_base() -> None:
     assert older.gaps == (Gap(200, 221),)
     assert older.reach.tip == 200 and len(older.deltas) == 3
     assert (newer.from_revision, newer.to_revision, newer.gaps) == (300, 320, ())
+    # Cut at the next base, the chain's newest time is that of its newest revision, not of the
+    # delta that runs on past it (the next base was taken at revision 300).
+    assert (older.to_time, newer.to_time) == (at(300), at(320))
 
 
 def test_plan_uses_the_newest_base_that_reaches() -> None:
@@ -85,10 +88,10 @@ def test_plan_uses_the_newest_base_that_reaches() -> None:
     assert chain.plan_revision(bases, deltas, 310, CLUSTER).base.revision == 300
     with pytest.raises(Unreachable, match=r"revision 210 cannot be restored \(in a gap\).*revision 200.*revision 300"):
         chain.plan_revision(bases, deltas, 210, CLUSTER)
-    with pytest.raises(Unreachable, match="revision 50"):
+    with pytest.raises(Unreachable, match=r"revision 50 cannot be restored \(not covered\)"):
         chain.plan_revision(bases, deltas, 50, CLUSTER)
-    with pytest.raises(Unreachable):
-        chain.plan_revision(bases, deltas, 321, CLUSTER)  # after the newest delta
+    with pytest.raises(Unreachable, match=r"\(after the newest point stored\): the newest before it is revision 320"):
+        chain.plan_revision(bases, deltas, 321, CLUSTER)
     with pytest.raises(Unreachable):
         chain.plan_revision(bases, deltas, 150, "another-cluster")
 
@@ -120,6 +123,12 @@ def test_time_location() -> None:
     assert after.floor == 200 and after.read is None
     with pytest.raises(Unreachable, match="nothing was backed up"):
         chain.locate_time(bases, deltas, at(50), CLUSTER)
+    # Revisions 201-220 were never stored: at a time before the next stored one the state is unknown.
+    gapped = [*deltas, delta(221, 320)]
+    with pytest.raises(Unreachable, match=r"falls in a gap: revisions 201 to 220 .* revision 200, .* revision 221"):
+        chain.locate_time(bases, gapped, at(210), CLUSTER)
+    assert chain.locate_time(bases, gapped, at(200), CLUSTER).floor == 200  # the gap's edge is known
+    assert chain.locate_time(bases, gapped, at(230), CLUSTER).read is not None  # inside the next delta
 
 
 def test_retention_keeps_the_chains_of_kept_snapshots() -> None:
@@ -248,6 +257,8 @@ def _reference_chains(bases: list[Manifest], deltas: list[DeltaRef]) -> list[cha
             gaps.append(Gap(held, until))
         to_revision = min(held, until) if until is not None else held
         to_time = max((d.last_time for d in mine), default=b.created) if mine else b.created
+        if nxt is not None and held >= nxt.revision:
+            to_time = min(to_time, nxt.created)
         out.append(chain.Chain(b, until, tuple(mine), to_revision, to_time, tuple(gaps), reach))
     out.sort(key=lambda c: (c.base.created, c.base.id), reverse=True)
     return out

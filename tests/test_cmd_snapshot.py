@@ -141,6 +141,7 @@ def test_tls_wrong_ca_is_operational_failure(etcd_cluster: ClusterFactory, tls_f
     r = run_cli("snapshot", env=env)
     assert r.returncode == 1, r.stderr
     assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr  # gRPC's own log lines stay quiet
 
 
 def test_missing_tls_file_is_config_error(etcd_single: Cluster, tmp_path: Path) -> None:

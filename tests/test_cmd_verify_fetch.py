@@ -54,6 +54,12 @@ def test_verify_and_fetch_damaged_object_exit_3(
     r = run_cli("fetch", m["id"], "--to", str(dest_dir / "snap.db"), env=env)
     assert r.returncode == 3, r.stderr
     assert list(dest_dir.iterdir()) == []
+    # With --output json stdout stays one document: the error and the exit code.
+    r = run_cli("verify", m["id"], "--output", "json", env=env)
+    assert r.returncode == 3 and json.loads(r.stdout) == {
+        "error": r.stderr.strip().removeprefix("etcd-backup: error: "),
+        "exit_code": 3,
+    }
 
 
 def test_manifest_not_json(stored: tuple[dict, dict[str, str], Path]) -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import AgeTool, clean_env, run_cli
+from conftest import AgeTool, TLSFiles, clean_env, run_cli
 from etcd_backup import config
 from etcd_backup.errors import ConfigError
 
@@ -69,7 +69,14 @@ def test_config_path_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
         ('[schedule]\ncron = "not a cron"\n', "schedule.cron"),
         ('[schedule]\ninterval = "5 fortnights"\n', "schedule.interval"),
         ('[etcd]\ncacert = "/does/not/exist.crt"\n', "/does/not/exist.crt"),
-        ('[etcd]\ncert = "/etc/hostname"\n', "cert and key"),
+        ('[etcd]\ncert = "/etc/hostname"\n', "etcd.cert: /etc/hostname holds no PEM certificate"),
+        ('[etcd]\ncacert = "/etc/hostname"\n', "etcd.cacert: /etc/hostname holds no PEM certificate"),
+        ("[retention]\nkeep_last = true\n", "retention.keep_last"),  # not 1
+        ('[retention]\nkeep_last = "3"\n', "retention.keep_last"),
+        ('[schedule]\non_member_change = "yes"\n', "schedule.on_member_change"),
+        ('[storage]\nendpoint_url = "notaurl"\n', "storage.endpoint_url: 'notaurl' is not an S3 endpoint"),
+        ('[storage]\nendpoint_url = "ftp://127.0.0.1:1"\n', "storage.endpoint_url"),
+        ('[tools]\netcdutl = "/no/etcdutl"\n', "tools.etcdutl: /no/etcdutl: no executable file there"),
         ('[storage]\nurl = "ftp://x"\n', "storage.url"),
         ('[storage]\npart_size = "1KiB"\n', "storage.part_size"),
         ('[storage]\nconcurrency = "lots"\n', "storage.concurrency"),
@@ -98,6 +105,43 @@ def test_bad_config_is_exit_2_with_one_line(tmp_path: Path, toml: str, needle: s
     assert len(lines) == 1, r.stderr
     assert needle in lines[0]
     assert "Traceback" not in r.stderr
+
+
+def test_cert_without_key_is_exit_2(tmp_path: Path, tls_files: TLSFiles) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text(f'[etcd]\ncert = "{tls_files.client_cert}"\n')
+    r = run_cli("--config", str(f), "list", env=clean_env(), cwd=tmp_path)
+    assert r.returncode == 2 and "cert and key" in r.stderr, r.stderr
+
+
+def test_an_environment_value_is_blamed_on_its_variable_not_the_file(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text("[retention]\nkeep_last = 3\n")
+    r = run_cli("--config", str(f), "list", env=clean_env(ETCD_BACKUP_RETENTION__KEEP_LAST="0"), cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "ETCD_BACKUP_RETENTION__KEEP_LAST: retention.keep_last" in r.stderr and "c.toml" not in r.stderr
+    # Text from the environment is converted: "5" is 5 there, and "true" a boolean.
+    cfg_env = {"ETCD_BACKUP_RETENTION__KEEP_LAST": "5", "ETCD_BACKUP_SCHEDULE__ON_MEMBER_CHANGE": "false"}
+    r = run_cli("--config", str(f), "list", env=clean_env(**cfg_env), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+
+
+def test_kubernetes_service_link_variables_are_not_settings(tmp_path: Path) -> None:
+    """A Service named etcd-backup puts these into every pod of its namespace."""
+    links = {
+        "ETCD_BACKUP_SERVICE_HOST": "10.96.0.12",
+        "ETCD_BACKUP_SERVICE_PORT": "9479",
+        "ETCD_BACKUP_SERVICE_PORT_METRICS": "9479",
+        "ETCD_BACKUP_PORT": "tcp://10.96.0.12:9479",
+        "ETCD_BACKUP_PORT_9479_TCP": "tcp://10.96.0.12:9479",
+        "ETCD_BACKUP_PORT_9479_TCP_PROTO": "tcp",
+        "ETCD_BACKUP_PORT_9479_TCP_PORT": "9479",
+        "ETCD_BACKUP_PORT_9479_TCP_ADDR": "10.96.0.12",
+    }
+    r = run_cli("list", env=clean_env(**links), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("list", env=clean_env(**links, ETCD_BACKUP_STORAGE_URL="file:///x"), cwd=tmp_path)
+    assert r.returncode == 2 and "ETCD_BACKUP_STORAGE_URL: unknown setting" in r.stderr  # a typo still is
 
 
 def test_copy_on_another_endpoint_may_use_the_same_bucket_and_prefix() -> None:

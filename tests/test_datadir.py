@@ -23,8 +23,11 @@ def test_lock_and_identity_of_a_real_member(etcd_cluster: ClusterFactory, versio
     assert holder == f"pid {member.process.pid}"
     ident = datadir.identity(member.data_dir)
     assert ident == datadir.Identity(format(status["member_id"], "x"), format(status["cluster_id"], "x"))
+    for near in (member.data_dir, member.data_dir.parent, member.data_dir / "member" / "wal"):
+        assert datadir.live_nearby(near) == (member.data_dir.resolve(), holder), near
     member.stop()
     assert datadir.in_use(member.data_dir) is None
+    assert datadir.live_nearby(member.data_dir.parent) is None
     assert datadir.identity(member.data_dir) == ident  # still names its member when stopped
 
 

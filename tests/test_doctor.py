@@ -142,3 +142,55 @@ def test_unstarted_learner_does_not_count_against_quorum(
     assert learner["learner"] is True and learner["started"] is False
     assert next(m for m in d["members"] if m["id"] != member_id)["learner"] is False
     assert f"member remove {member_id}" in d["recommendation"]
+
+
+def test_nospace_alarm_steps_give_the_cluster_its_writes_back(etcd_cluster: ClusterFactory, tmp_path: Path) -> None:
+    """Disarming alone lets the next write raise NOSPACE again: the steps compact, defragment and
+    disarm, and after running them in order etcd takes writes again."""
+    import shlex
+    import subprocess
+
+    cluster = etcd_cluster(1, extra_args=["--quota-backend-bytes=2097152"])
+    value = "x" * 100_000
+    for _ in range(200):  # one key, rewritten: the history is what fills the quota
+        if "database space exceeded" in cluster.etcdctl("put", "big", value, check=False) or _nospace(cluster):
+            break
+    assert _nospace(cluster), "the quota was never reached"
+    d = doctor_json(config_env(cluster, f"file://{tmp_path}/store"), expect=0)
+    assert [a["alarm"] for a in d["alarms"]] == ["NOSPACE"]
+    kinds = [p["kind"] for p in d["plan"]]
+    assert kinds[:3] == ["compact", "defrag", "disarm"], d["plan"]
+    etcdctl_dir = str(Path(cluster.tools.etcdctl).parent)
+    for command in d["steps"]:
+        argv = shlex.split(command)
+        assert argv[0] == "etcdctl", command
+        done = subprocess.run(
+            [cluster.tools.etcdctl, *argv[1:]],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "ETCDCTL_API": "3", "PATH": f"{etcdctl_dir}:{os.environ['PATH']}"},
+        )
+        assert done.returncode == 0, (command, done.stderr)
+    assert not _nospace(cluster)
+    cluster.put("after", "ok")  # raises if etcd still refuses writes
+    assert cluster.get_all()["after"] == "ok"
+
+
+def _nospace(cluster: Cluster) -> bool:
+    return "NOSPACE" in cluster.etcdctl("alarm", "list")
+
+
+def test_a_member_that_refuses_our_ca_is_not_called_down(
+    etcd_cluster: ClusterFactory, tls_files, tmp_path: Path
+) -> None:
+    """A wrong etcd.cacert makes a running member look unreachable: doctor says it cannot tell,
+    instead of diagnosing single-member-down and recommending a rebuild."""
+    cluster = etcd_cluster(1, tls=tls_files)
+    env = config_env(cluster, f"file://{tmp_path}/store", etcd__cacert=tls_files.other_ca, etcd__dial_timeout="2s")
+    r = run_cli("doctor", "--output", "json", env=env)
+    assert r.returncode == 1, r.stderr
+    doc = json.loads(r.stdout)
+    assert "scenario" not in doc and "cannot tell the cluster's state" in doc["error"], doc
+    assert "etcd.cacert" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert doctor_json(config_env(cluster, f"file://{tmp_path}/store"), expect=0)["scenario"] == "healthy"

@@ -235,6 +235,9 @@ def test_restore_never_touches_a_live_members_data_dir(etcd_cluster: ClusterFact
         ["single", "--name", "m1", "--peer-url", live.peer_url, "--data-dir", str(live.data_dir)],
         ["cluster", *members, "--data-dir", str(cluster.base / "{name}"), "--only", "m1"],
         ["cluster", *members, "--data-dir", str(cluster.base / "{name}")],
+        # One level too high or too deep: --force would still move the live member's files.
+        ["single", "--name", "m1", "--peer-url", live.peer_url, "--data-dir", str(live.data_dir.parent)],
+        ["single", "--name", "m1", "--peer-url", live.peer_url, "--data-dir", str(live.data_dir / "member" / "wal")],
     ]
     for args in attempts:
         r = run_cli("restore", *args[:1], "--snapshot", snap["id"], *args[1:], "--force", env=env)

@@ -63,15 +63,7 @@ def recommend(
     if scenario is Scenario.MEMBER_DOWN:
         return _member_down(ctx, members)
     if alarms:
-        reachable = [u for m in members if m.reachable for u in m.client_urls[:1]]
-        cmd = ctx.etcdctl(reachable, "alarm", "disarm")
-        raised = ", ".join(a["alarm"] for a in alarms)
-        return Runbook(
-            cmd,
-            f"Alarm raised ({raised}). For NOSPACE: compact and defragment (or raise --quota-backend-bytes), "
-            "then disarm the alarm.",
-            (Step(cmd, StepKind.DISARM),),
-        )
+        return _alarmed(ctx, members, alarms)
     if backup is None:
         if other_clusters:
             cmd = ctx.etcd_backup("snapshot", "--reason", AFTER_RESTORE)
@@ -89,6 +81,45 @@ def recommend(
         "",
         "The cluster is healthy. Before a membership change run: " + ctx.etcd_backup("pre-change", "--reason", "TEXT"),
     )
+
+
+def _alarmed(ctx: Context, members: Sequence[MemberHealth], alarms: Sequence[dict[str, str]]) -> Runbook:
+    raised = sorted({a["alarm"] for a in alarms})
+    corrupt = [a for a in alarms if a["alarm"] == "CORRUPT"]
+    if corrupt:
+        # Disarming would let a member with diverged data serve reads: it is replaced instead.
+        after = [host_of(m) for m in members]
+        steps: list[Step] = []
+        for m in members:
+            if any(a["member_id"] == m.id for a in corrupt):
+                steps += replace(ctx, m.name or m.id, host_of(m), after)
+        names = ", ".join(a["member"] or a["member_id"] for a in corrupt)
+        return _runbook(
+            steps,
+            f"Alarm CORRUPT raised by {names}: its data differs from the rest of the cluster. Do not disarm it. "
+            "Stop that member and replace it with a fresh one (its data dir is kept, moved aside), one member at "
+            "a time; the others keep quorum.",
+        )
+    reachable = [u for m in members if m.reachable for u in m.client_urls[:1]]
+    steps = []
+    if "NOSPACE" in raised:
+        # Disarming alone lets the next write raise it again: the space comes back only once the
+        # history is compacted away and each member's file is defragmented.
+        revision = max((m.revision for m in members if m.revision is not None), default=None)
+        if revision is not None:
+            steps.append(Step(ctx.etcdctl(reachable[:1], "compact", str(revision)), StepKind.COMPACT))
+        steps.append(Step(ctx.etcdctl(reachable, "defrag"), StepKind.DEFRAG))
+    disarm = Step(ctx.etcdctl(reachable, "alarm", "disarm"), StepKind.DISARM)
+    steps.append(disarm)
+    steps.append(Step(ctx.etcdctl(reachable, "endpoint", "status", "-w", "table"), StepKind.CHECK))
+    text = f"Alarm raised ({', '.join(raised)})."
+    if "NOSPACE" in raised:
+        text += (
+            " The database reached its quota and etcd refuses writes: compact the history, defragment every "
+            "member, then disarm. If the database is still near the quota afterwards (DB SIZE in the status), "
+            "the live data itself needs more room: raise --quota-backend-bytes on every member."
+        )
+    return _runbook(steps, text)
 
 
 def _runbook(steps: list[Step], explanation: str, stop: Sequence[str] = ()) -> Runbook:

@@ -165,6 +165,8 @@ def _chains_in_order(manifests: Iterable[Manifest], deltas: Sequence[DeltaRef], 
             gaps.append(Gap(held, until))  # nothing reaches the next base: the revisions between are lost
         to_revision = min(held, until) if until is not None else held
         to_time = max((d.last_time for d in mine), default=base.created) if mine else base.created
+        if nxt is not None and held >= nxt.revision:  # cut at the next base: the time of its revision
+            to_time = min(to_time, nxt.created)
         out.append(Chain(base, until, tuple(mine), to_revision, to_time, tuple(gaps), reach))
     return out
 
@@ -266,7 +268,13 @@ def plan_revision(
             continue
         reach, _ = cover(c.base.revision, deltas_of(deltas, c.base.cluster_id), None)
         return Plan(c.base, _needed(reach.used, c.base.revision, revision), revision)
-    where = "in a gap" if any(lo.revision < revision for lo, _ in restorable(chain_list)) else "not covered"
+    ranges = list(restorable(chain_list))
+    if ranges and all(hi.revision < revision for _, hi in ranges):
+        where = "after the newest point stored"
+    elif any(lo.revision < revision for lo, _ in ranges):
+        where = "in a gap"
+    else:
+        where = "not covered"
     raise Unreachable(f"revision {revision} cannot be restored ({where}): {_nearest(chain_list, revision)}")
 
 
@@ -327,7 +335,28 @@ def locate_time(
     mine = [d for d in deltas if cluster_id is None or d.cluster_id == cluster_id]
     floor = max([floor, *(d.last_revision for d in mine if d.last_time <= when)])
     straddling = [d for d in mine if d.first_time <= when < d.last_time and d.last_revision > floor]
+    if not straddling:
+        _refuse_time_in_gap(chain_list, mine, floor, when)
     return TimeLocation(floor, max(straddling, key=lambda d: d.last_revision) if straddling else None)
+
+
+def _refuse_time_in_gap(chain_list: Sequence[Chain], mine: Sequence[DeltaRef], floor: int, when: datetime) -> None:
+    """Revisions after `floor` were never stored (a recorded gap) and the next stored point is
+    newer than `when`: what the cluster held at `when` is unknown, so it is not restored."""
+    for c in chain_list:
+        for g in c.gaps:
+            if g.after_revision != floor:
+                continue
+            starts = [d.first_time for d in mine if d.first_revision == g.before_revision]
+            starts += [b.base.created for b in chain_list if b.base.revision == g.before_revision]
+            seen = [d.last_time for d in mine if d.last_revision == floor]
+            seen += [b.base.created for b in chain_list if b.base.revision == floor]
+            if starts and seen and max(seen) < when < min(starts):
+                raise Unreachable(
+                    f"{rfc3339(when)} falls in a gap: revisions {g.after_revision + 1} to {g.before_revision - 1} "
+                    f"were never stored; the newest before it is revision {floor}, the next after it is revision "
+                    f"{g.before_revision} ({rfc3339(min(starts))})"
+                )
 
 
 # --- retention -----------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -112,8 +114,20 @@ class EtcdConfig(_Section):
 
     @field_validator("cacert", "cert", "key")
     @classmethod
-    def _files(cls, value: str | None) -> str | None:
-        return _existing_file("", value)
+    def _files(cls, value: str | None, info: ValidationInfo) -> str | None:
+        path = _existing_file("", value)
+        if path is not None:
+            # gRPC would only fail at the first call, with lines of its own on stderr, and a
+            # member it cannot talk to looks down to doctor.
+            want = "PRIVATE KEY" if info.field_name == "key" else "CERTIFICATE"
+            try:
+                with open(path, "rb") as f:
+                    head = f.read(1 << 20)
+            except OSError as exc:
+                raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+            if b"-----BEGIN " not in head or want.encode() not in head:
+                raise ValueError(f"{path} holds no PEM {want.lower()}")
+        return path
 
     @field_validator("dial_timeout", "stall_timeout")
     @classmethod
@@ -204,6 +218,20 @@ class StorageConfig(_Section):
         else:
             raise ValueError(f"{value!r}: scheme must be s3:// or file://")
         return value
+
+    @field_validator("endpoint_url", "copy_endpoint_url")
+    @classmethod
+    def _endpoint_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        url = urlparse(value.strip())
+        try:
+            port_ok = url.port is None or url.port > 0
+        except ValueError:
+            port_ok = False
+        if url.scheme not in {"http", "https"} or not url.hostname or not port_ok:
+            raise ValueError(f"{value!r} is not an S3 endpoint like https://s3.example.com or http://127.0.0.1:9000")
+        return value.strip()
 
     @field_validator("timeout")
     @classmethod
@@ -367,6 +395,15 @@ class DeltaConfig(_Section):
 class ToolsConfig(_Section):
     etcdutl: str = ""
     etcd: str = ""
+
+    @field_validator("etcdutl", "etcd")
+    @classmethod
+    def _tool(cls, value: str) -> str:
+        # A path must be there; a bare name is looked up on PATH when the tool is needed (a
+        # backup-only host has no etcdutl, and `list` must still work there).
+        if os.sep in value and not (os.path.isfile(value) and os.access(value, os.X_OK)):
+            raise ValueError(f"{value}: no executable file there")
+        return value
 
 
 class RestoreConfig(_Section):
@@ -539,13 +576,20 @@ class Config(BaseModel):
     log: LogConfig = Field(default_factory=LogConfig)
 
 
+# What Kubernetes puts into every pod of a namespace with a Service named etcd-backup (service
+# links are on by default): ETCD_BACKUP_SERVICE_HOST, ETCD_BACKUP_PORT_9479_TCP_ADDR, ...
+_SERVICE_LINK = re.compile(
+    re.escape(ENV_PREFIX) + r"(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)?)"
+)
+
+
 def _check_env_names(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
     """The overrides in `environ` by section and key; a misspelt one is an error, never ignored."""
     sections = Config.model_fields
     out: dict[str, dict[str, str]] = {}
     for name, value in environ.items():
         upper = name.upper()
-        if not upper.startswith(ENV_PREFIX) or upper == ENV_CONFIG:
+        if not upper.startswith(ENV_PREFIX) or upper == ENV_CONFIG or _SERVICE_LINK.fullmatch(upper):
             continue
         rest = upper[len(ENV_PREFIX) :].lower()
         section, sep, key = rest.partition("__")
@@ -579,8 +623,36 @@ def resolve_path(cli_path: str | None) -> Path | None:
     return None
 
 
-def _format_error(exc: ValidationError, origin: str) -> str:
-    err = exc.errors(include_url=False)[0]
+def _origin(loc: tuple[Any, ...], overrides: dict[str, dict[str, str]], origin: str) -> str:
+    """Where the value an error names came from: its environment variable, or the file."""
+    if len(loc) >= 2 and str(loc[1]) in overrides.get(str(loc[0]), {}):
+        return f"{ENV_PREFIX}{str(loc[0]).upper()}__{str(loc[1]).upper()}"
+    return origin
+
+
+def _strict_types(data: dict[str, Any], overrides: dict[str, dict[str, str]], origin: str) -> str | None:
+    """Why a TOML value has the wrong type (`keep_last = true` is not 1), or None. Environment
+    values are text by nature and are converted; only the file's own values are held to this."""
+    try:
+        Config.model_validate(data, strict=True)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            if err["type"].endswith("_type") and _origin(tuple(err["loc"]), overrides, origin) == origin:
+                return _format_error(exc, origin, err=err)
+    except (ValueError, TypeError):
+        pass  # the validation proper reports it
+    return None
+
+
+def _format_error(
+    exc: ValidationError,
+    origin: str,
+    overrides: dict[str, dict[str, str]] | None = None,
+    *,
+    err: Any = None,
+) -> str:
+    err = err if err is not None else exc.errors(include_url=False)[0]
+    origin = _origin(tuple(err["loc"]), overrides or {}, origin)
     loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "config"
     msg = err["msg"]
     if msg.startswith("Value error, "):
@@ -609,10 +681,13 @@ def load(cli_path: str | None = None) -> Config:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     overrides = _check_env_names(os.environ)
     origin = str(path) if path else "environment"
+    wrong_type = _strict_types(data, overrides, origin)
+    if wrong_type:
+        raise ConfigError(_without_secrets(wrong_type, data))
     try:
         cfg = Config(**_merged(data, overrides, origin))
     except ValidationError as exc:
-        raise ConfigError(_without_secrets(_format_error(exc, origin), data)) from None
+        raise ConfigError(_without_secrets(_format_error(exc, origin, overrides), data)) from None
     except (ValueError, TypeError) as exc:
         raise ConfigError(_without_secrets(f"configuration error in {origin}: {exc}".splitlines()[0], data)) from None
     problem = files_unprotected(cfg)

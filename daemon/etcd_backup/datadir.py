@@ -111,6 +111,56 @@ def in_use(path: Path) -> str | None:
     return None
 
 
+_NEARBY_DEPTH = 2  # levels below a target searched for a data dir (`/var/lib` holds `/var/lib/etcd`)
+
+
+def _live_by_proc() -> dict[Path, str]:
+    """Data dirs of the running etcds this PID namespace can see: the lock holders' open files."""
+    locks = _locked_inodes() or {}
+    out: dict[Path, str] = {}
+    for holder in set(locks.values()):
+        if not holder.startswith("pid "):
+            continue
+        fd_dir = Path("/proc") / holder.removeprefix("pid ") / "fd"
+        try:
+            targets = [os.readlink(fd) for fd in fd_dir.iterdir()]
+        except OSError:
+            continue  # gone, or not ours to read
+        for target in targets:
+            path = Path(target)
+            if path.match("member/snap/db") or path.match("member/wal/*.wal"):
+                out[path.parents[2]] = holder
+    return out
+
+
+def live_nearby(path: Path) -> tuple[Path, str] | None:
+    """A running etcd's data dir that is `path`, lies inside it, or contains it: (that dir, holder).
+
+    A restore moves its target aside with --force; a target one level too high (`/var/lib`) or too
+    deep (`/var/lib/etcd/member`) would move a live member's files just the same."""
+    resolved = path.resolve()
+    for live, pid in _live_by_proc().items():
+        if live == resolved or live.is_relative_to(resolved) or resolved.is_relative_to(live):
+            return live, pid
+    # Locks held from another PID namespace show no holder's files: try the locks themselves.
+    for candidate in (resolved, *resolved.parents):
+        if (holder := in_use(candidate)) is not None:
+            return candidate, holder
+    frontier = [resolved]
+    for _ in range(_NEARBY_DEPTH):
+        below: list[Path] = []
+        for d in frontier:
+            try:
+                below += [c for c in d.iterdir() if c.is_dir() and not c.is_symlink()]
+            except OSError:
+                continue
+        for d in below:
+            if (holder := in_use(d)) is not None:
+                return d, holder
+        frontier = below
+    return None
+
+
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
     value = shift = 0
     while True:

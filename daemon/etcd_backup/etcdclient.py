@@ -187,6 +187,8 @@ def rpc_error(what: str, exc: grpc.RpcError) -> EtcdUnavailable:
     kind, code = _kind(exc)
     text = _describe(exc)
     if "handshake" in text.lower():
+        if "CERTIFICATE" in text.upper():  # refused, not cut short: gRPC reports both UNAVAILABLE
+            kind = EtcdErrorKind.TLS
         text += " (check etcd.cacert, etcd.cert and etcd.key: wrong CA, expired or mismatched certificate?)"
     return EtcdUnavailable(f"{what} failed: {text}", kind, code)
 
@@ -572,6 +574,7 @@ class Probe:
     endpoint: str
     status: MemberStatus | None = None
     error: str | None = None
+    error_kind: EtcdErrorKind | None = None
     members: list[MemberInfo] = field(default_factory=list)
     alarms: list[Alarm] = field(default_factory=list)
 
@@ -587,6 +590,7 @@ def probe(cfg: EtcdConfig, endpoint: str, *, members: bool = False, alarms: bool
                 result.alarms = m.alarms()
     except EtcdUnavailable as exc:
         result.error = str(exc)
+        result.error_kind = exc.kind
     return result
 
 

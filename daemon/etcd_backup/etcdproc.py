@@ -60,16 +60,21 @@ def find_binary(name: str, configured: str | None = None) -> str:
 def binary_version(path: str) -> tuple[int, int, int]:
     """The version an etcd binary reports, e.g. (3, 5, 1)."""
     try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=20).stdout
-        if "version" not in out.lower():
-            out = subprocess.run([path, "version"], capture_output=True, text=True, timeout=20).stdout
+        ran = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=20)
+        if "version" not in ran.stdout.lower():
+            ran = subprocess.run([path, "version"], capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.SubprocessError) as exc:
         raise ToolError(f"{path}: cannot run: {exc}") from exc
+    out = ran.stdout
     for line in out.splitlines():
         for word in line.replace(":", " ").split():
             parts = word.split(".")
             if len(parts) >= 3 and all(p.isdigit() for p in parts[:3]):
                 return (int(parts[0]), int(parts[1]), int(parts[2]))
+    if not out.strip():
+        # A broken launcher says why on stderr (its last line), and exits non-zero.
+        said = ran.stderr.strip().splitlines()[-1:] or [f"exit status {ran.returncode}"]
+        raise ToolError(f"{path}: does not run as an etcd tool: {said[0][:200]}")
     raise ToolError(f"{path}: cannot tell its version from {out.strip()[:80]!r}")
 
 

@@ -47,6 +47,8 @@ class StepKind(StrEnum):
     REPLACE = "replace-member"
     START = "start"  # runs etcd in the foreground: start it as a service or in the background
     REMOVE = "remove"
+    COMPACT = "compact"
+    DEFRAG = "defrag"
     DISARM = "disarm"
     CHECK = "check"
     SNAPSHOT = "snapshot"

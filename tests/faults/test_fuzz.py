@@ -347,6 +347,8 @@ def test_command_line_rejects_with_one_line(argv: list[str]) -> None:
     [
         ["frobnicate"],
         ["snapshot", "--pin=yes"],
+        ["snapshot", "--reason", ""],
+        ["pre-change", "--reason", "  "],
         ["list", "--output", "yaml"],
         ["fetch", "latest"],
         ["snapshot", "--reason", "x", "\udcff-surrogate"],

@@ -162,8 +162,10 @@ def test_ping(store: SnapshotStore) -> None:
 def test_missing_bucket_is_storage_error(any_s3_bucket: Bucket) -> None:
     store = S3Store("bucket-that-does-not-exist", "p", endpoint_url=any_s3_bucket.server.endpoint)
     for call in (store.ping, store.list, lambda: put_bytes(store, "k", b"x")):
-        with pytest.raises(StorageError, match="does not exist"):
+        with pytest.raises(StorageError, match="bucket 'bucket-that-does-not-exist' does not exist"):
             call()
+    with pytest.raises(StorageError, match=r"^listing of s3://bucket-that-does-not-exist/p failed: "):
+        store.list()
 
 
 def test_unreachable_endpoint_is_storage_error() -> None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from .cmd_doctor import add_quota, quota, render_steps
 from .cmd_snapshot import render as render_manifest
-from .common import Context, Subparsers, add_output, emit_json
+from .common import Context, Subparsers, add_output, emit_json, reason_text
 
 if TYPE_CHECKING:
     from ..service.prechange import PreChange
@@ -21,7 +21,9 @@ def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
         "exists, no alarm is raised and every database is below its quota; then take a pinned snapshot, "
         "verify it and print its id and the command that rolls the change back.",
     )
-    p.add_argument("--reason", required=True, help="recorded in the manifest, e.g. 'grow to 3 members'")
+    p.add_argument(
+        "--reason", required=True, type=reason_text, help="recorded in the manifest, e.g. 'grow to 3 members'"
+    )
     p.add_argument(
         "--drill",
         action="store_true",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from .common import Context, Subparsers, add_output, emit_json, human_size
+from .common import Context, Subparsers, add_output, emit_json, human_size, reason_text
 
 if TYPE_CHECKING:
     from ..model import Manifest
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("snapshot", help="take one snapshot now, verify and upload it")
-    p.add_argument("--reason", default="manual", help="recorded in the manifest (default: manual)")
+    p.add_argument("--reason", default="manual", type=reason_text, help="recorded in the manifest (default: manual)")
     p.add_argument("--pin", action="store_true", help="keep it for retention.keep_pinned_for")
     add_output(p)
     return p

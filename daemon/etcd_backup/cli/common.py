@@ -31,6 +31,13 @@ def add_output(p: argparse.ArgumentParser) -> None:
     )
 
 
+def reason_text(value: str) -> str:
+    """--reason: recorded and shown in `list`; an empty one (an unset shell variable) says nothing."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
+
+
 def add_point(p: argparse.ArgumentParser) -> None:
     """--to-latest | --to-revision N | --to-time T: a point the deltas after a full snapshot reach."""
     g = p.add_mutually_exclusive_group()
@@ -168,9 +175,20 @@ class Context:
         return getattr(self.args, "output", "text") == "json"
 
 
+_emitted: list[bool] = []  # a document went to stdout in this process
+
+
 def emit_json(doc: Any) -> None:
     sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     sys.stdout.flush()
+    _emitted.append(True)
+
+
+def emit_json_error(message: str, exit_code: int) -> None:
+    """With --output json stdout is one document, also when the command failed before printing
+    one: the error line of stderr and the exit code, for a script that parses stdout first."""
+    if not _emitted:
+        emit_json({"error": message, "exit_code": exit_code})
 
 
 def human_size(n: int) -> str:

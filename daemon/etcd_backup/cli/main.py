@@ -117,7 +117,12 @@ def _tune_malloc() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     _tune_malloc()
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    raw = list(argv if argv is not None else sys.argv[1:])
+    debug = "--debug" in raw
+    # gRPC's C core logs a failed TLS handshake on stderr itself, beside our one error line
+    # (which says the same, with what to check); with --debug it may speak.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR" if debug else "NONE")
+    json_out = _wants_json(raw)
     try:
         args = build_parser().parse_args(argv)
         if not getattr(args, "command", None):
@@ -132,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logsetup.configure("console", "debug" if args.debug else "critical")
         return int(args.handler(args, ctx) or 0)
     except EtcdBackupError as exc:
-        return _fail(exc, exc.exit_code, debug)
+        return _fail(exc, exc.exit_code, debug, json_out=json_out)
     except KeyboardInterrupt:
         print("etcd-backup: interrupted", file=sys.stderr)
         return 130
@@ -140,7 +145,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
-        return _fail(exc, 1, debug, unexpected=True)
+        return _fail(exc, 1, debug, unexpected=True, json_out=json_out)
+
+
+def _wants_json(argv: Sequence[str]) -> bool:
+    """--output json (-o json, --output=json) anywhere: known before (or without) a parse."""
+    pairs = zip(argv, [*argv[1:], ""], strict=True)
+    return any(
+        (a in ("--output", "-o") and b == "json") or a in ("--output=json", "-ojson", "-o=json") for a, b in pairs
+    )
 
 
 def _log_level(args: argparse.Namespace, cfg: Config) -> str:
@@ -154,7 +167,7 @@ def _log_level(args: argparse.Namespace, cfg: Config) -> str:
     return "critical"
 
 
-def _fail(exc: BaseException, code: int, debug: bool, unexpected: bool = False) -> int:
+def _fail(exc: BaseException, code: int, debug: bool, unexpected: bool = False, *, json_out: bool = False) -> int:
     if debug:
         traceback.print_exc()
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -164,7 +177,12 @@ def _fail(exc: BaseException, code: int, debug: bool, unexpected: bool = False) 
     prefix = f"etcd-backup: {label}: " if label else "etcd-backup: error: "
     from ..logsetup import scrub
 
-    print(prefix + scrub(text), file=sys.stderr)
+    line = prefix + scrub(text)
+    print(line, file=sys.stderr)
+    if json_out:
+        from .common import emit_json_error
+
+        emit_json_error(line.removeprefix("etcd-backup: error: ").removeprefix("etcd-backup: "), code)
     return code
 
 

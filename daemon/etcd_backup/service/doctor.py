@@ -27,7 +27,7 @@ from ..assessment import (
     quorum,
 )
 from ..config import Config
-from ..errors import EtcdBackupError
+from ..errors import EtcdBackupError, EtcdErrorKind, OperationalError
 from ..etcdclient import hexid
 from ..manifest import Listing
 from ..members import norm_url
@@ -154,6 +154,7 @@ def diagnose(
     started_at = time.monotonic()
     lookup = _StorageLookup(open_store) if open_store is not None else None
     s = survey(cfg.etcd)
+    _refuse_blind(s)
     listing, storage_error = lookup.result(STORAGE_WAIT_SECONDS) if lookup is not None else (None, None)
     members = member_health(s)
     q = quorum(members)
@@ -201,10 +202,24 @@ def diagnose(
     )
 
 
+def _refuse_blind(s: Survey) -> None:
+    """Members that answer but refuse our credentials are not down: a diagnosis from here would
+    call a running cluster lost and recommend rebuilding it."""
+    if s.answered() or not s.probes:
+        return
+    kinds = {p.error_kind for p in s.probes.values()}
+    if kinds <= {EtcdErrorKind.TLS, EtcdErrorKind.AUTH}:
+        first = next(iter(s.probes.values()))
+        raise OperationalError(
+            f"no member accepted our credentials, so doctor cannot tell the cluster's state: {first.error}"
+        )
+
+
 def this_clusters_backup(listing: Listing, cluster_id: str | None, endpoints: list[str]) -> Manifest | None:
     """The newest verified snapshot of the cluster the endpoints belong to. When none answers,
     the cluster whose snapshots were taken from (or list) the configured endpoints; with only
-    one cluster in storage, that one."""
+    one cluster in storage, that one. Several such clusters are one cluster and the ones a
+    `restore cluster` replaced on the same URLs: the newest snapshot is of the latest of them."""
     if cluster_id is not None:
         return listing.newest_verified(cluster_id)
     clusters = listing.clusters()
@@ -216,7 +231,7 @@ def this_clusters_backup(listing: Listing, cluster_id: str | None, endpoints: li
         for ms in clusters.values()
         if configured & ({norm_url(ms[0].endpoint)} | {norm_url(u) for m in ms[0].members for u in m.client_urls})
     ]
-    return matching[0] if len(matching) == 1 else None
+    return max(matching, key=lambda m: m.created, default=None)
 
 
 def _newest_point(open_store: Callable[[], SnapshotStore], backup: Manifest, now: datetime) -> PointInfo | None:

@@ -21,11 +21,17 @@ def refuse_unsafe(cfg: Config, paths: Iterable[Path], force: bool) -> None:
     a running etcd uses, or that belongs to a member still answering, --force or not."""
     occupied = [p for p in paths if datadir.state(p) is datadir.DirState.OCCUPIED]
     for path in occupied:
-        holder = datadir.in_use(path)
-        if holder is not None:
-            raise UnsafeError(
-                f"data dir {path} is in use by a running etcd ({holder}): stop that member first; nothing was touched"
-            )
+        nearby = datadir.live_nearby(path)
+        if nearby is None:
+            continue
+        live, holder = nearby
+        if live == path.resolve():
+            where = f"data dir {path} is in use by a running etcd ({holder})"
+        elif live.is_relative_to(path.resolve()):
+            where = f"{path} holds {live}, the data dir in use by a running etcd ({holder})"
+        else:
+            where = f"{path} lies inside {live}, the data dir in use by a running etcd ({holder})"
+        raise UnsafeError(f"{where}: stop that member first (or check --data-dir); nothing was touched")
     owners = {path: datadir.identity(path) for path in occupied}
     if any(owners.values()):
         answering = {hexid(p.status.member_id): p.endpoint for p in survey(cfg.etcd).answered() if p.status}

@@ -93,7 +93,7 @@ def verify_chain(
     refs = delta.list_deltas(store, base.cluster_id, after=base.revision).refs
     mine = next(c for c in chain.chains(listing.manifests, refs, base.cluster_id) if c.base.id == base.id)
     seen: set[int] = set()
-    events = 0
+    events = 0  # in the chain's own range, as `to_revision` is (a delta may run past the next base)
     for d in sorted(mine.deltas, key=lambda d: (d.first_revision, d.last_revision)):
         stored = fetch_delta(store, d, work_dir, identities=identities)
         try:
@@ -101,7 +101,8 @@ def verify_chain(
             for r in records:
                 if r.revision not in seen:
                     seen.add(r.revision)
-                    events += len(r.events)
+                    if r.revision <= mine.to_revision:
+                        events += len(r.events)
         finally:
             stored.discard()
     if len(mine.deltas) and not seen:

@@ -157,7 +157,7 @@ class S3Store:
             err = exc.response.get("Error", {})
             code = str(err.get("Code", "?"))
             if code in {"NoSuchBucket"}:
-                return StorageError(f"{action} failed: bucket {self.bucket!r} does not exist (create it first)")
+                return StorageError(f"{action} {where} failed: bucket {self.bucket!r} does not exist (create it first)")
             if code in {"NoSuchKey", "404", "NotFound"}:
                 return ObjectNotFound(f"{where}: not found")
             if code in {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
