@@ -136,3 +136,22 @@ def test_object_lock_on_a_bucket_without_it_is_exit_2(etcd_single: Cluster, any_
         assert r.returncode == 2, r.stderr
         assert "storage.object_lock" in r.stderr and "Traceback" not in r.stderr
     assert any_s3_bucket.keys() == []
+
+
+def test_a_copy_bucket_without_object_lock_is_exit_2_too(etcd_single: Cluster, any_locked_bucket: Bucket) -> None:
+    """Every object the tool writes carries the lock, the copy's too: its bucket is checked at start
+    like the primary's, and nothing is written anywhere."""
+    plain = f"bkt-{os.urandom(6).hex()}"
+    any_locked_bucket.server.client().create_bucket(Bucket=plain)
+    env = {
+        **config_env(etcd_single, storage__object_lock="governance", storage__lock_for="5s"),
+        **any_locked_bucket.env(),
+        "ETCD_BACKUP_STORAGE__COPY_TO": f"s3://{plain}/copy",
+    }
+    for command in ("snapshot", "run"):
+        r = run_cli(command, env=env, timeout=60)
+        assert r.returncode == 2, r.stderr
+        assert "storage.object_lock" in r.stderr and repr(plain) in r.stderr, r.stderr
+    assert any_locked_bucket.keys() == []
+    listed = any_locked_bucket.server.client().list_objects_v2(Bucket=plain)
+    assert listed.get("KeyCount", 0) == 0

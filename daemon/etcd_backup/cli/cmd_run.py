@@ -61,6 +61,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         ctx.store.ping()  # a bucket that contradicts the configuration (no Object Lock) is exit 2 now
     except OperationalError:
         pass  # storage unreachable at start: the daemon reports it and retries
+    ctx.check_copy_store()
     signals = StopSignals()
     signals.install()
     daemon = Daemon(cfg, ctx.store, copy=ctx.copy_store)

@@ -41,6 +41,7 @@ def render(m: Manifest) -> str:
 def run(args: argparse.Namespace, ctx: Context) -> int:
     from ..service.backup import take_snapshot
 
+    ctx.check_copy_store()
     manifest = take_snapshot(ctx.config, ctx.snapshot_store, reason=args.reason, pinned=args.pin)
     copied = ctx.copy_committed()  # after the commit; never fails the command
     if ctx.json:

@@ -116,6 +116,18 @@ class Context:
 
         return open_copy_store(self.config.storage)
 
+    def check_copy_store(self) -> None:
+        """A copy bucket that contradicts the configuration (object_lock on, no Object Lock
+        there) is exit 2 at start, as the primary's is; a copy target that is down is not an
+        error here (the copy is retried at the next run)."""
+        from ..errors import OperationalError
+
+        if self.copy_store is not None:
+            try:
+                self.copy_store.ping()
+            except OperationalError:
+                pass
+
     @cached_property
     def snapshot_store(self) -> SnapshotStore:
         """What a command takes snapshots through: with a second copy, the primary wrapped so that
