@@ -449,3 +449,30 @@ def test_daemon_copy_down_then_back_is_counted_and_filled_in(
         assert 1 <= len(left) <= 3, left  # the policy's 2, and one taken since its last run
     finally:
         proxy.close()
+
+
+def test_a_missed_copy_into_a_locked_bucket_is_filled_in(etcd_single: Cluster, any_locked_bucket: Bucket) -> None:
+    """Catching up copies server-side on one endpoint; a store that wants a checksum header on a
+    locked CopyObject (moto) must not leave the missed snapshot out of the copy for ever."""
+    from conftest import AWS_ENV
+
+    client = any_locked_bucket.server.client()
+    copy_bucket = f"{any_locked_bucket.name}-c"
+    env = {
+        **config_env(etcd_single, any_locked_bucket.url, storage__object_lock="governance", storage__lock_for="5s"),
+        **AWS_ENV,
+        "ETCD_BACKUP_STORAGE__ENDPOINT_URL": any_locked_bucket.server.endpoint,
+        "ETCD_BACKUP_STORAGE__COPY_TO": f"s3://{copy_bucket}/second",
+    }
+    etcd_single.put("k", "v1")
+    first = _cli_json(env, "snapshot")  # the copy bucket does not exist yet: the copy fails
+    client.create_bucket(Bucket=copy_bucket, ObjectLockEnabledForBucket=True)
+    etcd_single.put("k", "v2")
+    r = run_cli("snapshot", "--output", "json", env=env)
+    assert r.returncode == 0 and "failed" not in r.stderr, r.stderr
+    second = json.loads(r.stdout)
+    assert [m["id"] for m in _cli_json(env, "list", "--store", "copy")] == [second["id"], first["id"]]
+    for m in (first, second):
+        head = client.head_object(Bucket=copy_bucket, Key=f"second/{m['object_key']}")
+        assert head.get("ObjectLockMode") == "GOVERNANCE", m["id"]
+    _same_objects(*_stores(env))

@@ -4,7 +4,7 @@ pass through this host, which is what the second copy costs when both stores are
 The proof: CopyObject is asked for a SHA-256 of the new object (`ChecksumAlgorithm`), which must be
 the SHA-256 the caller expects (the manifest's). A store that reports none is read back: the copy
 is downloaded and hashed. Objects over 5 GiB (CopyObject's limit) and stores without CopyObject
-are left to the caller (None), which then streams the object.
+(or not with Object Lock headers) are left to the caller (None), which then streams the object.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ log = structlog.get_logger(__name__)
 
 MAX_COPY = 5 * 1024**3
 _BOTO_ERRORS = (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError)
-_UNSUPPORTED = {"NotImplemented", "501"}
+# Stores that cannot copy server-side, or not with these headers: moto wants a body checksum on
+# any write carrying an Object Lock retention, which a CopyObject has no body for.
+_UNSUPPORTED = {"NotImplemented", "501", "MissingUploadObjectWithObjectLockHeaders"}
 
 
 @dataclass
