@@ -476,3 +476,21 @@ def test_a_missed_copy_into_a_locked_bucket_is_filled_in(etcd_single: Cluster, a
         head = client.head_object(Bucket=copy_bucket, Key=f"second/{m['object_key']}")
         assert head.get("ObjectLockMode") == "GOVERNANCE", m["id"]
     _same_objects(*_stores(env))
+
+
+def test_a_copy_target_that_never_answers_gets_two_attempts(etcd_single: Cluster, tmp_path: Path) -> None:
+    """The copy is retried at the next run: a one-shot command does not also sit through the
+    primary's five attempts per request after its snapshot is committed."""
+    import socket
+
+    with socket.socket() as hung:  # accepts connections (the kernel's backlog), never answers
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        endpoint = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        env = _env(etcd_single, (f"file://{tmp_path / 'primary'}", None), ("s3://copy/second", endpoint))
+        env["ETCD_BACKUP_STORAGE__TIMEOUT"] = "1s"
+        etcd_single.put("k", "v")
+        r = run_cli("snapshot", env=env, timeout=120)
+    assert r.returncode == 0, r.stderr  # the backup itself succeeded
+    assert "retried at the next run" in r.stderr and "(after 2 attempts)" in r.stderr, r.stderr
+    assert len(_cli_json(env, "list")) == 1

@@ -28,20 +28,26 @@ def open_copy_store(cfg: StorageConfig) -> SnapshotStore | None:
         return None
     try:
         setting = "storage.copy_endpoint_url" if cfg.copy_endpoint_url else "storage.endpoint_url (the copy's too)"
-        return open_store(copy, profile=cfg.copy_profile, endpoint_setting=setting)
+        return open_store(copy, profile=cfg.copy_profile, endpoint_setting=setting, copy=True)
     except ConfigError as exc:
         raise ConfigError(f"storage.copy_profile: {exc}") from None
 
 
 def open_store(
-    cfg: StorageConfig, *, profile: str | None = None, endpoint_setting: str = "storage.endpoint_url"
+    cfg: StorageConfig,
+    *,
+    profile: str | None = None,
+    endpoint_setting: str = "storage.endpoint_url",
+    copy: bool = False,
 ) -> SnapshotStore:
+    """`copy`: the second store, whose failures wait for the next run instead of long retries."""
     url = urlparse(cfg.url)
     if url.scheme == "file":
         # file://./rel and file:///abs both work; netloc holds the first part of a relative path.
         return _local(Path(unquote(url.netloc + url.path)))
-    from .s3 import S3Store
+    from .s3 import COPY_ATTEMPTS, S3Store
 
+    extra = {"attempts": COPY_ATTEMPTS} if copy else {}
     return S3Store(
         url.netloc,
         url.path,
@@ -61,6 +67,7 @@ def open_store(
         timeout=cfg.timeout,
         profile=profile,
         endpoint_setting=endpoint_setting,
+        **extra,
     )
 
 

@@ -24,6 +24,9 @@ from .s3upload import Uploader
 log = structlog.get_logger(__name__)
 
 _ATTEMPTS = 5  # per request, with botocore's exponential backoff (standard retry mode)
+# The second copy is retried at the next run anyway: a target that accepts and never answers
+# must not hold a one-shot command for five read timeouts per request after the commit.
+COPY_ATTEMPTS = 2
 
 
 def _safe_start_after(full_prefix: str, start_after: str) -> str | None:
@@ -68,6 +71,7 @@ class S3Store:
         timeout: float = 60.0,
         profile: str | None = None,
         endpoint_setting: str = "storage.endpoint_url",  # named in errors: the copy has its own
+        attempts: int = _ATTEMPTS,
         client: Any = None,
     ) -> None:
         self.bucket = bucket
@@ -79,6 +83,7 @@ class S3Store:
         self.part_size = part_size
         self.concurrency = concurrency
         self.timeout = timeout
+        self.attempts = attempts
         self._extra: dict[str, Any] = {}
         if sse:
             self._extra["ServerSideEncryption"] = sse
@@ -102,7 +107,7 @@ class S3Store:
                     bucket=bucket,
                 )
             cfg = botocore.config.Config(
-                retries={"mode": "standard", "max_attempts": _ATTEMPTS},
+                retries={"mode": "standard", "max_attempts": attempts},
                 connect_timeout=min(10.0, timeout),
                 read_timeout=timeout,
                 max_pool_connections=max(10, concurrency * 2),
@@ -179,7 +184,7 @@ class S3Store:
         if network:
             # botocore's own text repeats the whole request URL (upload ids and all): say it shorter.
             return StorageError(
-                f"{action} {where} failed: {network} (after {_ATTEMPTS} attempts); "
+                f"{action} {where} failed: {network} (after {self.attempts} attempts); "
                 f"check {self._endpoint_setting} and the network"
             )
         if isinstance(exc, botocore.exceptions.BotoCoreError):
