@@ -77,6 +77,7 @@ def test_config_path_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
         ('[storage]\nendpoint_url = "notaurl"\n', "storage.endpoint_url: 'notaurl' is not an S3 endpoint"),
         ('[storage]\nendpoint_url = "ftp://127.0.0.1:1"\n', "storage.endpoint_url"),
         ('[tools]\netcdutl = "/no/etcdutl"\n', "tools.etcdutl: /no/etcdutl: no executable file there"),
+        ('[schedule]\ninterval = "5m"\njitter = "5m"\n', "jitter 300s must be shorter than the schedule's period"),
         ('[storage]\nurl = "ftp://x"\n', "storage.url"),
         ('[storage]\npart_size = "1KiB"\n', "storage.part_size"),
         ('[storage]\nconcurrency = "lots"\n', "storage.concurrency"),

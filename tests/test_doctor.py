@@ -156,13 +156,18 @@ def test_nospace_alarm_steps_give_the_cluster_its_writes_back(etcd_cluster: Clus
         if "database space exceeded" in cluster.etcdctl("put", "big", value, check=False) or _nospace(cluster):
             break
     assert _nospace(cluster), "the quota was never reached"
-    d = doctor_json(config_env(cluster, f"file://{tmp_path}/store"), expect=0)
+    env = config_env(cluster, f"file://{tmp_path}/store")
+    d = doctor_json(env, expect=0)
     assert [a["alarm"] for a in d["alarms"]] == ["NOSPACE"]
     kinds = [p["kind"] for p in d["plan"]]
-    assert kinds[:3] == ["compact", "defrag", "disarm"], d["plan"]
+    assert kinds[:4] == ["snapshot", "compact", "defrag", "disarm"], d["plan"]
     etcdctl_dir = str(Path(cluster.tools.etcdctl).parent)
     for command in d["steps"]:
         argv = shlex.split(command)
+        if argv[0] == "etcd-backup":  # the backup before the compaction: a full member is snapshotted
+            done_cli = run_cli(*argv[1:], env=env)
+            assert done_cli.returncode == 0, (command, done_cli.stderr)
+            continue
         assert argv[0] == "etcdctl", command
         done = subprocess.run(
             [cluster.tools.etcdctl, *argv[1:]],
@@ -194,3 +199,14 @@ def test_a_member_that_refuses_our_ca_is_not_called_down(
     assert "scenario" not in doc and "cannot tell the cluster's state" in doc["error"], doc
     assert "etcd.cacert" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert doctor_json(config_env(cluster, f"file://{tmp_path}/store"), expect=0)["scenario"] == "healthy"
+
+
+def test_printed_commands_name_the_config_file_by_its_absolute_path(etcd_single: Cluster, tmp_path: Path) -> None:
+    """The operator runs them later, perhaps from another directory: `--config c.toml` as typed
+    would not be found there."""
+    (tmp_path / "c.toml").write_text(f'[storage]\nurl = "file://{tmp_path}/store"\n')
+    env = config_env(etcd_single)
+    r = run_cli("--config", "c.toml", "doctor", "--output", "json", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    command = json.loads(r.stdout)["recommendation"]  # no snapshot yet: take one
+    assert f"--config {tmp_path / 'c.toml'} snapshot" in command and "--config c.toml" not in command

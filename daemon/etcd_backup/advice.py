@@ -104,7 +104,9 @@ def _alarmed(ctx: Context, members: Sequence[MemberHealth], alarms: Sequence[dic
     steps = []
     if "NOSPACE" in raised:
         # Disarming alone lets the next write raise it again: the space comes back only once the
-        # history is compacted away and each member's file is defragmented.
+        # history is compacted away and each member's file is defragmented. A backup first: the
+        # compaction drops every older revision for good.
+        steps.append(Step(ctx.etcd_backup("snapshot", "--reason", "before-compaction"), StepKind.SNAPSHOT))
         revision = max((m.revision for m in members if m.revision is not None), default=None)
         if revision is not None:
             steps.append(Step(ctx.etcdctl(reachable[:1], "compact", str(revision)), StepKind.COMPACT))
@@ -115,9 +117,10 @@ def _alarmed(ctx: Context, members: Sequence[MemberHealth], alarms: Sequence[dic
     text = f"Alarm raised ({', '.join(raised)})."
     if "NOSPACE" in raised:
         text += (
-            " The database reached its quota and etcd refuses writes: compact the history, defragment every "
-            "member, then disarm. If the database is still near the quota afterwards (DB SIZE in the status), "
-            "the live data itself needs more room: raise --quota-backend-bytes on every member."
+            " The database reached its quota and etcd refuses writes: take a snapshot, compact the history, "
+            "defragment every member, then disarm. If the database is still near the quota afterwards (DB "
+            "SIZE in the status), the live data itself needs more room: raise --quota-backend-bytes on every "
+            "member."
         )
     return _runbook(steps, text)
 

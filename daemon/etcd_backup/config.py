@@ -342,6 +342,16 @@ class ScheduleConfig(_Section):
             raise ValueError(f"{value!r} never fires")
         return value
 
+    @model_validator(mode="after")
+    def _jitter(self) -> ScheduleConfig:
+        # A delay as long as the period would let two runs swap places, and the newest snapshot
+        # look overdue to /readyz (two periods) while nothing is wrong.
+        if self.jitter < 0:
+            raise ValueError("jitter must not be negative")
+        if self.jitter and self.jitter >= self.period():
+            raise ValueError(f"jitter {self.jitter:g}s must be shorter than the schedule's period ({self.period():g}s)")
+        return self
+
     def period(self) -> float:
         """Seconds between two scheduled runs (for cron: the gap after the next run)."""
         if not self.cron:

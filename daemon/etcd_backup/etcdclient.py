@@ -614,8 +614,14 @@ def cluster_id_of(cfg: EtcdConfig) -> str | None:
 def connect_healthy(
     cfg: EtcdConfig, *, exclude: set[str] | None = None, allow_alarms: bool = False
 ) -> tuple[Member, MemberStatus]:
-    """The first endpoint, in configured order, that answers and can serve a snapshot."""
+    """The first endpoint, in configured order, that answers and can serve a snapshot.
+
+    A member that raised NOSPACE itself is passed over for one that did not; when every member
+    that answers is full (one quota for all: the usual case), the first of them is taken, since
+    its data is whole and a backup before the compaction and defragmentation is what is wanted
+    then. A CORRUPT member never is."""
     problems: list[str] = []
+    full: list[str] = []  # endpoints passed over only for their own NOSPACE alarm
     for endpoint in cfg.endpoints:
         if exclude and endpoint in exclude:
             continue
@@ -636,7 +642,13 @@ def connect_healthy(
         except EtcdUnavailable as exc:
             member.close()
             problems.append(str(exc))
+            if exc.kind is EtcdErrorKind.NO_SPACE:
+                full.append(endpoint)
             log.warning("etcd endpoint skipped", endpoint=endpoint, reason=str(exc))
+    if full:
+        taken = connect_healthy(cfg.model_copy(update={"endpoints": full}), allow_alarms=True)
+        log.warning("every member that answers is full (NOSPACE): taking one all the same", endpoint=taken[0].endpoint)
+        return taken
     detail = "; ".join(problems) if problems else "no endpoints configured"
     raise EtcdUnavailable(f"no healthy etcd endpoint ({detail})", EtcdErrorKind.UNAVAILABLE)
 
@@ -655,8 +667,14 @@ def _refuse_own_alarms(member: Member, status: MemberStatus) -> None:
     """
     own = sorted({a.alarm for a in member.alarms() if a.member_id == status.member_id})
     if own:
+        if own == ["NOSPACE"]:
+            raise EtcdUnavailable(
+                f"etcd {member.endpoint}: member {hexid(status.member_id)} raised the NOSPACE alarm "
+                f"({_ALARM_HINTS['NOSPACE']})",
+                EtcdErrorKind.NO_SPACE,
+            )
         hints = "; ".join(_ALARM_HINTS.get(a, a) for a in own)
         raise EtcdUnavailable(
             f"etcd {member.endpoint}: member {hexid(status.member_id)} raised the {', '.join(own)} alarm ({hints})",
-            EtcdErrorKind.NO_SPACE if "NOSPACE" in own else EtcdErrorKind.UNKNOWN,
+            EtcdErrorKind.UNKNOWN,  # CORRUPT (with or without NOSPACE): never snapshotted
         )

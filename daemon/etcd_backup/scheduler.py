@@ -6,6 +6,7 @@ What each job does lives in `service`; which jobs exist is `daemon.Daemon`'s.
 from __future__ import annotations
 
 import contextlib
+import math
 import secrets
 import signal
 import threading
@@ -26,6 +27,23 @@ from .process import CHILDREN
 log = structlog.get_logger(__name__)
 
 Job = Callable[[], None]
+
+
+class GridInterval(IntervalTrigger):  # type: ignore[misc]  # APScheduler ships no type hints
+    """IntervalTrigger counts the next run from the previous *jittered* one, so with jitter the
+    schedule drifts (about jitter/2 a run). Here every run is its slot on the grid (start_date +
+    k * interval) plus a delay of its own; schedule.jitter is below the period (config)."""
+
+    __slots__ = ()
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        if previous_fire_time is not None and self.jitter:
+            start = self.start_date.timestamp()
+            # The tiny bias keeps a run exactly on its slot there, whatever the float rounding.
+            slots = math.floor((previous_fire_time.timestamp() - start) / self.interval_length + 1e-9)
+            previous_fire_time = datetime.fromtimestamp(start + slots * self.interval_length, tz=self.timezone)
+        fire: datetime | None = super().get_next_fire_time(previous_fire_time, now)
+        return fire
 
 
 class Scheduler:
@@ -79,7 +97,7 @@ class Scheduler:
             if due <= now:
                 self._aps.add_job(job, "date", run_date=now, id="catch-up")
         else:
-            trigger = IntervalTrigger(seconds=sched.interval, timezone=UTC, jitter=jitter)
+            trigger = GridInterval(seconds=sched.interval, start_date=due, timezone=UTC, jitter=jitter)
             self._aps.add_job(job, trigger, id="schedule", name="scheduled snapshot", next_run_time=due)
 
     def every(self, name: str, seconds: float, fn: Job, *, first: datetime | None = None) -> None:

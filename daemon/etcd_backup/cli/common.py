@@ -166,8 +166,10 @@ class Context:
 
     @property
     def config_path(self) -> str | None:
-        """The --config given on the command line: printed commands repeat it."""
-        return getattr(self.args, "config", None)
+        """The --config given on the command line: printed commands repeat it, as an absolute
+        path (the operator runs them later, and maybe from another directory)."""
+        path = getattr(self.args, "config", None)
+        return os.path.abspath(path) if path else None
 
     @property
     def runbook(self) -> RunbookContext:
