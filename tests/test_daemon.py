@@ -285,3 +285,23 @@ def test_cron_schedule_catches_up_at_start(etcd_single: Cluster, tmp_path: Path,
         time.sleep(0.2)
     assert len(manifests_in(store)) == 1
     assert d2.terminate()[0] == 0
+
+
+def test_a_fresh_snapshot_of_another_cluster_does_not_postpone_the_first(
+    etcd_cluster: ClusterFactory, tmp_path: Path, start_daemon: DaemonFactory
+) -> None:
+    """After `restore cluster` the cluster has a new id: the old cluster's snapshot, however
+    young, backs up nothing that runs, so the daemon takes one of this cluster at start."""
+    old, new = etcd_cluster(1), etcd_cluster(1)
+    store = tmp_path / "store"
+    r = run_cli("snapshot", env=config_env(old, f"file://{store}"))
+    assert r.returncode == 0, r.stderr
+    env = config_env(
+        new, f"file://{store}", schedule__interval="1h", verify__restore_drill="off", delta__interval="off"
+    )
+    d = start_daemon(env)
+    d.wait_until(lambda: len(manifests_in(store)) == 2, 30, "a snapshot of the running cluster at start")
+    clusters = {m["cluster_id"] for m in manifests_in(store)}
+    assert len(clusters) == 2
+    d.wait_until(lambda: d.request("GET", "/readyz")[0] == 200, 10, "ready")
+    assert d.terminate()[0] == 0

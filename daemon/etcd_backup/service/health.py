@@ -157,7 +157,10 @@ class HealthWatch:
             self._gauges(
                 listing, obs.status.cluster_id if obs.status else None, obs.status.revision if obs.status else 0
             )
-            newest = listing.newest_verified()
+            # Of the cluster etcd is now: after a `restore cluster` (a new cluster id) the old
+            # cluster's snapshots back up nothing that runs, and the next one is due at once.
+            live = hexid(obs.status.cluster_id) if obs.status else None
+            newest = listing.newest_verified(live)
             newest_success = completed_at(newest) if newest else 0.0
         with self._lock:
             self._health.etcd_error = obs.error
