@@ -47,5 +47,6 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     print(table(rows, headers))
     n = doc["newest"]
     if n:
-        print(f"\nnewest restorable point: revision {n['revision']} at {n['time']} (snapshot {n['snapshot']} + deltas)")
+        what = f"snapshot {n['snapshot']}" + (f" + {n['deltas']} delta(s)" if n["deltas"] else ", no delta after it")
+        print(f"\nnewest restorable point: revision {n['revision']} at {n['time']} ({what})")
     return 0

@@ -39,6 +39,7 @@ class Timeline:
                 "time": rfc3339(when or p.base.created),
                 "snapshot": p.base.id,
                 "cluster_id": p.base.cluster_id,
+                "deltas": len(p.deltas),
             }
         return {"chains": [c.to_dict() for c in self.chains], "newest": newest}
 
