@@ -189,7 +189,12 @@ class Context:
         return getattr(self.args, "output", "text") == "json"
 
 
-_emitted: list[bool] = []  # a document went to stdout in this process
+_emitted: list[bool] = []  # a document went to stdout in this command
+
+
+def new_command() -> None:
+    """main may run more than once in a process (tests, embedding): nothing emitted yet."""
+    _emitted.clear()
 
 
 def emit_json(doc: Any) -> None:

@@ -123,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (which says the same, with what to check); with --debug it may speak.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR" if debug else "NONE")
     json_out = _wants_json(raw)
+    from .common import new_command
+
+    new_command()
     try:
         args = build_parser().parse_args(argv)
         if not getattr(args, "command", None):
