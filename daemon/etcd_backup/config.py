@@ -9,6 +9,7 @@ naming the key.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
@@ -691,11 +692,18 @@ def load(cli_path: str | None = None) -> Config:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     overrides = _check_env_names(os.environ)
     origin = str(path) if path else "environment"
-    wrong_type = _strict_types(data, overrides, origin)
-    if wrong_type:
-        raise ConfigError(_without_secrets(wrong_type, data))
     try:
+        wrong_type = _strict_types(data, overrides, origin)
+        if wrong_type:
+            raise ConfigError(wrong_type)
         cfg = Config(**_merged(data, overrides, origin))
+    except ConfigError as exc:  # raised inside a validator (kubeadm discovery): masked all the same
+        text = str(exc)
+        generic = f"configuration error: {kubeadm.KEY}"
+        if "kubeadm_manifest" in overrides.get("etcd", {}) and text.startswith(generic):
+            named = text.removeprefix("configuration error: ")
+            text = f"configuration error in {ENV_PREFIX}ETCD__KUBEADM_MANIFEST: {named}"
+        raise ConfigError(_without_secrets(text, data)) from None
     except ValidationError as exc:
         raise ConfigError(_without_secrets(_format_error(exc, origin, overrides), data)) from None
     except (ValueError, TypeError) as exc:
@@ -726,9 +734,16 @@ def _without_secrets(message: str, data: dict[str, Any]) -> str:
     etcd = data.get("etcd")
     if isinstance(etcd, dict) and isinstance(etcd.get("password"), str):
         values.append(etcd["password"])
+    server = data.get("server")
+    token_file = os.environ.get(f"{ENV_PREFIX}SERVER__TOKEN_FILE") or (
+        server.get("token_file") if isinstance(server, dict) else None
+    )
+    if isinstance(token_file, str) and token_file:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            values.append(Path(token_file).read_text().strip())  # the bearer token itself
     for value in values:
         if len(value) >= 4:
-            message = message.replace(value, "***")
+            message = re.sub(re.escape(value), "***", message, flags=re.IGNORECASE)
     return crypto.SECRET_KEY_RE.sub("AGE-SECRET-KEY-1***", message)
 
 

@@ -56,7 +56,10 @@ def _describe(text: str) -> str:
     """How a bad key is named in an error: never the key itself (it may be a private key)."""
     if SECRET_KEY_RE.search(text):
         return "a private key (AGE-SECRET-KEY-1...); give its public key (age1...), e.g. from age-keygen -y"
-    return f"{text[:8]!r}... ({len(text)} characters)" if len(text) > 8 else repr(text)
+    if text.startswith("age1"):  # a public key, mistyped: its start says which one
+        return f"{text[:8]!r}... ({len(text)} characters)"
+    # Anything else may be a secret pasted into the wrong place: not even a part of it.
+    return f"a value of {len(text)} characters that does not start with age1"
 
 
 def parse_recipient(text: str) -> str:

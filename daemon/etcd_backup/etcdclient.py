@@ -233,8 +233,14 @@ class Member:
         except grpc.RpcError as exc:
             ep.close()
             kind, code = _kind(exc)
+            # The login is the first call: a member that is down fails it without judging the password.
+            what = (
+                "cannot connect"
+                if kind in (EtcdErrorKind.UNAVAILABLE, EtcdErrorKind.TIMEOUT)
+                else "authentication failed"
+            )
             raise EtcdUnavailable(
-                f"etcd {endpoint}: authentication failed: {_describe(exc)}",
+                f"etcd {endpoint}: {what}: {_describe(exc)}",
                 EtcdErrorKind.AUTH if kind is EtcdErrorKind.UNKNOWN else kind,
                 code,
             ) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -23,9 +24,12 @@ def register_secrets(values: Iterable[str | None]) -> None:
 
 
 def scrub(text: str) -> str:
+    lowered = text.lower()
     for secret in _secrets:
-        if secret in text:
-            text = text.replace(secret, "***")
+        if secret.lower() in lowered:
+            # Also as a resolver or URL parser lowercased it (`etcd.endpoints` set to a password).
+            text = re.sub(re.escape(secret), "***", text, flags=re.IGNORECASE)
+            lowered = text.lower()
     # An age private key wherever it comes from, also one never registered (a wrong key file).
     return SECRET_KEY_RE.sub("AGE-SECRET-KEY-1***", text)
 

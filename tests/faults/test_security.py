@@ -32,7 +32,7 @@ def _age_secret(identity: Path) -> str:
 def test_secrets_never_in_output_or_manifests(
     etcd_single: Cluster, s3_bucket: Bucket, tmp_path: Path, age_tool: AgeTool
 ) -> None:
-    password = f"etcd-pw-{secrets.token_hex(8)}"
+    password = f"Etcd-PW-{secrets.token_hex(8)}"  # mixed case: a resolver lowercases a host name
     wrong_password = f"not-it-{secrets.token_hex(8)}"
     token = f"bearer-{secrets.token_hex(16)}"
     identity, wrong_identity = tmp_path / "age.key", tmp_path / "wrong.key"
@@ -40,6 +40,7 @@ def test_secrets_never_in_output_or_manifests(
     age_tool.new_identity(wrong_identity)
     age_secret, wrong_age_secret = _age_secret(identity), _age_secret(wrong_identity)
     secret_values = [password, wrong_password, token, AWS_ENV["AWS_SECRET_ACCESS_KEY"], age_secret, wrong_age_secret]
+    secret_values += [password.lower(), password[8:]]  # lowercased, or its random part alone
     # The key's body without its prefix, in case something printed it in another case or cut up.
     secret_values += [age_secret[len("AGE-SECRET-KEY-1") :].lower(), age_secret[20:50]]
     for i in range(10):
@@ -89,6 +90,12 @@ def test_secrets_never_in_output_or_manifests(
         proxy.come_back()
         run("snapshot", expect=2, etcd__username=None)
         run("snapshot", expect=2, etcd__dial_timeout=password)
+        # Secrets pasted into keys whose errors quote their value, or that reach a resolver.
+        run("snapshot", expect=2, etcd__kubeadm_manifest=password)
+        run("snapshot", expect=1, etcd__endpoints=password, etcd__dial_timeout="1s")
+        run("list", expect=2, storage__endpoint_url=token)
+        run("list", expect=2, server__listen=token)
+        run("list", expect=2, encryption__recipients=password)
         run("fetch", "latest", "--to", str(tmp_path / "nowhere" / "x.db"), expect=2, server__token_file="/no/such")
         # Encrypted snapshots with the wrong key, and private keys pasted where they do not belong.
         run("verify", "latest", expect=2, encryption__identity_file=str(wrong_identity))

@@ -66,5 +66,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         )
     else:
         print(f"snapshot {manifest.id} (revision {manifest.revision}) verified and written to {path}")
-        print(f"restore it with: etcdutl snapshot restore {path} --data-dir DATA_DIR ...")
+        # etcd 3.4 has no etcdutl: a configured 3.4 etcdctl restores there.
+        configured = ctx.config.tools.etcdutl
+        tool = "ETCDCTL_API=3 etcdctl" if configured and "etcdctl" in Path(configured).name else "etcdutl"
+        print(f"restore it with: {tool} snapshot restore {path} --data-dir DATA_DIR ...")
     return 0

@@ -38,13 +38,14 @@ def drill_verified(cfg: Config, verified: Verified, timeout: float = 120.0) -> C
     """
     started = time.monotonic()
     manifest = verified.manifest
-    find_restore_tool(cfg.tools.etcdutl or None)  # no tool, no drill: raised, not recorded
-    etcd_binary(cfg)
+    etcd_binary(cfg, find_restore_tool(cfg.tools.etcdutl or None))  # no tools, no drill: raised, not recorded
     detail: dict[str, object] = {}
     try:
         with serving(cfg, verified.path, manifest.id, timeout=timeout) as scratch_etcd:
             detail["tool"] = scratch_etcd.tool.describe()
-            revision = scratch_etcd.member.status().revision
+            served = scratch_etcd.member.status()
+            detail["server"] = f"etcd {served.version}"  # what the drill proved it restores on
+            revision = served.revision
             keys = scratch_etcd.member.count_keys()
         detail.update({"revision": revision, "keys": keys})
         problems = []

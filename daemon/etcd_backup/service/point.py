@@ -27,6 +27,7 @@ from ..config import Config
 from ..crypto import Identities
 from ..errors import EtcdBackupError, IntegrityError, UsageError
 from ..etcdclient import KeepAlive, Member
+from ..etcdtools import find_restore_tool
 from ..manifest import LiveCluster
 from ..model import TRAILER, Check, Manifest, rfc3339, utcnow
 from ..spool import Spool
@@ -171,7 +172,7 @@ def materialise(
     base = fetch_verified(store, p.base, work_dir, identities=identities)
     if not p.deltas or p.target == p.base.revision:
         return base
-    etcd = etcd_binary(cfg)
+    etcd = etcd_binary(cfg, find_restore_tool(cfg.tools.etcdutl or None))  # the server serving() starts
     quota = max(8 * 1024**3, 2 * p.base.db_size)
     extra = [
         *unsafe_fast(etcd),

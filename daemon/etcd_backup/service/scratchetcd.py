@@ -5,6 +5,7 @@ for as long as a block runs: what drills query and what point materialisation re
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ def serving(
     timeout: float = 120.0,
 ) -> Iterator[ScratchEtcd]:
     tool = find_restore_tool(cfg.tools.etcdutl or None)
-    etcd = find_binary("etcd", cfg.tools.etcd or None)
+    etcd = etcd_binary(cfg, tool)
     workspace = scratch.create(cfg.storage.spool_dir, kind, label)
     client_url = f"http://{LOOPBACK}:{free_port()}"
     peer_url = f"http://{LOOPBACK}:{free_port()}"
@@ -79,7 +80,12 @@ def serving(
             log_path=workspace.path / "etcd.log",
         )
         wait_healthy(client_url, timeout, proc)
-        member = Member(EtcdConfig(endpoints=[client_url], dial_timeout=10.0), client_url)
+        # The snapshot carries etcd's auth state: with auth on, the scratch member wants the same
+        # user as the live cluster (who could take the snapshot, so is an admin there too).
+        scratch_cfg = EtcdConfig(
+            endpoints=[client_url], dial_timeout=10.0, username=cfg.etcd.username, password=cfg.etcd.password
+        )
+        member = Member(scratch_cfg, client_url)
         yield ScratchEtcd(proc, member, tool, workspace.path)
     finally:
         if member is not None:
@@ -89,5 +95,11 @@ def serving(
         workspace.discard()
 
 
-def etcd_binary(cfg: Config) -> str:
+def etcd_binary(cfg: Config, tool: RestoreTool | None = None) -> str:
+    """tools.etcd; else the etcd beside a configured restore tool (a 3.4 etcdctl in /usr/bin
+    has its 3.4 etcd there: a drill of a 3.4 snapshot is proven on a 3.4 server); else as found."""
+    if not cfg.tools.etcd and cfg.tools.etcdutl and tool is not None:
+        beside = Path(tool.path).parent / "etcd"
+        if beside.is_file() and os.access(beside, os.X_OK):
+            return str(beside)
     return find_binary("etcd", cfg.tools.etcd or None)
