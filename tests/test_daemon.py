@@ -305,3 +305,32 @@ def test_a_fresh_snapshot_of_another_cluster_does_not_postpone_the_first(
     assert len(clusters) == 2
     d.wait_until(lambda: d.request("GET", "/readyz")[0] == 200, 10, "ready")
     assert d.terminate()[0] == 0
+
+
+def test_a_store_that_never_answers_does_not_keep_the_daemon_from_starting(
+    etcd_single: Cluster, tmp_path: Path, start_daemon: DaemonFactory
+) -> None:
+    """Start-up checks of storage are bounded (two request timeouts): systemd's start timeout and
+    a liveness probe must see the daemon up, saying that storage is the problem."""
+    import socket
+
+    from conftest import AWS_ENV
+
+    with socket.socket() as hung:  # accepts connections (the kernel's backlog), never answers
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        env = {
+            **config_env(etcd_single, "s3://never/answers", verify__restore_drill="off", delta__interval="off"),
+            **AWS_ENV,
+            "ETCD_BACKUP_STORAGE__ENDPOINT_URL": f"http://127.0.0.1:{hung.getsockname()[1]}",
+            "ETCD_BACKUP_STORAGE__TIMEOUT": "5s",  # five attempts: over 25 s per request
+        }
+        d = start_daemon(env, wait=False)
+        d.wait_serving(timeout=45)
+        assert d.request("GET", "/healthz")[0] == 200
+        assert d.get_json("/readyz")[0] == 503
+        d.wait_until(lambda: any(e.get("event") == "daemon started" for e in d.logs()), 30, "the daemon started")
+        said = [e for e in d.logs() if e.get("event") == "storage did not answer at start; starting all the same"]
+        assert len(said) == 2  # the ping before HTTP, the first health check before the schedule
+        # A request stuck in the store outlasts the stop budget: the process still ends.
+        assert d.terminate(timeout=40)[0] == 0

@@ -16,6 +16,7 @@ from .leadership import Leadership
 from .manifest import CachedListing
 from .metrics import Metrics
 from .model import Manifest
+from .process import within
 from .scheduler import Scheduler, first_drill
 from .service.cycle import SnapshotRuns
 from .service.deltawriter import DeltaWriter
@@ -34,6 +35,13 @@ MEMBER_CHANGE_DELAY = 1.0  # seconds between noticing a member-list change and i
 HTTP_SNAPSHOT_WAIT = 120.0  # how long a POST waits for a running snapshot before answering 409
 
 
+def start_wait(cfg: Config) -> float:
+    """How long a start-up check of storage may take: two of its request timeouts (a store that
+    is merely slow answers within them), at most 30 s (systemd's start timeout and a liveness
+    probe must see the daemon up)."""
+    return min(30.0, 2 * cfg.storage.timeout)
+
+
 class Daemon:
     def __init__(
         self, cfg: Config, store: SnapshotStore, metrics: Metrics | None = None, copy: SnapshotStore | None = None
@@ -42,6 +50,7 @@ class Daemon:
         self.store = store
         self.metrics = metrics or Metrics()
         self.period = cfg.schedule.period()
+        self.start_wait = start_wait(cfg)
         self.stopping = threading.Event()
         self.metrics.info.info({"version": __version__, "mode": cfg.schedule.mode, "storage": store.description})
         self.metrics.configured(period=self.period, drill_interval=cfg.verify.restore_drill)
@@ -110,7 +119,10 @@ class Daemon:
         spool_dirs = {self.cfg.storage.spool_dir, self.store.capabilities.spool_dir}
         for directory in spool_dirs:
             scratch.sweep(directory, self.cfg.retention.debris_age)
-        self.health.refresh()
+        if not within(self.start_wait, self.health.refresh, "start-refresh"):
+            # Unknown whether a recent snapshot exists: the first one is taken at once (or fails
+            # and is retried) rather than the daemon not starting at all.
+            log.warning("storage did not answer at start; starting all the same", seconds=self.start_wait)
         self._schedule()
         self.scheduler.start()
         if self.deltas is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -70,6 +70,30 @@ def run(args: Sequence[str], *, timeout: float, env: dict[str, str] | None = Non
     finally:
         reap(proc)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def within(seconds: float, fn: Callable[[], None], name: str) -> bool:
+    """Run `fn` on a thread of its own for at most `seconds`. True when it returned (an exception
+    it raised is raised here); False when it still runs: it goes on, and its outcome is dropped.
+    For the start-up checks of a store that accepts connections and never answers: the daemon
+    must still come up, answer HTTP and say what is wrong, not sit in botocore's retries."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            fn()
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not outcome:
+        return False
+    if outcome[0] is not None:
+        raise outcome[0]
+    return True
 
 
 class StopSignals:

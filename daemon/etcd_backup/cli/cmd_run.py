@@ -52,16 +52,19 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     import structlog
 
     from .. import httpapi
-    from ..daemon import Daemon
-    from ..process import StopSignals
+    from ..daemon import Daemon, start_wait
+    from ..process import StopSignals, within
     from ..systemd import sd_notify
 
     log = structlog.get_logger(__name__)
+    wait = start_wait(cfg)
     try:
-        ctx.store.ping()  # a bucket that contradicts the configuration (no Object Lock) is exit 2 now
+        # A bucket that contradicts the configuration (no Object Lock) is exit 2 now.
+        if not within(wait, ctx.store.ping, "start-ping"):
+            log.warning("storage did not answer at start; starting all the same", seconds=wait)
     except OperationalError:
         pass  # storage unreachable at start: the daemon reports it and retries
-    ctx.check_copy_store()
+    within(wait, ctx.check_copy_store, "start-ping-copy")
     signals = StopSignals()
     signals.install()
     daemon = Daemon(cfg, ctx.store, copy=ctx.copy_store)
