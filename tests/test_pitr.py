@@ -751,3 +751,21 @@ def test_with_etcd_auth_on_drills_and_points_use_the_configured_user(
     assert r.returncode == 0, r.stderr
     assert point.stat().st_size > 0
     assert password not in r.stdout + r.stderr
+
+
+def test_a_snapshot_from_before_auth_was_enabled_still_drills(etcd_cluster: ClusterFactory, tmp_path: Path) -> None:
+    """Its scratch member has auth off and refuses a login: it is asked anonymously then."""
+    cluster = etcd_cluster(1)
+    cluster.put("/k", "v")
+    store = f"file://{tmp_path}/store"
+    r = run_cli("snapshot", "--output", "json", env=config_env(cluster, store))
+    assert r.returncode == 0, r.stderr
+    before = json.loads(r.stdout)["id"]
+    password = "pw-enabled-after-the-snapshot"
+    cluster.etcdctl("user", "add", f"root:{password}")
+    cluster.etcdctl("user", "grant-role", "root", "root", check=False)
+    cluster.etcdctl("auth", "enable")
+    env = config_env(cluster, store, etcd__username="root", etcd__password=password)
+    r = run_cli("verify", before, "--drill", "--output", "json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["drill"]["ok"] is True

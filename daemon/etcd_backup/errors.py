@@ -74,6 +74,7 @@ class EtcdErrorKind(Enum):
     LEASE_EXISTS = "lease-exists"
     LEASE_NOT_FOUND = "lease-not-found"
     AUTH = "auth"  # authentication or permission
+    AUTH_OFF = "auth-off"  # credentials given to a member that has authentication disabled
     TLS = "tls"  # the member answered, but the TLS handshake failed (CA, certificate or key)
     INVALID = "invalid"  # etcd refused the request as malformed
 

@@ -159,6 +159,7 @@ _ETCD_ERRORS = {
     "etcdserver: permission denied": EtcdErrorKind.AUTH,
     "etcdserver: invalid auth token": EtcdErrorKind.AUTH,
     "etcdserver: authentication failed, invalid user ID or password": EtcdErrorKind.AUTH,
+    "etcdserver: authentication is not enabled": EtcdErrorKind.AUTH_OFF,
     "etcdserver: given member URLs are invalid": EtcdErrorKind.INVALID,
     "etcdserver: lease already exists": EtcdErrorKind.LEASE_EXISTS,
     "etcdserver: requested lease not found": EtcdErrorKind.LEASE_NOT_FOUND,

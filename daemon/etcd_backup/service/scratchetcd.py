@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .. import scratch
 from ..config import Config, EtcdConfig
+from ..errors import EtcdErrorKind, EtcdUnavailable
 from ..etcdclient import Member
 from ..etcdproc import LOOPBACK, EtcdProcess, find_binary, free_port, start_member, wait_healthy
 from ..etcdtools import RestoreTool, find_restore_tool, restore_data_dir
@@ -80,12 +81,7 @@ def serving(
             log_path=workspace.path / "etcd.log",
         )
         wait_healthy(client_url, timeout, proc)
-        # The snapshot carries etcd's auth state: with auth on, the scratch member wants the same
-        # user as the live cluster (who could take the snapshot, so is an admin there too).
-        scratch_cfg = EtcdConfig(
-            endpoints=[client_url], dial_timeout=10.0, username=cfg.etcd.username, password=cfg.etcd.password
-        )
-        member = Member(scratch_cfg, client_url)
+        member = _connect(cfg, client_url)
         yield ScratchEtcd(proc, member, tool, workspace.path)
     finally:
         if member is not None:
@@ -93,6 +89,23 @@ def serving(
         if proc is not None:
             proc.stop()
         workspace.discard()
+
+
+def _connect(cfg: Config, client_url: str) -> Member:
+    """The snapshot carries etcd's auth state: with auth on, the scratch member wants the same
+    user as the live cluster (who could take the snapshot, so is an admin there too); a snapshot
+    from before auth was enabled has none, and is asked anonymously."""
+    plain = EtcdConfig(endpoints=[client_url], dial_timeout=10.0)
+    if not cfg.etcd.username:
+        return Member(plain, client_url)
+    try:
+        return Member(
+            plain.model_copy(update={"username": cfg.etcd.username, "password": cfg.etcd.password}), client_url
+        )
+    except EtcdUnavailable as exc:
+        if exc.kind is not EtcdErrorKind.AUTH_OFF:
+            raise
+        return Member(plain, client_url)
 
 
 def etcd_binary(cfg: Config, tool: RestoreTool | None = None) -> str:
