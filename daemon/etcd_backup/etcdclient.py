@@ -628,7 +628,7 @@ def connect_healthy(
     its data is whole and a backup before the compaction and defragmentation is what is wanted
     then. A CORRUPT member never is."""
     problems: list[str] = []
-    full: list[str] = []  # endpoints passed over only for their own NOSPACE alarm
+    full: tuple[Member, MemberStatus] | None = None  # the first passed over only for its own NOSPACE
     for endpoint in cfg.endpoints:
         if exclude and endpoint in exclude:
             continue
@@ -637,6 +637,7 @@ def connect_healthy(
         except EtcdUnavailable as exc:
             problems.append(str(exc))
             continue
+        status: MemberStatus | None = None
         try:
             status = member.status()
             if status.is_learner:
@@ -645,17 +646,20 @@ def connect_healthy(
                 raise EtcdUnavailable(f"etcd {endpoint}: has no leader (quorum lost?)", EtcdErrorKind.NO_LEADER)
             if not allow_alarms:
                 _refuse_own_alarms(member, status)
-            return member, status
         except EtcdUnavailable as exc:
-            member.close()
             problems.append(str(exc))
-            if exc.kind is EtcdErrorKind.NO_SPACE:
-                full.append(endpoint)
             log.warning("etcd endpoint skipped", endpoint=endpoint, reason=str(exc))
-    if full:
-        taken = connect_healthy(cfg.model_copy(update={"endpoints": full}), allow_alarms=True)
-        log.warning("every member that answers is full (NOSPACE): taking one all the same", endpoint=taken[0].endpoint)
-        return taken
+            if exc.kind is EtcdErrorKind.NO_SPACE and status is not None and full is None:
+                full = (member, status)  # kept open: taken if no member without an alarm answers
+            else:
+                member.close()
+            continue
+        if full is not None:
+            full[0].close()
+        return member, status
+    if full is not None:
+        log.warning("every member that answers is full (NOSPACE): taking one all the same", endpoint=full[0].endpoint)
+        return full
     detail = "; ".join(problems) if problems else "no endpoints configured"
     raise EtcdUnavailable(f"no healthy etcd endpoint ({detail})", EtcdErrorKind.UNAVAILABLE)
 

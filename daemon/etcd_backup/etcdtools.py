@@ -32,11 +32,15 @@ class RestoreTool:
         return f"{self.kind} {'.'.join(map(str, self.version))} ({self.path})"
 
 
+def tool_kind(path: str) -> str:
+    """Which restore tool a path names: "etcdctl" (3.4, whose etcdctl restores) or "etcdutl"."""
+    return "etcdctl" if "etcdctl" in Path(path).name else "etcdutl"
+
+
 @lru_cache(maxsize=8)
 def _inspect(path: str) -> RestoreTool:
     version = binary_version(path)
-    name = Path(path).name
-    kind = "etcdctl" if "etcdctl" in name else "etcdutl"
+    kind = tool_kind(path)
     help_text = subprocess.run(
         [path, "snapshot", "restore", "--help"],
         capture_output=True,

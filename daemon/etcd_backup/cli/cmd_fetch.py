@@ -66,8 +66,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         )
     else:
         print(f"snapshot {manifest.id} (revision {manifest.revision}) verified and written to {path}")
+        from ..etcdtools import tool_kind  # not at import: every command's start-up would pay for it
+
         # etcd 3.4 has no etcdutl: a configured 3.4 etcdctl restores there.
         configured = ctx.config.tools.etcdutl
-        tool = "ETCDCTL_API=3 etcdctl" if configured and "etcdctl" in Path(configured).name else "etcdutl"
+        tool = "ETCDCTL_API=3 etcdctl" if configured and tool_kind(configured) == "etcdctl" else "etcdutl"
         print(f"restore it with: {tool} snapshot restore {path} --data-dir DATA_DIR ...")
     return 0
