@@ -92,6 +92,21 @@ def sidecar_container() -> dict:
     return pod["spec"]["containers"][1]
 
 
+def test_no_sidecar_volume_can_keep_etcd_from_starting() -> None:
+    # A hostPath of type Directory/File that is missing fails the whole static pod. The etcd
+    # container's own volumes are kubeadm's; every other one must be created when missing (or be
+    # the manifest itself, which exists whenever the kubelet runs this pod).
+    pod = yaml.safe_load(SIDECAR.read_text())
+    etcd, backup = pod["spec"]["containers"]
+    own = {m["name"] for m in etcd["volumeMounts"]}
+    manifest = next(e["value"] for e in backup["env"] if e["name"] == "ETCD_BACKUP_ETCD__KUBEADM_MANIFEST")
+    for volume in pod["spec"]["volumes"]:
+        host = volume.get("hostPath")
+        if host is None or volume["name"] in own or host["path"] == manifest:
+            continue
+        assert host.get("type") == "DirectoryOrCreate", volume["name"]
+
+
 def test_sidecar_example_is_valid_configuration() -> None:
     c = sidecar_container()
     env = {e["name"]: e["value"] for e in c["env"]}

@@ -70,8 +70,10 @@ def test_unit_has_what_a_reviewer_expects() -> None:
     assert d["Restart"] == ["on-failure"]
     assert d["WatchdogSec"] and d["TimeoutStopSec"]
     assert d["EnvironmentFile"] == ["-/etc/etcd-backup/env"]
-    assert d["StateDirectory"] == ["etcd-backup"]
-    assert "ETCD_BACKUP_STORAGE__SPOOL_DIR=/var/lib/etcd-backup/spool" in d["Environment"]
+    # Scratch space on disk, created by systemd, and no ETCD_BACKUP_ variable that would silently
+    # beat the config file's own storage.spool_dir.
+    assert d["Environment"] == ["TMPDIR=/var/lib/etcd-backup/spool"]
+    assert d["StateDirectory"] == ["etcd-backup etcd-backup/spool"]
     assert d["User"] == ["etcd-backup"]
     hardening = {
         "NoNewPrivileges": "yes",
