@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import socket
 import time
 from dataclasses import dataclass
@@ -285,6 +286,32 @@ def test_cron_schedule_catches_up_at_start(etcd_single: Cluster, tmp_path: Path,
         time.sleep(0.2)
     assert len(manifests_in(store)) == 1
     assert d2.terminate()[0] == 0
+
+
+def test_a_store_directory_removed_under_the_daemon_is_not_created_again(
+    etcd_single: Cluster, tmp_path: Path, start_daemon: DaemonFactory
+) -> None:
+    # As a backup mount that goes away: writing on into a fresh empty directory beneath it would
+    # hide the old backups and fill another filesystem. The runs fail (counted) until it is back.
+    store = tmp_path / "store"
+    env = config_env(
+        etcd_single, f"file://{store}", schedule__interval="2s", verify__restore_drill="off", delta__interval="off"
+    )
+    d = start_daemon(env)
+    d.wait_until(lambda: len(manifests_in(store)) >= 1, 20, "first snapshot")
+    shutil.rmtree(store)
+
+    def failed() -> float:
+        return sum(v for k, v in d.metrics().items() if k.startswith("etcd_backup_failures_total{"))
+
+    before = failed()
+    d.wait_until(lambda: failed() >= before + 2, 30, "failed runs")
+    assert not store.exists()
+    assert any("store directory is gone" in str(e.get("error", "")) for e in d.logs())
+    d.wait_until(lambda: d.request("GET", "/readyz")[0] == 503, 40, "not ready")
+    store.mkdir()  # put back: the next run stores again
+    d.wait_until(lambda: len(manifests_in(store)) >= 1, 20, "snapshot once it is back")
+    assert d.terminate()[0] == 0
 
 
 def test_a_fresh_snapshot_of_another_cluster_does_not_postpone_the_first(

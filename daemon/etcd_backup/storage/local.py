@@ -24,6 +24,10 @@ class LocalStore:
         self.description = f"file://{self.root}"
         # Spool on the store's filesystem, so the finished spool file is linked into place, not copied.
         self.capabilities = Capabilities(spool_dir=str(self.root / _SPOOL), links_spool=True)
+        # Created on first use (`file://./etcd-backups` must work on a first run), but never again
+        # once this process has seen it: a directory removed or unmounted under a running daemon
+        # is an error, not a fresh empty store on whatever filesystem lies beneath.
+        self._seen = self.root.is_dir()
 
     def _path(self, key: str) -> Path:
         parts = [p for p in key.split("/") if p]
@@ -32,10 +36,22 @@ class LocalStore:
         return self.root.joinpath(*parts)
 
     def _ensure_root(self) -> None:
+        if self.root.is_dir():
+            self._seen = True
+            return
+        self._check_not_gone()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"{self.description}: cannot create directory: {exc.strerror}") from exc
+        self._seen = True
+
+    def _check_not_gone(self) -> None:
+        if self._seen and not self.root.is_dir():
+            raise StorageError(
+                f"{self.description}: the store directory is gone (removed, or its filesystem unmounted) "
+                "since it was in use; not creating an empty one: put it back, or restart to start afresh"
+            )
 
     def put(self, key: str, source: BinaryIO, *, spooled: SpooledFile | None = None) -> ObjectInfo:
         self._ensure_root()
@@ -94,6 +110,7 @@ class LocalStore:
         folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         base = self._path(folder) if folder else self.root
         if not base.exists() and not self.root.is_file():
+            self._check_not_gone()
             return []  # nothing stored yet (a root that is a file fails below)
         out: list[ObjectInfo] = []
         try:
@@ -118,6 +135,7 @@ class LocalStore:
     def list_debris(self) -> builtins.list[Debris]:  # `list` is a method here
         out: list[Debris] = []
         if not self.root.exists():
+            self._check_not_gone()
             return out
         try:
             for dirpath, _dirs, files in os.walk(self.root, onerror=_raise):
