@@ -50,7 +50,7 @@ class LocalStore:
         if self._seen and not self.root.is_dir():
             raise StorageError(
                 f"{self.description}: the store directory is gone (removed, or its filesystem unmounted) "
-                "since it was in use; not creating an empty one: put it back, or restart to start afresh"
+                "since it was in use; not creating an empty one: put it back (or create it to start afresh)"
             )
 
     def put(self, key: str, source: BinaryIO, *, spooled: SpooledFile | None = None) -> ObjectInfo:
