@@ -1,6 +1,7 @@
 """Benchmark: `etcd-backup snapshot` against the manual baseline, at a given database size.
 
-    .venv/bin/python bench/snapshot_bench.py 256 [--storage s3,file] [--s3 moto,seaweedfs] [--runs 1] [--encrypt]
+    .venv/bin/python bench/snapshot_bench.py 256 [--storage s3,file] [--s3 moto,seaweedfs] [--runs 1]
+        [--encrypt | --env-b NAME=VALUE]
 
 Fills a throwaway local etcd 3.5 to SIZE_MB with incompressible values, starts the local S3
 servers (moto server, SeaweedFS `weed mini`), then times, per storage kind and S3 server:
@@ -8,6 +9,8 @@ servers (moto server, SeaweedFS `weed mini`), then times, per storage kind and S
   ours      `etcd-backup snapshot` (streamed, verified, stored, manifest written)
   +age      with --encrypt, also `etcd-backup snapshot` encrypting to a fresh age recipient
             (plain and encrypted take turns going first; each meets an empty store)
+  +env      with --env-b NAME=VALUE, also `etcd-backup snapshot` with that variable set, in turns
+            the same way (an A/B of one setting in the same conditions)
 and prints wall time, the ratio, each one's peak RSS (largest single process), the CPU seconds
 per GiB that etcd-backup, etcd and the S3 server each spent on our snapshot (per GiB of the
 database as snapshotted, the manifest's db_size), and the time of the structural (bbolt)
@@ -217,7 +220,7 @@ def ours(
     *,
     concurrency: int,
     checksum: str,
-    recipient: str | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> Measured:
     # As installed: with compiled bytecode (a PYTHONDONTWRITEBYTECODE of the shell would have
     # every run compile etcd-backup's modules anew, about 0.1 CPU-s that no installation pays).
@@ -233,8 +236,7 @@ def ours(
             "ETCD_BACKUP_STORAGE__CHECKSUM": checksum,
         }
     )
-    if recipient:
-        env["ETCD_BACKUP_ENCRYPTION__RECIPIENTS"] = recipient
+    env.update(extra_env or {})
     if kind == "s3":
         env.update({"ETCD_BACKUP_STORAGE__URL": f"s3://{bucket}/ours", "ETCD_BACKUP_STORAGE__ENDPOINT_URL": moto})
     else:
@@ -264,8 +266,22 @@ def main() -> None:
     ap.add_argument("--s3", default="moto,seaweedfs", help="S3 servers for the s3 storage kind")
     ap.add_argument("--checksum", default="crc32c", help="storage.checksum for etcd-backup (crc32c, sha256, md5)")
     ap.add_argument("--encrypt", action="store_true", help="also time etcd-backup with age encryption")
+    ap.add_argument(
+        "--env-b",
+        metavar="NAME=VALUE",
+        help="also time etcd-backup with this environment variable set (an A/B of one setting, e.g. GRPC_EXPERIMENTS=)",
+    )
     args = ap.parse_args()
-    recipient = crypto.generate()[1] if args.encrypt else None  # the private key is not even kept
+    # The second variant of each run, timed beside the plain one: age encryption (the private key
+    # is not even kept), or plain etcd-backup under one more environment variable (--env-b).
+    second: tuple[str, dict[str, str]] | None = None
+    if args.encrypt:
+        second = ("age", {"ETCD_BACKUP_ENCRYPTION__RECIPIENTS": crypto.generate()[1]})
+    elif args.env_b:
+        name, sep, value = args.env_b.partition("=")
+        if not sep or not name:
+            raise SystemExit("--env-b takes NAME=VALUE")
+        second = ("env", {name: value})
 
     work = Path(tempfile.mkdtemp(prefix="etcd-backup-bench-", dir=args.workdir))
     etcd = start_bench_etcd(work)
@@ -290,12 +306,14 @@ def main() -> None:
         for kind, server in targets:
             url = servers[server][1] if server else ""
             label = f"{kind}/{server}" if server else kind
-            ratios: dict[str, list[float]] = {"ours / baseline": [], "age / baseline": [], "age / plain": []}
+            tag = second[0] if second else "age"
+            ratios: dict[str, list[float]] = {"ours / baseline": [], f"{tag} / baseline": [], f"{tag} / plain": []}
+            cpus: dict[bool, list[float]] = {False: [], True: []}
             for run in range(1, args.runs + 1):
                 # Flush dirty pages first so neither side pays for the other's writeback.
                 os.sync()
                 bt, br = baseline(kind, client_url, url, "bench", work)
-                variants = [None, recipient] if recipient else [None]
+                variants = [None, second] if second else [None]
                 if run % 2 == 0:
                     variants.reverse()
                 times: dict[bool, float] = {}
@@ -312,25 +330,29 @@ def main() -> None:
                         work,
                         concurrency=args.concurrency,
                         checksum=args.checksum,
-                        recipient=variant,
+                        extra_env=variant[1] if variant else None,
                     )
                     spent = [proc_cpu(pid) - b for pid, b in zip(others, before, strict=True)]
                     gib = json.loads(manifest)["db_size"] / 2**30  # CPU per GiB of what was snapshotted
                     s3_cpu = f"{spent[1] / gib:5.1f}" if server else "    -"
                     times[variant is not None] = ot
-                    ratios["age / baseline" if variant else "ours / baseline"].append(ot / bt)
+                    cpus[variant is not None].append(cpu / gib)
+                    ratios[f"{tag} / baseline" if variant else "ours / baseline"].append(ot / bt)
                     # Whichever went second completes the pair: age over plain of this run.
                     vs_plain = f"  ({times[True] / times[False]:.3f}x plain)" if len(times) == 2 else ""
                     print(
-                        f"{label + ('+age' if variant else ''):14} {run:>3} {bt:>10.2f} {ot:>8.2f} {ot / bt:>6.2f} "
+                        f"{label + (f'+{tag}' if variant else ''):14} {run:>3} {bt:>10.2f} {ot:>8.2f} {ot / bt:>6.2f} "
                         f"{br / 1024:>12.1f} {orss / 1024:>12.1f}   {cpu / gib:5.1f} {spent[0] / gib:5.1f} "
                         f"{s3_cpu}{vs_plain}",
                         flush=True,
                     )
                 if len(times) == 2:
-                    ratios["age / plain"].append(times[True] / times[False])
+                    ratios[f"{tag} / plain"].append(times[True] / times[False])
                 clear_store(work, url if server else None)
             medians = [f"{name} {statistics.median(v):.3f}" for name, v in ratios.items() if v]
+            for varied, values in cpus.items():
+                if values:
+                    medians.append(f"{'+' + tag if varied else 'ours'} CPU s/GiB {statistics.median(values):.2f}")
             print(f"  {label}, medians of {args.runs} run(s): {', '.join(medians)}", flush=True)
         snap = work / "verify.db"
         subprocess.run(
