@@ -53,7 +53,7 @@ _NO_FREELIST = 0xFFFFFFFFFFFFFFFF  # meta.freelist when written with NoFreelistS
 _OVERFLOW_COUNT = 0xFFFF  # freelist page count meaning "real count is the first u64"
 
 _MAX_BUCKET_DEPTH = 64  # bolt has no limit; ours keeps a crafted file off Python's recursion limit
-_RELEASE_EVERY = 16 * 1024 * 1024  # bytes of pages visited between drops of the mapping
+_RELEASE_EVERY = 4 * 1024 * 1024  # bytes of pages visited between drops of the mapping (RSS while checking)
 
 
 @dataclass(frozen=True, slots=True)
