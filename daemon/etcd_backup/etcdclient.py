@@ -36,6 +36,12 @@ _CHANNEL_OPTIONS = [
     # Snapshot is our only unary-stream call: read its messages on the calling thread instead of
     # handing each one over from gRPC's polling thread (a third less CPU per snapshot byte).
     (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
+    # A fixed 2 MiB HTTP/2 window instead of one grown by bandwidth probes: what etcd may send
+    # ahead of our reads is buffered in our memory, and the polling client (cli.main) reads it
+    # only when this thread asks. Grown windows let an encrypted 1 GiB snapshot's RSS jump to
+    # 160 MB in one run of four; with 2 MiB it stays at 112-117 MiB, as fast.
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.http2.lookahead_bytes", 2 * 1024 * 1024),
 ]
 
 
