@@ -39,7 +39,7 @@ _CHANNEL_OPTIONS = [
     # A fixed 2 MiB HTTP/2 window instead of one grown by bandwidth probes: what etcd may send
     # ahead of our reads is buffered in our memory, and the polling client (cli.main) reads it
     # only when this thread asks. Grown windows let an encrypted 1 GiB snapshot's RSS jump to
-    # 160 MB in one run of four; with 2 MiB it stays at 112-117 MiB, as fast.
+    # 164 MiB in one run of four; with 2 MiB it stayed at 107-114 MiB, as fast.
     ("grpc.http2.bdp_probe", 0),
     ("grpc.http2.lookahead_bytes", 2 * 1024 * 1024),
 ]
