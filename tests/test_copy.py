@@ -143,7 +143,8 @@ def test_every_committed_kind_is_copied_data_first_and_only_once() -> None:
 def test_damaged_or_incomplete_objects_of_the_primary_are_not_copied() -> None:
     primary, copy = MemoryStore("primary"), MemoryStore("copy")
     good = os.urandom(100)
-    put_bytes(primary, "snapshots/a.db", good[:-1] + b"\0")  # not the bytes its manifest records
+    # Not the bytes its manifest records (the last byte flipped: a random one may already be 0).
+    put_bytes(primary, "snapshots/a.db", good[:-1] + bytes([good[-1] ^ 0xFF]))
     put_bytes(primary, "snapshots/a.json", _manifest("snapshots/a.db", good))
     put_bytes(primary, "snapshots/b.json", _manifest("snapshots/b.db", good))  # its data is missing
     put_bytes(primary, "snapshots/c.json", b"{not json")
