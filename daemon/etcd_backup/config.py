@@ -741,10 +741,7 @@ def _without_secrets(message: str, data: dict[str, Any]) -> str:
     if isinstance(token_file, str) and token_file:
         with contextlib.suppress(OSError, UnicodeDecodeError):
             values.append(Path(token_file).read_text().strip())  # the bearer token itself
-    for value in values:
-        if len(value) >= 4:
-            message = re.sub(re.escape(value), "***", message, flags=re.IGNORECASE)
-    return crypto.SECRET_KEY_RE.sub("AGE-SECRET-KEY-1***", message)
+    return crypto.mask(message, values)
 
 
 def token(server: ServerConfig) -> str | None:

@@ -36,6 +36,19 @@ IDENTITY_PREFIX = "AGE-SECRET-KEY-1"
 # A private key anywhere in a text: what logs and error lines are scrubbed of.
 SECRET_KEY_RE = re.compile(r"AGE-SECRET-KEY-1[0-9A-Z]+", re.IGNORECASE)
 
+
+def mask(text: str, secrets: Iterable[str]) -> str:
+    """`text` with each of `secrets` (of 4 characters or more) replaced by ***, in any case (a
+    resolver or URL parser may have lowercased it: `etcd.endpoints` set to a password), and any
+    age private key, also one nobody named (a wrong key file)."""
+    lowered = text.lower()
+    for secret in secrets:
+        if len(secret) >= 4 and secret.lower() in lowered:
+            text = re.sub(re.escape(secret), "***", text, flags=re.IGNORECASE)
+            lowered = text.lower()
+    return SECRET_KEY_RE.sub("AGE-SECRET-KEY-1***", text)
+
+
 # pyrage reads 8 KiB at a time: serve those from a C buffer, not Python. Below the mmap threshold
 # set in cli.main, so each refill reuses heap memory instead of faulting in fresh pages.
 _READ_BUFFER = 128 * 1024

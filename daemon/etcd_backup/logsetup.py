@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import Iterable
 from typing import Any
 
 import structlog
 
-from .crypto import SECRET_KEY_RE
+from .crypto import mask
 
 _SECRET_KEYS = {"password", "secret", "token", "aws_secret_access_key", "authorization", "credentials"}
 _secrets: set[str] = set()
@@ -24,14 +23,7 @@ def register_secrets(values: Iterable[str | None]) -> None:
 
 
 def scrub(text: str) -> str:
-    lowered = text.lower()
-    for secret in _secrets:
-        if secret.lower() in lowered:
-            # Also as a resolver or URL parser lowercased it (`etcd.endpoints` set to a password).
-            text = re.sub(re.escape(secret), "***", text, flags=re.IGNORECASE)
-            lowered = text.lower()
-    # An age private key wherever it comes from, also one never registered (a wrong key file).
-    return SECRET_KEY_RE.sub("AGE-SECRET-KEY-1***", text)
+    return mask(text, _secrets)
 
 
 def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:

@@ -36,14 +36,12 @@ class LocalStore:
         return self.root.joinpath(*parts)
 
     def _ensure_root(self) -> None:
-        if self.root.is_dir():
-            self._seen = True
-            return
-        self._check_not_gone()
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(f"{self.description}: cannot create directory: {exc.strerror}") from exc
+        if not self.root.is_dir():
+            self._check_not_gone()
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"{self.description}: cannot create directory: {exc.strerror}") from exc
         self._seen = True
 
     def _check_not_gone(self) -> None:
