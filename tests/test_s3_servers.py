@@ -3,9 +3,12 @@ list, verify, fetch, restore from it, and prune with debris."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,12 +16,13 @@ from urllib.parse import urlparse
 
 import pytest
 
-from conftest import Bucket, Cluster, StartEtcd, config_env, run_cli
+from conftest import AgeTool, Bucket, Cluster, StartEtcd, config_env, run_cli
 from etcd_backup.config import Config
 from etcd_backup.etcdproc import free_port, wait_healthy
 from etcd_backup.model import Manifest
 from etcd_backup.service.backup import take_snapshot
 from etcd_backup.storage import open_store, put_bytes
+from faultproxy import FaultProxy, Rule, upload_part
 
 pytestmark = pytest.mark.timeout(240)
 MiB = 1024 * 1024
@@ -69,6 +73,76 @@ def test_multipart_snapshot_list_verify_fetch_restore(
     restored = start_etcd(etcd_single.tools.etcd, out["etcd_flags"])
     wait_healthy(restored.client_url, 30, restored)
     assert _get_prefix(restored.client_url, "/big/") == expected
+
+
+def test_an_encrypted_snapshot_to_a_stalled_store_keeps_a_few_parts_of_ciphertext(
+    etcd_single: Cluster, s3_bucket: Bucket, age_tool: AgeTool, tmp_path: Path
+) -> None:
+    """While the store accepts no part, etcd's stream is spooled whole, but the encryptor stops a
+    few parts (here 3 x 5 MiB: one at a time) past what the store has: the spool never needs room
+    for a second copy of the snapshot. Once the store goes on, the snapshot completes."""
+    _put_all(etcd_single.endpoints[0], {f"/big/{i:02d}": os.urandom(MiB - 1024) for i in range(24)})
+    identity = tmp_path / "age.key"
+    recipient = age_tool.new_identity(identity)
+    host, port = s3_bucket.server.endpoint.removeprefix("http://").split(":")
+    proxy = FaultProxy((host, int(port)), http=True)
+    proxy.add_rule(Rule("hold", upload_part))
+    spool_dir = tmp_path / "spool"
+    cfg = Config(
+        etcd={"endpoints": etcd_single.endpoints},
+        storage={
+            "url": s3_bucket.url,
+            "endpoint_url": proxy.url,
+            "part_size": PART,
+            "concurrency": 1,
+            "spool_dir": str(spool_dir),
+        },
+        encryption={"recipients": [recipient]},
+    )
+    result: list[Manifest | BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(take_snapshot(cfg, open_store(cfg.storage), reason="test"))
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            result.append(exc)
+
+    def sizes() -> tuple[int, int]:
+        files = [f for f in spool_dir.glob(".*") if f.is_file()]
+        cipher = [f.stat().st_size for f in files if "-age-" in f.name]
+        plain = [f.stat().st_size for f in files if "-age-" not in f.name]
+        return (plain[0] if plain else 0), (cipher[0] if cipher else 0)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while sizes()[0] < 24 * MiB:  # the stream went on past the window while no part got through
+            assert worker.is_alive() and time.monotonic() < deadline, result
+            time.sleep(0.05)
+        held = [target for _, target, action in proxy.seen if action == "hold"]
+        assert len(held) <= 1, held
+        # At most the window (15 MiB) plus the one 1 MiB batch that met it.
+        print("plaintext and ciphertext spooled while held:", sizes())  # shown with -rP
+        assert 5 * MiB <= sizes()[1] <= 17 * MiB, sizes()
+    finally:
+        proxy.release()
+        worker.join(120)
+        proxy.close()
+    assert len(result) == 1 and isinstance(result[0], Manifest), result
+    m = result[0]
+    stored = tmp_path / "stored.age"
+    stored.write_bytes(
+        s3_bucket.server.client()
+        .get_object(Bucket=s3_bucket.name, Key=f"{s3_bucket.prefix}/{m.object_key}")["Body"]
+        .read()
+    )
+    assert stored.stat().st_size == m.object_size > 24 * MiB
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == m.object_sha256
+    age_tool.decrypt(identity, stored, tmp_path / "snapshot.db")
+    plain = (tmp_path / "snapshot.db").read_bytes()
+    assert len(plain) - 32 == m.db_size and hashlib.sha256(plain[:-32]).hexdigest() == m.db_sha256
+    assert list(spool_dir.iterdir()) == []
 
 
 def _client(url: str) -> Any:

@@ -146,14 +146,20 @@ class Spool:
     """`durable`: the file becomes the stored object (written back as it grows). `disposable`: no
     one here reads what the store has: the ciphertext of an upload, not the plaintext the
     structural check reads at the end. Its pages are then given back as it goes: punched out once
-    sent (see `sent`), or, when durable, dropped from the page cache once written back."""
+    sent (see `sent`), or, when durable, dropped from the page cache once written back. A
+    disposable spool's writer also waits for a consumer that paces it (see `pace`): it is never
+    etcd's stream, which nothing may hold back."""
 
     def __init__(self, directory: str | None, prefix: str, *, durable: bool = False, disposable: bool = False) -> None:
         self._file = scratch.create(directory, scratch.Kind.SPOOL, prefix)
         self._disposable = disposable and not durable
         self.path = self._file.path
         fd = self._fd = self._file.fd
-        self._cond = threading.Condition()
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)
+        self._room = threading.Condition(lock)  # where a paced writer waits
+        self._sent = 0
+        self._ahead = _NEVER
         self.written = 0
         # The smallest `written` a waiter waits for: appends below it wake nobody (a part upload
         # waits for 8 MiB, not for each of the 1 MiB appends on the way).
@@ -172,6 +178,8 @@ class Spool:
         if self._error is not None:
             # The upload failed already: stop receiving a snapshot nobody will store.
             raise self._error
+        if self._ahead != _NEVER:
+            self._wait_room()
         views = [memoryview(b) for b in buffers]
         left = list(views)
         try:
@@ -223,6 +231,26 @@ class Spool:
         costs a fault in the host, that is about 2 CPU-s per GiB (README, Encryption)."""
         if self._disposable:
             punch(self._fd, start, length)
+            with self._cond:
+                self._sent += length
+                self._room.notify_all()
+
+    def pace(self, ahead: int) -> None:
+        """The consumer sends what is written and calls `sent` for every range, in any order, so
+        a disposable spool's writer may wait until it is less than `ahead` bytes past what was
+        sent. The pages punched out behind the store are then reused while still in the guest,
+        instead of the writer touching fresh ones 100 MiB ahead (about 0.3 CPU-s per GiB here).
+        `ahead` must hold the parts the consumer sends at once plus the one being filled."""
+        if self._disposable:
+            with self._cond:
+                self._ahead = ahead
+
+    def _wait_room(self) -> None:
+        with self._cond:
+            while self._error is None and self.written - self._sent >= self._ahead:
+                self._room.wait()
+            if self._error is not None:
+                raise self._error
 
     def release(self) -> None:
         with self._cond:
@@ -234,6 +262,7 @@ class Spool:
             if self._error is None:
                 self._error = exc
             self._cond.notify_all()
+            self._room.notify_all()
 
     def reader(self) -> SpoolReader:
         return SpoolReader(self)
@@ -320,6 +349,9 @@ class SpoolReader:
 
     def sent(self, start: int, length: int) -> None:
         self._spool.sent(start, length)
+
+    def pace(self, ahead: int) -> None:
+        self._spool.pace(ahead)
 
     def readable(self) -> bool:
         return True

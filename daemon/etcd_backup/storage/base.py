@@ -108,6 +108,11 @@ class SpooledFile(Protocol):
         nobody else reads afterwards may free those bytes (a ciphertext spool does); others ignore it."""
         ...
 
+    def pace(self, ahead: int) -> None:
+        """The caller calls `sent` for every range it sends: a writer that may wait (a ciphertext
+        spool's, never etcd's stream) can stay less than `ahead` bytes past what was sent."""
+        ...
+
 
 class SnapshotStore(Protocol):
     """Object storage under one prefix. Keys are relative and use '/'.

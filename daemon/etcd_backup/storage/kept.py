@@ -53,6 +53,9 @@ class KeptFile:
     def sent(self, start: int, length: int) -> None:
         pass  # this file is the copy's source, whole until it is closed
 
+    def pace(self, ahead: int) -> None:
+        pass  # complete already: no writer to hold back
+
     def reader(self) -> BinaryIO:
         return open(self.path, "rb")
 
@@ -84,6 +87,9 @@ class _Whole:
 
     def sent(self, start: int, length: int) -> None:
         pass
+
+    def pace(self, ahead: int) -> None:
+        pass  # nothing sent is freed, so a writer waiting for that would wait forever
 
 
 class KeepSpool:

@@ -130,6 +130,8 @@ class Uploader:
     def put_spooled(self, key: str, full: str, spooled: SpooledFile) -> ObjectInfo:
         # Registered before anything is sent, so that the writer digests (nearly) every part.
         digests = spooled.part_digests(self.part_size, self.checksum.new)
+        # Room for the parts being sent, the one being filled and one ready for the next free thread.
+        spooled.pace((self.concurrency + 2) * self.part_size)
         size = 0
 
         def jobs() -> Iterator[Callable[[int], Part]]:
