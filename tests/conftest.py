@@ -724,8 +724,7 @@ DaemonFactory = Callable[..., DaemonProcess]
 def _daemons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonFactory]:
     started: list[DaemonProcess] = []
 
-    def make(env: dict[str, str], port: int | None = None, wait: bool = True) -> DaemonProcess:
-        port = port or free_port()
+    def spawn(env: dict[str, str], port: int) -> DaemonProcess:
         env = {**env, "ETCD_BACKUP_SERVER__LISTEN": f"{LOOPBACK}:{port}"}
         log_path = tmp_path_factory.mktemp("daemon") / "daemon.log"
         with open(log_path, "wb") as out:
@@ -738,9 +737,23 @@ def _daemons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonFactory
             )
         daemon = DaemonProcess(proc, port, log_path)
         started.append(daemon)
-        if wait:
-            daemon.wait_serving()
         return daemon
+
+    def make(env: dict[str, str], port: int | None = None, wait: bool = True) -> DaemonProcess:
+        for attempt in range(3):
+            daemon = spawn(env, port or free_port())
+            if not wait:
+                return daemon
+            try:
+                daemon.wait_serving()
+                return daemon
+            except AssertionError:
+                # A free port can be taken between free_port() and the daemon's bind (by any
+                # outgoing connection of the suite's other processes): then try another one.
+                lost_port = "Address already in use" in daemon.log_path.read_text(errors="replace")
+                if port is not None or daemon.alive() or not lost_port or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     try:
         yield make
