@@ -3,9 +3,11 @@ and etcd's stream (the plaintext spool) is never held back."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,16 @@ from etcd_backup.spool import Spool
 MiB = 1024 * 1024
 
 
-def _writer(spool: Spool, chunks: int, errors: list[BaseException]) -> threading.Thread:
+@contextlib.contextmanager
+def paced_writer(
+    tmp_path: Path, ahead: int, chunks: int
+) -> Iterator[tuple[Spool, threading.Thread, list[BaseException]]]:
+    """A ciphertext spool paced at `ahead` bytes, a thread appending `chunks` MiB to it (what
+    it raised is in the list), once it has met the limit."""
+    spool = Spool(str(tmp_path), "cipher", disposable=True)
+    spool.pace(ahead)
+    errors: list[BaseException] = []
+
     def run() -> None:
         try:
             for _ in range(chunks):
@@ -23,26 +34,27 @@ def _writer(spool: Spool, chunks: int, errors: list[BaseException]) -> threading
         except BaseException as exc:  # noqa: BLE001 - checked by the test
             errors.append(exc)
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
+    writer = threading.Thread(target=run, daemon=True)
+    writer.start()
+    try:
+        _until(lambda: spool.written == ahead)
+        yield spool, writer, errors
+    finally:
+        spool.fail(RuntimeError("test over"))
+        writer.join(10)
+        spool.close()
 
 
-def _until(condition: object, timeout: float = 10.0) -> None:
+def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.005)
 
 
 @pytest.mark.timeout(30)
 def test_a_paced_writer_waits_for_what_was_sent_and_the_sent_bytes_are_freed(tmp_path: Path) -> None:
-    spool = Spool(str(tmp_path), "cipher", disposable=True)
-    try:
-        spool.pace(4 * MiB)
-        errors: list[BaseException] = []
-        writer = _writer(spool, 8, errors)
-        _until(lambda: spool.written == 4 * MiB)
+    with paced_writer(tmp_path, 4 * MiB, 8) as (spool, writer, errors):
         writer.join(0.3)  # it must not go on: nothing was sent yet
         assert writer.is_alive() and spool.written == 4 * MiB
         spool.sent(0, MiB)
@@ -54,24 +66,15 @@ def test_a_paced_writer_waits_for_what_was_sent_and_the_sent_bytes_are_freed(tmp
         spool.sent(MiB, 4 * MiB)
         writer.join(10)
         assert not writer.is_alive() and not errors and spool.written == 8 * MiB
-    finally:
-        spool.close()
 
 
 @pytest.mark.timeout(30)
 def test_a_failed_upload_releases_a_waiting_writer_with_its_error(tmp_path: Path) -> None:
-    spool = Spool(str(tmp_path), "cipher", disposable=True)
-    try:
-        spool.pace(2 * MiB)
-        errors: list[BaseException] = []
-        writer = _writer(spool, 4, errors)
-        _until(lambda: spool.written == 2 * MiB)
+    with paced_writer(tmp_path, 2 * MiB, 4) as (spool, writer, errors):
         failure = RuntimeError("part 3 was refused")
         spool.fail(failure)
         writer.join(10)
         assert not writer.is_alive() and errors == [failure]
-    finally:
-        spool.close()
 
 
 @pytest.mark.timeout(30)
