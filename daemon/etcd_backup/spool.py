@@ -238,9 +238,9 @@ class Spool:
     def pace(self, ahead: int) -> None:
         """The consumer sends what is written and calls `sent` for every range, in any order, so
         a disposable spool's writer may wait until it is less than `ahead` bytes past what was
-        sent. The pages punched out behind the store are then reused while still in the guest,
-        instead of the writer touching fresh ones 100 MiB ahead (about 0.3 CPU-s per GiB here).
-        `ahead` must hold the parts the consumer sends at once plus the one being filled."""
+        sent. A store slower than etcd then costs the spool `ahead` bytes of ciphertext, not a
+        second copy of the snapshot beside the plaintext. `ahead` must hold the parts the consumer
+        sends at once plus the one being filled, or its threads wait for each other's parts."""
         if self._disposable:
             with self._cond:
                 self._ahead = ahead
