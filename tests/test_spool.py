@@ -1,5 +1,6 @@
-"""The spool's pacing: a ciphertext spool's writer stays within `pace` bytes of what the store has,
-and etcd's stream (the plaintext spool) is never held back."""
+"""The spool's pacing: a ciphertext spool's writer stays within `pace` bytes of what the store has
+(its file a ring of that size it writes over), and etcd's stream (the plaintext spool) is never
+held back."""
 
 from __future__ import annotations
 
@@ -21,16 +22,16 @@ MiB = 1024 * 1024
 def paced_writer(
     tmp_path: Path, ahead: int, chunks: int
 ) -> Iterator[tuple[Spool, threading.Thread, list[BaseException]]]:
-    """A ciphertext spool paced at `ahead` bytes, a thread appending `chunks` MiB to it (what
-    it raised is in the list), once it has met the limit."""
+    """A ciphertext spool paced at `ahead` bytes, a thread appending `chunks` MiB to it (MiB i
+    is bytes([i]) * MiB; what it raised is in the list), once it has met the limit."""
     spool = Spool(str(tmp_path), "cipher", disposable=True)
     spool.pace(ahead)
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            for _ in range(chunks):
-                spool.append(b"x" * MiB)
+            for i in range(chunks):
+                spool.append(bytes([i]) * MiB)
         except BaseException as exc:  # noqa: BLE001 - checked by the test
             errors.append(exc)
 
@@ -53,19 +54,73 @@ def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_a_paced_writer_waits_for_what_was_sent_and_the_sent_bytes_are_freed(tmp_path: Path) -> None:
+def test_a_paced_writer_waits_for_what_was_sent_and_writes_over_it(tmp_path: Path) -> None:
     with paced_writer(tmp_path, 4 * MiB, 8) as (spool, writer, errors):
         writer.join(0.3)  # it must not go on: nothing was sent yet
         assert writer.is_alive() and spool.written == 4 * MiB
-        spool.sent(0, MiB)
-        _until(lambda: spool.written == 5 * MiB)
+        spool.sent(MiB, MiB)  # out of order: the first MiB still waits for the store
         writer.join(0.3)
-        assert writer.is_alive() and spool.written == 5 * MiB
+        assert writer.is_alive() and spool.written == 4 * MiB
+        spool.sent(0, MiB)
+        _until(lambda: spool.written == 6 * MiB)
+        writer.join(0.3)
+        assert writer.is_alive() and spool.written == 6 * MiB
+        # A ring of 4 MiB: MiB 4 and 5 went where 0 and 1 were; 2 and 3 are where they were.
+        assert os.path.getsize(spool.path) == 4 * MiB
+        assert spool.at(4 * MiB, MiB) == 0 and spool.at(2 * MiB, MiB) == 2 * MiB
         with open(spool.path, "rb") as f:
-            assert f.read(MiB) == bytes(MiB)  # punched: the page cache gave those pages back
-        spool.sent(MiB, 4 * MiB)
+            assert [f.read(MiB)[::65536] for _ in range(4)] == [bytes([i]) * 16 for i in (4, 5, 2, 3)]
+        with pytest.raises(ValueError, match="not in the ring"):
+            spool.at(0, MiB)  # sent, and written over since
+        spool.sent(2 * MiB, 4 * MiB)
         writer.join(10)
         assert not writer.is_alive() and not errors and spool.written == 8 * MiB
+
+
+@pytest.mark.timeout(30)
+def test_a_spool_paced_too_late_for_a_ring_gives_sent_pages_back(tmp_path: Path) -> None:
+    spool = Spool(str(tmp_path), "cipher", disposable=True)
+    try:
+        for i in range(3):
+            spool.append(bytes([i + 1]) * MiB)
+        spool.pace(2 * MiB)  # 3 MiB are at their own offsets already: no ring of 2 MiB
+        spool.sent(0, 2 * MiB)
+        spool.append(bytes([4]) * MiB)  # 4 - 2 < 2 + 1: room
+        assert spool.at(3 * MiB, MiB) == 3 * MiB
+        with open(spool.path, "rb") as f:
+            data = f.read()
+        assert data == bytes(2 * MiB) + bytes([3]) * MiB + bytes([4]) * MiB  # punched, then appended
+    finally:
+        spool.close()
+
+
+@pytest.mark.timeout(30)
+def test_an_append_larger_than_the_ring_waits_for_each_part_of_it(tmp_path: Path) -> None:
+    spool = Spool(str(tmp_path), "cipher", disposable=True)
+    spool.pace(2 * MiB)
+    sender_done = threading.Event()
+
+    def send() -> None:  # the store's side: each MiB is sent once written
+        for i in range(5):
+            _until(lambda i=i: spool.written >= (i + 1) * MiB)
+            fd = os.open(spool.path, os.O_RDONLY)
+            try:
+                assert os.pread(fd, MiB, spool.at(i * MiB, MiB)) == bytes([i]) * MiB
+            finally:
+                os.close(fd)
+            spool.sent(i * MiB, MiB)
+        sender_done.set()
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        spool.append_all([bytes([i]) * MiB for i in range(5)], 5 * MiB)  # one call, 2.5 rings long
+        sender.join(10)
+        assert sender_done.is_set() and spool.written == 5 * MiB
+        assert os.path.getsize(spool.path) == 2 * MiB
+    finally:
+        spool.fail(RuntimeError("test over"))
+        spool.close()
 
 
 @pytest.mark.timeout(30)

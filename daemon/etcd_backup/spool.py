@@ -158,8 +158,11 @@ class Spool:
         lock = threading.RLock()
         self._cond = threading.Condition(lock)
         self._room = threading.Condition(lock)  # where a paced writer waits
-        self._sent = 0
+        self._sent = 0  # bytes sent, in any order
+        self._low = 0  # every byte below it was sent
+        self._sent_ahead: dict[int, int] = {}  # ranges sent above `_low`: start -> length
         self._ahead = _NEVER
+        self._ring = 0  # > 0: the file is a ring of that many bytes (see pace); -1: decided against
         self.written = 0
         # The smallest `written` a waiter waits for: appends below it wake nobody (a part upload
         # waits for 8 MiB, not for each of the 1 MiB appends on the way).
@@ -178,36 +181,61 @@ class Spool:
         if self._error is not None:
             # The upload failed already: stop receiving a snapshot nobody will store.
             raise self._error
-        if self._ahead != _NEVER:
-            self._wait_room()
         views = [memoryview(b) for b in buffers]
-        left = list(views)
-        try:
-            while left:
-                n = os.writev(self._fd, left[:_IOV_MAX])
-                # A short write (rare on a regular file) leaves a tail to retry.
-                while left and n >= len(left[0]):
-                    n -= len(left[0])
-                    left.pop(0)
-                if n:
-                    left[0] = left[0][n:]
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                raise OperationalError(
-                    f"spool {self.path.parent} is full after {self.written} bytes: {exc.strerror}; "
-                    "free space there or point storage.spool_dir at a larger filesystem"
-                ) from exc
-            raise OperationalError(f"writing spool {self.path}: {exc.strerror}") from exc
-        with self._cond:
-            # Digests first: a part is ready for the store as soon as `written` covers it.
-            for tracker in self._trackers:
-                tracker.feed(views, self.written)
-            self.written += size
-            if self.written >= self._wake_at:
-                self._wake_at = _NEVER
-                self._cond.notify_all()
+        ring = self._ring_size()
+        while views:
+            # A ring takes at most a ring's worth per write: it must not overwrite its own bytes.
+            piece, views = _split(views, ring) if ring > 0 else (views, [])
+            n = sum(len(v) for v in piece)
+            with self._cond:
+                if self._ahead != _NEVER:
+                    self._wait_room(n, ring)
+                offset = self.written
+            try:
+                pos = offset % ring if ring > 0 else offset
+                if ring > 0 and pos + n > ring:
+                    head, tail = _split(piece, ring - pos)
+                    self._write_at(head, pos)
+                    self._write_at(tail, 0)
+                else:
+                    self._write_at(piece, pos)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                    raise OperationalError(
+                        f"spool {self.path.parent} is full after {self.written} bytes: {exc.strerror}; "
+                        "free space there or point storage.spool_dir at a larger filesystem"
+                    ) from exc
+                raise OperationalError(f"writing spool {self.path}: {exc.strerror}") from exc
+            with self._cond:
+                # Digests first: a part is ready for the store as soon as `written` covers it.
+                for tracker in self._trackers:
+                    tracker.feed(piece, offset)
+                self.written += n
+                if self.written >= self._wake_at:
+                    self._wake_at = _NEVER
+                    self._cond.notify_all()
         if self._flusher is not None:
             self._flusher.wrote(size)
+
+    def _write_at(self, views: list[memoryview], pos: int) -> None:
+        left = list(views)
+        while left:
+            n = os.pwritev(self._fd, left[:_IOV_MAX], pos)
+            pos += n
+            # A short write (rare on a regular file) leaves a tail to retry.
+            while left and n >= len(left[0]):
+                n -= len(left[0])
+                left.pop(0)
+            if n:
+                left[0] = left[0][n:]
+
+    def _ring_size(self) -> int:
+        """Decided by the writer at its first append once paced (no write of its is under way at
+        its plain offset then): a ring when everything so far lies within the first `ahead` bytes."""
+        with self._cond:
+            if self._ring == 0 and self._ahead != _NEVER:
+                self._ring = self._ahead if self.written <= self._ahead else -1
+            return self._ring
 
     def finish(self) -> None:
         with self._cond:
@@ -226,31 +254,58 @@ class Spool:
             return tracker
 
     def sent(self, start: int, length: int) -> None:
-        """The store holds these bytes for good. A disposable spool frees them, so a 1 GiB upload
-        keeps a few parts' worth of page cache instead of 1 GiB: on a VM whose every fresh page
-        costs a fault in the host, that is about 2 CPU-s per GiB (README, Encryption)."""
-        if self._disposable:
+        """The store holds these bytes for good. A disposable spool gives their pages back or, as a
+        ring, writes over them, so a 1 GiB upload keeps a few parts' worth of page cache instead
+        of 1 GiB: on a VM whose every fresh page costs a fault in the host, that is about 2 CPU-s
+        per GiB (README, Encryption)."""
+        if not self._disposable:
+            return
+        with self._cond:
+            ring = self._ring > 0
+        if not ring:
             punch(self._fd, start, length)
-            with self._cond:
-                self._sent += length
-                self._room.notify_all()
+        with self._cond:
+            self._sent += length
+            self._sent_ahead[start] = length
+            while self._low in self._sent_ahead:
+                self._low += self._sent_ahead.pop(self._low)
+            self._room.notify_all()
 
     def pace(self, ahead: int) -> None:
         """The consumer sends what is written and calls `sent` for every range, in any order, so
         a disposable spool's writer may wait until it is less than `ahead` bytes past what was
         sent. A store slower than etcd then costs the spool `ahead` bytes of ciphertext, not a
         second copy of the snapshot beside the plaintext. `ahead` must hold the parts the consumer
-        sends at once plus the one being filled, or its threads wait for each other's parts."""
+        sends at once plus the one being filled, or its threads wait for each other's parts.
+
+        The ranges sent are of one size (the last may be shorter), each starting at a multiple of
+        it, and `ahead` is a multiple of that size: the file then becomes a ring of `ahead` bytes
+        whose pages are written over again and again (a page written over costs a copy, a fresh
+        one a fault in the host as well), and the consumer finds a range at `at(start, length)`."""
         if self._disposable:
             with self._cond:
                 self._ahead = ahead
 
-    def _wait_room(self) -> None:
+    def at(self, start: int, length: int) -> int:
+        """Where in the file the written, unsent bytes [start, start+length) are."""
         with self._cond:
-            while self._error is None and self.written - self._sent >= self._ahead:
-                self._room.wait()
-            if self._error is not None:
-                raise self._error
+            ring = self._ring
+            if ring <= 0:
+                return start
+            pos = start % ring
+            if start < self._low or start + length > self.written or pos + length > ring:
+                raise ValueError(f"spool range {start}+{length} is not in the ring ({self._low}..{self.written})")
+            return pos
+
+    def _wait_room(self, n: int, ring: int) -> None:
+        """Under the lock, until `n` more bytes may be written: a ring writes over sent bytes only;
+        otherwise the writer stays less than `ahead` past the bytes sent."""
+        while self._error is None and (
+            self.written + n > self._low + ring if ring > 0 else self.written - self._sent >= self._ahead
+        ):
+            self._room.wait()
+        if self._error is not None:
+            raise self._error
 
     def release(self) -> None:
         with self._cond:
@@ -327,7 +382,7 @@ class SpoolReader:
         if available == 0:
             return b""
         want = available if n is None or n < 0 else min(n, available)
-        data = os.pread(self._fd, want, self._pos)
+        data = os.pread(self._fd, want, self._spool.at(self._pos, want))
         self._pos += len(data)
         return data
 
@@ -353,6 +408,9 @@ class SpoolReader:
     def pace(self, ahead: int) -> None:
         self._spool.pace(ahead)
 
+    def at(self, start: int, length: int) -> int:
+        return self._spool.at(start, length)
+
     def readable(self) -> bool:
         return True
 
@@ -364,3 +422,16 @@ class SpoolReader:
             os.close(self._fd)
         except OSError:
             pass
+
+
+def _split(views: list[memoryview], n: int) -> tuple[list[memoryview], list[memoryview]]:
+    """The first `n` bytes of `views`, and the rest (a view that straddles is cut, not copied)."""
+    head: list[memoryview] = []
+    for i, view in enumerate(views):
+        if n <= 0:
+            return head, views[i:]
+        if len(view) > n:
+            return [*head, view[:n]], [view[n:], *views[i + 1 :]]
+        head.append(view)
+        n -= len(view)
+    return head, []

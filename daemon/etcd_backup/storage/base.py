@@ -110,7 +110,14 @@ class SpooledFile(Protocol):
 
     def pace(self, ahead: int) -> None:
         """The caller calls `sent` for every range it sends: a writer that may wait (a ciphertext
-        spool's, never etcd's stream) can stay less than `ahead` bytes past what was sent."""
+        spool's, never etcd's stream) can stay less than `ahead` bytes past what was sent. The
+        caller sends ranges of one size (the last may be shorter) starting at multiples of it, and
+        `ahead` is a multiple of that size: the file may then be a ring of `ahead` bytes."""
+        ...
+
+    def at(self, start: int, length: int) -> int:
+        """The file offset of the written, unsent range [start, start+length) (itself, unless the
+        file is a ring)."""
         ...
 
 

@@ -56,6 +56,9 @@ class KeptFile:
     def pace(self, ahead: int) -> None:
         pass  # complete already: no writer to hold back
 
+    def at(self, start: int, length: int) -> int:
+        return start
+
     def reader(self) -> BinaryIO:
         return open(self.path, "rb")
 
@@ -90,6 +93,9 @@ class _Whole:
 
     def pace(self, ahead: int) -> None:
         pass  # nothing sent is freed, so a writer waiting for that would wait forever
+
+    def at(self, start: int, length: int) -> int:
+        return self._inner.at(start, length)  # not paced, so never a ring: the file stays whole
 
 
 class KeepSpool:

@@ -231,7 +231,7 @@ class Uploader:
         spooled, offset, length = span
         fd = os.open(spooled.path, os.O_RDONLY)
         try:
-            body = FileRange(fd, offset, length)
+            body = FileRange(fd, spooled.at(offset, length), length)
             digest = digests.get(number)
             if digest is None:  # a part the writer had begun before the tracking started
                 hasher = self.checksum.new()
