@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from faultkit import assert_clean_failure, assert_no_secrets, fill, s3_env, s3_proxy, spool_files
 
-from conftest import Bucket, Cluster, run_cli
+from conftest import AgeTool, Bucket, Cluster, run_cli
 from etcd_backup.storage.s3 import S3Store
 from faultproxy import FaultProxy, Rule, upload_part
 
@@ -81,6 +81,32 @@ def test_reset_mid_part_is_retried(big_etcd: Cluster, s3_bucket: Bucket, proxy: 
     env = s3_env(big_etcd, s3_bucket, spool, proxy.url, **FAST)
     _assert_recovers(env, s3_bucket, spool)
     assert len(proxy.actions("reset")) == 2
+    assert s3_bucket.uploads() == []
+
+
+def test_an_encrypted_part_reset_mid_way_is_sent_again_from_the_ring(
+    etcd_single: Cluster, s3_bucket: Bucket, proxy: FaultProxy, age_tool: AgeTool, tmp_path: Path
+) -> None:
+    """The ciphertext spool is a ring of 3 parts here (concurrency 1 + 2, 15 MiB) and the
+    ciphertext twice that: parts refused half-way are read again from the ring, which the
+    writer has not written over (they were not sent), and the object decrypts and verifies."""
+    fill(etcd_single, 30)
+    spool = tmp_path / "spool"
+    identity = tmp_path / "age.key"
+    recipient = age_tool.new_identity(identity)
+    proxy.add_rule(Rule("reset", match=upload_part, count=3, after_bytes=1024 * 1024))
+    env = s3_env(
+        etcd_single,
+        s3_bucket,
+        spool,
+        proxy.url,
+        **{**FAST, "storage__concurrency": "1"},
+        encryption__recipients=recipient,
+        encryption__identity_file=str(identity),
+    )
+    m = _assert_recovers(env, s3_bucket, spool)
+    assert len(proxy.actions("reset")) == 3
+    assert m["object_size"] > 30 * 1024 * 1024 and m["encryption"]["recipients"] == [recipient]
     assert s3_bucket.uploads() == []
 
 
