@@ -230,8 +230,9 @@ class Spool:
                 left[0] = left[0][n:]
 
     def _ring_size(self) -> int:
-        """Decided by the writer at its first append once paced (no write of its is under way at
-        its plain offset then): a ring when everything so far lies within the first `ahead` bytes."""
+        """Decided by the writer itself, at its first append once paced, so that none of its writes
+        can be under way at a plain offset: a ring if all written so far lies in the first `ahead`
+        bytes, otherwise never (sent ranges are punched out instead)."""
         with self._cond:
             if self._ring == 0 and self._ahead != _NEVER:
                 self._ring = self._ahead if self.written <= self._ahead else -1
