@@ -10,7 +10,8 @@ servers (moto server, SeaweedFS `weed mini`), then times, per storage kind and S
   +age      with --encrypt, also `etcd-backup snapshot` encrypting to a fresh age recipient
             (plain and encrypted take turns going first; each meets an empty store)
   +env      with --env-b NAME=VALUE, also `etcd-backup snapshot` with that variable set, in turns
-            the same way (an A/B of one setting in the same conditions)
+            the same way (an A/B of one setting in the same conditions; of two versions with
+            --env-b PYTHONPATH=OTHER/daemon, OTHER a `git worktree add` of the other commit)
 and prints wall time, the ratio, each one's peak RSS (largest single process), the CPU seconds
 per GiB that etcd-backup, etcd and the S3 server each spent on our snapshot (per GiB of the
 database as snapshotted, the manifest's db_size), and the time of the structural (bbolt)
