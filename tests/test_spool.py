@@ -85,7 +85,7 @@ def test_a_spool_paced_too_late_for_a_ring_gives_sent_pages_back(tmp_path: Path)
             spool.append(bytes([i + 1]) * MiB)
         spool.pace(2 * MiB)  # 3 MiB are at their own offsets already: no ring of 2 MiB
         spool.sent(0, 2 * MiB)
-        spool.append(bytes([4]) * MiB)  # 4 - 2 < 2 + 1: room
+        spool.append(bytes([4]) * MiB)  # 3 MiB written - 2 sent < 2 ahead: room
         assert spool.at(3 * MiB, MiB) == 3 * MiB
         with open(spool.path, "rb") as f:
             data = f.read()
@@ -101,15 +101,18 @@ def test_an_append_larger_than_the_ring_waits_for_each_part_of_it(tmp_path: Path
     sender_done = threading.Event()
 
     def send() -> None:  # the store's side: each MiB is sent once written
-        for i in range(5):
-            _until(lambda i=i: spool.written >= (i + 1) * MiB)
-            fd = os.open(spool.path, os.O_RDONLY)
-            try:
-                assert os.pread(fd, MiB, spool.at(i * MiB, MiB)) == bytes([i]) * MiB
-            finally:
-                os.close(fd)
-            spool.sent(i * MiB, MiB)
-        sender_done.set()
+        try:
+            for i in range(5):
+                _until(lambda i=i: spool.written >= (i + 1) * MiB)
+                fd = os.open(spool.path, os.O_RDONLY)
+                try:
+                    assert os.pread(fd, MiB, spool.at(i * MiB, MiB)) == bytes([i]) * MiB
+                finally:
+                    os.close(fd)
+                spool.sent(i * MiB, MiB)
+            sender_done.set()
+        except BaseException as exc:  # noqa: BLE001 - the writer raises it, and the test fails
+            spool.fail(exc)
 
     sender = threading.Thread(target=send, daemon=True)
     sender.start()
