@@ -145,10 +145,11 @@ class PartTracker:
 class Spool:
     """`durable`: the file becomes the stored object (written back as it grows). `disposable`: no
     one here reads what the store has: the ciphertext of an upload, not the plaintext the
-    structural check reads at the end. Its pages are then given back as it goes: punched out once
-    sent (see `sent`), or, when durable, dropped from the page cache once written back. A
-    disposable spool's writer also waits for a consumer that paces it (see `pace`): it is never
-    etcd's stream, which nothing may hold back."""
+    structural check reads at the end. Its pages are then given back or reused as it goes: written
+    over as a ring behind what was sent when a consumer paces it (see `pace`), punched out once
+    sent otherwise (see `sent`), or, when durable, dropped from the page cache once written back.
+    A disposable spool's writer also waits for a consumer that paces it: it is never etcd's
+    stream, which nothing may hold back."""
 
     def __init__(self, directory: str | None, prefix: str, *, durable: bool = False, disposable: bool = False) -> None:
         self._file = scratch.create(directory, scratch.Kind.SPOOL, prefix)
