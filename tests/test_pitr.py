@@ -403,6 +403,27 @@ def test_what_is_buffered_is_stored_when_etcd_goes_away(
     assert d.metrics()["etcd_backup_delta_last_revision"] == live
 
 
+def test_a_restarted_daemon_shows_the_deltas_storage_holds(
+    etcd_single: Cluster, start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    """The delta gauges are not NaN after a restart on a quiet cluster: they show the chain's end
+    (an alert on its age would otherwise never fire, or fire at every restart)."""
+    cluster = etcd_single
+    d, env = start_with_deltas(start_daemon, cluster, f"file://{tmp_path}/store")
+    before = time.time()
+    writes(cluster, 5)
+    live = revision_of(cluster, cluster.endpoints[0])
+    d.wait_until(lambda: d.metrics()["etcd_backup_delta_last_revision"] == live, 30, "the writes stored")
+    committed = d.metrics()["etcd_backup_delta_last_success_timestamp_seconds"]
+    d.terminate()
+    d2 = start_daemon(env)
+    d2.wait_until(lambda: d2.metrics()["etcd_backup_delta_last_revision"] == live, 30, "the chain storage holds")
+    # As storage holds it: when the newest stored change was seen (the key names it), not later.
+    seen = d2.metrics()["etcd_backup_delta_last_success_timestamp_seconds"]
+    assert before - 1 <= seen <= committed
+    assert revision_of(cluster, cluster.endpoints[0]) == live  # nothing new: it was not stored again
+
+
 def test_retention_deletes_deltas_with_their_chain_and_reports_per_chain(
     etcd_single: Cluster, start_daemon: DaemonFactory, tmp_path: Path
 ) -> None:

@@ -189,6 +189,8 @@ class Daemon:
         newest = max(refs, key=lambda r: r.last_revision, default=None)
         if newest is None:
             return base.revision, completed_at(base)
+        # After a restart, or on a copy that does not write them, the gauges show what storage holds.
+        self.metrics.newest_delta(cluster=cluster_id, revision=newest.last_revision, at=newest.last_time.timestamp())
         return newest.last_revision, newest.last_time.timestamp()
 
     def _member_changed(self) -> None:

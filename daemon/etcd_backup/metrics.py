@@ -63,12 +63,12 @@ class Metrics:
         # contract: point-in-time recovery (set by the delta watcher)
         self.delta_last_revision = Gauge(
             "etcd_backup_delta_last_revision",
-            "Newest etcd revision stored in a delta object (NaN until the first delta).",
+            "Newest etcd revision stored in a delta object, by this copy or as storage holds it (NaN until known).",
             registry=r,
         )
         self.delta_last_success = Gauge(
             "etcd_backup_delta_last_success_timestamp_seconds",
-            "Unix time the newest delta object was committed (NaN until the first delta).",
+            "Unix time the newest delta object was committed (read from storage: when its last change was seen).",
             registry=r,
         )
         self.delta_lag = Gauge(
@@ -144,6 +144,7 @@ class Metrics:
             self.snapshots.labels(reason=reason)
         self.drills_skipped.labels(reason="no_identity")
         self._last_success = 0.0
+        self._delta_cluster, self._delta_revision = "", 0
         self._last_drill_at = 0.0
         self.revision_lag.set(math.nan)
         self.last_drill_success.set(math.nan)
@@ -180,6 +181,16 @@ class Metrics:
         self.duration.set(seconds)
         self.size.set(size)
         self.snapshot_revision.set(revision)
+
+    def newest_delta(self, *, cluster: str, revision: int, at: float) -> None:
+        """A delta of `cluster` holding changes up to `revision` was committed at `at`, by us or
+        (read from storage, after a restart or by the acting copy) another writer. The gauges
+        describe the newest of the cluster etcd is now (a restored cluster starts lower)."""
+        if cluster == self._delta_cluster and revision <= self._delta_revision:
+            return
+        self._delta_cluster, self._delta_revision = cluster, revision
+        self.delta_last_revision.set(revision)
+        self.delta_last_success.set(at)
 
     def drill_result(self, ok: bool, at: float) -> None:
         self._last_drill_at = at

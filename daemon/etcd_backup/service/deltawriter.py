@@ -397,8 +397,7 @@ class DeltaWriter:
         delta.write_manifest(self.store, m)
         now = time.time()
         self._stored = Stored(last.revision, now)
-        self.metrics.delta_last_revision.set(last.revision)
-        self.metrics.delta_last_success.set(now)
+        self.metrics.newest_delta(cluster=self._cluster, revision=last.revision, at=now)
         log.info(
             "delta stored",
             first_revision=first.revision,
