@@ -266,6 +266,9 @@ def test_encryption_recipients_from_env_comma_separated(
     monkeypatch.setenv("ETCD_BACKUP_ENCRYPTION__RECIPIENTS", f"{first}, {second.upper()}")
     enc = config.load(None).encryption
     assert enc.enabled and enc.recipient_list == (first, second) and enc.identities() is None
+    monkeypatch.setenv("ETCD_BACKUP_ENCRYPTION__RECIPIENTS", "")  # an unset variable in a template
+    with pytest.raises(ConfigError, match="recipients is empty"):
+        config.load(None)
 
 
 def test_encryption_recipients_file_and_identity(tmp_path: Path, age_keys: tuple[Path, str, str]) -> None:
@@ -294,6 +297,9 @@ def test_encryption_recipients_file_and_identity(tmp_path: Path, age_keys: tuple
         ("identity_file = '{not_a_key}'", "encryption.identity_file: "),
         ("recipients = ['{first}']\nrecipients_file = '{rfile}'", "not both"),
         ("recipient = ['{first}']", "encryption.recipient: unknown key"),
+        # Given but empty (a template that expanded to nothing): never quietly unencrypted.
+        ("recipients = []", "encryption: recipients is empty"),
+        ("recipients_file = ''", "encryption: recipients_file is empty"),
     ],
 )
 def test_bad_encryption_config_is_exit_2_naming_the_key(

@@ -501,6 +501,14 @@ class EncryptionConfig(_Section):
     def _effective(self) -> EncryptionConfig:
         if self.recipients and self.recipients_file:
             raise ValueError("set recipients or recipients_file, not both")
+        given = self.model_fields_set & {"recipients", "recipients_file"}
+        if given and not (self.recipients or self.recipients_file or self.identity_file):
+            # An empty value (a template or variable that expanded to nothing) must not quietly
+            # store every Secret in plaintext: encryption is off only when no key is given.
+            name = sorted(given)[0]
+            raise ValueError(
+                f"{name} is empty: name at least one age recipient, or leave the key out to store unencrypted"
+            )
         if self.recipients:
             self._recipients = tuple(self.recipients)
         elif self.recipients_file:
