@@ -309,6 +309,31 @@ def test_fetch_of_a_revision_is_a_snapshot_etcdutl_accepts(
     assert json.loads(status.stdout)["revision"] == middle
 
 
+def test_latest_with_an_older_point_uses_the_snapshot_that_reaches_it(
+    etcd_single: Cluster, start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    """Two chains: `latest` with a point in the older one means the base that reaches it (not
+    "not covered"), and a named newer base says which snapshot does."""
+    cluster = etcd_single
+    _, env = start_with_deltas(start_daemon, cluster, f"file://{tmp_path}/store")
+    writes(cluster, 10)
+    older_point = revision_of(cluster, cluster.endpoints[0])
+    writes(cluster, 5, "/more")
+    newer = json.loads(run_cli("snapshot", "--output", "json", env=env).stdout)
+    assert newer["revision"] > older_point
+    writes(cluster, 5, "/after")
+    wait_for(stored_up_to(env, revision_of(cluster, cluster.endpoints[0])), 30, "deltas stored")
+    first = [m for m in json.loads(run_cli("list", "--output", "json", env=env).stdout) if m["id"] != newer["id"]]
+    assert len(first) == 1 and first[0]["revision"] < older_point
+    dest = tmp_path / "point.db"
+    r = run_cli("fetch", "latest", "--to-revision", str(older_point), "--to", str(dest), "--output", "json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["revision"] == older_point
+    r = restore_single(env, tmp_path / "x", "--snapshot", newer["id"], "--to-revision", str(older_point))
+    assert r.returncode == 2 and not (tmp_path / "x").exists(), r.stderr
+    assert f"snapshot {first[0]['id']} reaches it" in r.stderr, r.stderr
+
+
 def test_without_a_point_a_restore_says_what_deltas_hold(
     etcd_single: Cluster, start_daemon: DaemonFactory, tmp_path: Path
 ) -> None:

@@ -46,7 +46,8 @@ def _snapshot_args(p: argparse.ArgumentParser) -> None:
         "--snapshot",
         metavar="ID|latest",
         help="snapshot id (see `etcd-backup list`), or latest: the newest verified one of this cluster; with "
-        "a --to-* option it may be left out (the newest verified snapshot from which deltas reach the point)",
+        "a --to-* option it may be left out, and latest then means the same: the newest verified snapshot from "
+        "which deltas reach the point",
     )
     add_point(p)
     p.add_argument(

@@ -76,18 +76,63 @@ def plan(
     work_dir: str | None = None,
 ) -> chain.Plan:
     """The base and deltas that reach `target`, listing only what it needs: the deltas after the
-    candidate base, newest base first (an older base is listed only if a newer cannot reach)."""
+    candidate base, newest base first (an older base is listed only if a newer cannot reach).
+
+    `snapshot` names the base; `latest` with a revision or time means the newest one that reaches
+    it (the newest snapshot alone would refuse any point before it, which is what an operator
+    asking for an older point never means)."""
     listing = manifests.list_snapshots(store)
-    if snapshot is not None:
-        named = (
-            manifests.read(store, snapshot) if snapshot != "latest" else listing.latest(store.description, live_cluster)
-        )
-        bases = [named]
-        cluster = named.cluster_id
+    if snapshot is not None and snapshot != "latest":
+        named = manifests.read(store, snapshot)
+        try:
+            return _plan(store, [named], named.cluster_id, target, identities=identities, work_dir=work_dir)
+        except chain.Unreachable as exc:
+            raise _from_another_base(
+                store, listing, named, target, exc, identities=identities, work_dir=work_dir
+            ) from None
+    if snapshot == "latest":
+        newest = listing.latest(store.description, live_cluster)
+        if target.latest:
+            return _plan(store, [newest], newest.cluster_id, target, identities=identities, work_dir=work_dir)
+        cluster = newest.cluster_id
     else:
         cluster = _cluster(store, listing, live_cluster)
-        bases = [m for m in listing.manifests if m.verified and m.cluster_id == cluster]
-    bases.sort(key=lambda m: (m.revision, m.created), reverse=True)
+    bases = [m for m in listing.manifests if m.verified and m.cluster_id == cluster]
+    return _plan(store, bases, cluster, target, identities=identities, work_dir=work_dir)
+
+
+def _from_another_base(
+    store: SnapshotStore,
+    listing: manifests.Listing,
+    named: Manifest,
+    target: Target,
+    exc: chain.Unreachable,
+    *,
+    identities: Identities | None,
+    work_dir: str | None,
+) -> chain.Unreachable:
+    """The error for a named snapshot that cannot reach `target`: it says which one can, if any."""
+    others = [m for m in listing.manifests if m.verified and m.cluster_id == named.cluster_id and m.id != named.id]
+    try:
+        other = _plan(store, others, named.cluster_id, target, identities=identities, work_dir=work_dir)
+    except chain.Unreachable:
+        return exc
+    return chain.Unreachable(
+        f"from snapshot {named.id}: {exc}; snapshot {other.base.id} reaches it: give --snapshot {other.base.id}, "
+        "or leave --snapshot out"
+    )
+
+
+def _plan(
+    store: SnapshotStore,
+    bases: list[Manifest],
+    cluster: str,
+    target: Target,
+    *,
+    identities: Identities | None,
+    work_dir: str | None,
+) -> chain.Plan:
+    bases = sorted(bases, key=lambda m: (m.revision, m.created), reverse=True)
     if not bases:
         raise chain.Unreachable(f"nothing can be restored: no verified full snapshot of cluster {cluster}")
     if target.latest:
