@@ -375,6 +375,9 @@ def test_compaction_while_the_daemon_is_stopped_is_a_gap_and_a_new_chain(
     )
     live = revision_of(cluster, cluster.endpoints[0])
     wait_for(stored_up_to(env, live), 30, "the new chain reaching the live revision")
+    # That snapshot holds every revision etcd has: ready at once on this idle cluster, not only
+    # at the next health check (30 s here) or the next write.
+    d2.wait_until(lambda: d2.request("GET", "/readyz")[0] == 200, 10, "ready after the gap's full snapshot")
     chains = timeline(env)["chains"]
     older = chains[-1]
     assert older["gaps"], chains  # the revisions etcd compacted before anyone stored them

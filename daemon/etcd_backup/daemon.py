@@ -180,9 +180,13 @@ class Daemon:
     def _delta_tip(self, cluster_id: str) -> tuple[int, float] | None:
         """Where this cluster's chain ends: ours if we write it, else as storage holds it (the
         newest chain only: one bounded listing)."""
-        if self.deltas is not None and (stored := self.deltas.stored) is not None and self.deltas.cluster == cluster_id:
-            return stored.revision, stored.at
         base = self.listing.list().newest_verified(cluster_id)
+        if self.deltas is not None and (stored := self.deltas.stored) is not None and self.deltas.cluster == cluster_id:
+            # A full snapshot newer than our last delta (the one taken after a gap) holds every
+            # revision up to its own: on an idle cluster no delta follows it, and none is stale.
+            if base is not None and base.revision > stored.revision:
+                return base.revision, completed_at(base)
+            return stored.revision, stored.at
         if base is None:
             return None
         refs = delta.list_deltas(self.store, cluster_id, after=base.revision).refs

@@ -123,6 +123,7 @@ class HealthWatch:
         self._health = Health()
         self._lock = threading.Lock()
         self.delta_tip = delta_tip
+        self._delta_checked_at = 0  # etcd's revision when delta_error was last decided
 
     @property
     def newest_success(self) -> float:
@@ -133,6 +134,10 @@ class HealthWatch:
         """A snapshot of ours completed: ready at once, not at the next check."""
         with self._lock:
             self._health.newest_success = max(self._health.newest_success, completed_at(m))
+            # It holds every revision etcd had at that check (the one taken after a delta gap):
+            # the deltas are no longer behind, and an idle cluster writes none to show it.
+            if self._health.delta_error and m.revision >= self._delta_checked_at:
+                self._health.delta_error = None
 
     def refresh(self) -> None:
         """Check etcd and storage; update readiness and the gauges that come from storage."""
@@ -166,6 +171,7 @@ class HealthWatch:
             self._health.etcd_error = obs.error
             self._health.storage_error = storage_error
             self._health.delta_error = delta_error
+            self._delta_checked_at = obs.status.revision if obs.status else 0
             self._health.newest_success = max(self._health.newest_success, newest_success)
             self._health.checked_at = time.time()
         self.metrics.ready.set(0 if self.readiness() else 1)
