@@ -577,6 +577,17 @@ def test_encrypted_deltas_open_with_age_and_restore_only_with_the_identity(
     print("error line:", r.stderr.strip().splitlines()[-1])
     assert "Traceback" not in r.stderr and recipient in r.stderr.strip().splitlines()[-1], r.stderr
     assert not target.exists()
+    # The write-only host still proves its chain: every delta as stored, and the revisions' continuity.
+    r = run_cli("verify", "--chain", "latest", "--output", "json", env=env)
+    assert r.returncode == 0, r.stderr
+    proof = json.loads(r.stdout)
+    assert proof["ok"] is True and proof["events"] is None and proof["to_revision"] == live
+    assert "identity_file" in proof["note"] and proof["revisions"] == live - proof["from_revision"]
+    damaged = objects[-1].read_bytes()
+    objects[-1].write_bytes(damaged[:-1] + bytes([damaged[-1] ^ 1]))
+    r = run_cli("verify", "--chain", "latest", env=env)
+    assert r.returncode == 3 and "SHA-256" in r.stderr, r.stderr
+    objects[-1].write_bytes(damaged)
 
     with_key = {**env, "ETCD_BACKUP_ENCRYPTION__IDENTITY_FILE": str(tmp_path / "age.key")}
     r = run_cli("restore", "single", *args, "--output", "json", env=with_key)

@@ -265,7 +265,16 @@ def place(verified: Verified, dest: Path) -> Path:
     return dest
 
 
-__all__ = ["EtcdBackupError", "Verified", "check_stored", "fetch_object", "fetch_verified", "place", "verify_stored"]
+__all__ = [
+    "EtcdBackupError",
+    "Verified",
+    "check_delta_stored",
+    "check_stored",
+    "fetch_object",
+    "fetch_verified",
+    "place",
+    "verify_stored",
+]
 
 
 @dataclass
@@ -311,10 +320,7 @@ def fetch_delta(
 ) -> StoredDelta:
     """Download a committed delta and prove it: IntegrityError when it is damaged or gone,
     MissingIdentity (before the download) when it is encrypted to keys we do not hold."""
-    try:
-        m = delta.DeltaManifest.from_json(get_bytes(store, ref.key), ref.key)
-    except ObjectNotFound:
-        raise IntegrityError(f"delta {ref.stem}: its manifest {ref.key} is gone") from None
+    m = _delta_manifest(store, ref)
     plain = fetch_object(
         store,
         m.object_key,
@@ -327,6 +333,26 @@ def fetch_delta(
         work_dir=work_dir,
     )
     return StoredDelta(m, plain)
+
+
+def check_delta_stored(store: SnapshotStore, ref: delta.DeltaRef, work_dir: str | None = None) -> DeltaManifest | None:
+    """What a host without the identity can prove of an encrypted delta: its manifest (returned),
+    and that the stored object has the size and SHA-256 it records (IntegrityError if not). None
+    for a delta stored unencrypted: fetch_delta reads it whole."""
+    m = _delta_manifest(store, ref)
+    if m.encryption is None:
+        return None
+    _download(
+        store, m.object_key, size=m.object_size, sha256=m.object_sha256, what=f"delta {m.id}", work_dir=work_dir
+    ).discard()
+    return m
+
+
+def _delta_manifest(store: SnapshotStore, ref: delta.DeltaRef) -> DeltaManifest:
+    try:
+        return delta.DeltaManifest.from_json(get_bytes(store, ref.key), ref.key)
+    except ObjectNotFound:
+        raise IntegrityError(f"delta {ref.stem}: its manifest {ref.key} is gone") from None
 
 
 def fetch_object(

@@ -103,9 +103,10 @@ def _verify_chain(args: argparse.Namespace, ctx: Context) -> int:
     if ctx.json:
         emit_json(doc)
     else:
+        events = f", {doc['events']} events" if doc["events"] is not None else f"; {doc['note']}"
         print(
             f"chain of {doc['snapshot']}: {doc['deltas']} deltas checked, revisions {doc['from_revision']} to "
-            f"{doc['to_revision']}, {doc['events']} events"
+            f"{doc['to_revision']}{events}"
         )
         for g in doc["gaps"]:
             print(f"  GAP: revisions {g['after_revision'] + 1} to {g['before_revision'] - 1} are in no delta")
