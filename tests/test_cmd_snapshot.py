@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import AWS_ENV, Bucket, Cluster, ClusterFactory, config_env, run_cli
+from conftest import AWS_ENV, Bucket, Cluster, ClusterFactory, EtcdTools, config_env, run_cli
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -158,3 +158,29 @@ def test_snapshot_from_etcd34(etcd_cluster: ClusterFactory, tmp_path: Path) -> N
     m = _snapshot(env)
     assert m["etcd_version"].startswith("3.4")
     assert m["keys"] == 1
+
+
+def test_an_ipv6_endpoint_is_dialled_with_its_brackets(etcd35: EtcdTools, tmp_path: Path) -> None:
+    """An IPv6 control plane advertises `https://[fd00::1]:2379`: the brackets must reach gRPC
+    ("::1:2379" is no address), for the snapshot and for doctor's look at every member."""
+    from etcd_backup.etcdproc import free_port, start_member, wait_healthy
+
+    member = start_member(
+        etcd35.etcd,
+        name="v6",
+        data_dir=tmp_path / "v6",
+        client_url=f"http://[::1]:{free_port()}",
+        peer_url=f"http://127.0.0.1:{free_port()}",
+        log_path=tmp_path / "v6.log",
+    )
+    try:
+        wait_healthy(member.client_url, 30, member)
+        env = config_env(None, f"file://{tmp_path}/store", etcd__endpoints=member.client_url)
+        m = _snapshot(env)
+        assert m["endpoint"] == member.client_url and m["verification"]["structure"]["ok"]
+        r = run_cli("doctor", "--output", "json", env=env)
+        doc = json.loads(r.stdout)
+        assert doc["scenario"] == "healthy" and doc["members"][0]["reachable"], r.stdout
+    finally:
+        member.process.kill()
+        member.process.wait()

@@ -132,8 +132,11 @@ class Alarm:
 
 
 def _endpoint_parts(endpoint: str) -> tuple[str, int, bool]:
+    """(host as a gRPC target names it, port, TLS): an IPv6 literal keeps its brackets, which
+    urlparse drops and `host:port` needs ("::1:2379" is no address)."""
     url = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
-    return url.hostname or "127.0.0.1", url.port or 2379, url.scheme == "https"
+    host = url.hostname or "127.0.0.1"
+    return f"[{host}]" if ":" in host else host, url.port or 2379, url.scheme == "https"
 
 
 def _describe(exc: grpc.RpcError) -> str:
