@@ -139,6 +139,15 @@ def test_every_committed_kind_is_copied_data_first_and_only_once() -> None:
     again = sync(primary, copy)
     assert again.refreshed == [key] and again.bytes == 0 and copy.order == [key]
 
+    # `verify --store copy` found the copy's data damaged and marked its manifest: the data is
+    # copied again before the primary's manifest (which calls it verified) replaces that mark.
+    put_bytes(copy, f"{SNAP}.db", bytes(len(snap)))
+    put_bytes(copy, key, _manifest(f"{SNAP}.db", snap, verification={"hash": {"ok": False}}))
+    copy.order.clear()
+    repaired = sync(primary, copy)
+    assert repaired.refreshed == [key] and repaired.bytes == len(snap)
+    assert copy.order == [f"{SNAP}.db", key] and get_bytes(copy, f"{SNAP}.db") == snap
+
 
 def test_damaged_or_incomplete_objects_of_the_primary_are_not_copied() -> None:
     primary, copy = MemoryStore("primary"), MemoryStore("copy")

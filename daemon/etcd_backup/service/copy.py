@@ -133,6 +133,17 @@ def sync(
     return run.report
 
 
+def _marked_failed(store: SnapshotStore, key: str) -> bool:
+    """Whether the manifest `key` in `store` records a failed check (`verification.<check>.ok`
+    false), or cannot be read: either way its data is not to be trusted as it is."""
+    try:
+        doc = json.loads(get_bytes(store, key))
+    except (ValueError, IntegrityError, ObjectNotFound):  # a store that fails raises: the pass stops
+        return True
+    checks = doc.get("verification") if isinstance(doc, dict) else None
+    return isinstance(checks, dict) and any(isinstance(c, dict) and c.get("ok") is False for c in checks.values())
+
+
 class _Unreadable(Exception):
     """A committed object of the primary that is not whole (the pass skips it)."""
 
@@ -162,9 +173,12 @@ class _Pass:
             stored = self.ours.get(obj.key)
             if stored is None or stored.size != obj.size:
                 raise _Unreadable(f"its data object {obj.key} is missing or not {obj.size} bytes in the primary")
+        # A check in the copy found its data damaged (verify --store copy marked it): the data
+        # comes again, or the primary's manifest would call the damaged bytes verified.
+        damaged = held is not None and _marked_failed(self.copy, key)
         for obj in objects:
             present = self.theirs.get(obj.key)
-            if held is not None and present is not None and present.size == obj.size:
+            if held is not None and present is not None and present.size == obj.size and not damaged:
                 continue  # copied with this manifest before: only the manifest changed
             # Without its manifest, a data object in the copy may be from a pass that stopped
             # before proving it: it is copied again.
