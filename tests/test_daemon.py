@@ -122,6 +122,7 @@ class TestOneDaemon:
         assert d.request("GET", "/healthz")[0] == 200
         d.wait_until(lambda: d.request("GET", "/readyz")[0] == 200, 10, "/readyz 200")
         assert d.get_json("/readyz") == (200, {"ready": True})
+        assert d.metrics()["etcd_backup_ready"] == 1  # what /readyz answers now, not at the last check
 
     def test_metrics_of_the_newest_snapshot(self, running: Running) -> None:
         metrics = running.daemon.metrics()
@@ -237,6 +238,7 @@ def test_unreachable_etcd_is_live_but_not_ready(tmp_path: Path, start_daemon: Da
     assert d.request("GET", "/healthz")[0] == 200
     status, body = d.get_json("/readyz")
     assert status == 503 and body["ready"] is False
+    assert d.metrics()["etcd_backup_ready"] == 0
     d.wait_until(lambda: "etcd" in d.get_json("/readyz")[1]["reason"], 15, "readyz naming etcd")
     assert "no successful snapshot yet" in d.get_json("/readyz")[1]["reason"]
     # Failed runs are counted and retried; the schedule keeps going.
@@ -275,6 +277,7 @@ def test_cron_schedule_catches_up_at_start(etcd_single: Cluster, tmp_path: Path,
     d.wait_until(lambda: len(manifests_in(store)) == 1, 20, "catch-up snapshot")
     assert manifests_in(store)[0]["reason"] == "schedule"
     d.wait_until(lambda: d.request("GET", "/readyz")[0] == 200, 10, "ready")
+    assert d.metrics()["etcd_backup_ready"] == 1  # at once, not at the next check (30 s here)
     rc, took = d.terminate()
     assert rc == 0 and took < 15
     # Restarted with a fresh snapshot in storage: no second catch-up.

@@ -124,6 +124,9 @@ class HealthWatch:
         self._lock = threading.Lock()
         self.delta_tip = delta_tip
         self._delta_checked_at = 0  # etcd's revision when delta_error was last decided
+        # Read at each scrape: the gauge says what /readyz answers now (a snapshot makes it ready
+        # at once, between two checks).
+        metrics.ready.set_function(lambda: 0.0 if self.readiness() else 1.0)
 
     @property
     def newest_success(self) -> float:
@@ -174,7 +177,6 @@ class HealthWatch:
             self._delta_checked_at = obs.status.revision if obs.status else 0
             self._health.newest_success = max(self._health.newest_success, newest_success)
             self._health.checked_at = time.time()
-        self.metrics.ready.set(0 if self.readiness() else 1)
 
     def _gauges(self, listing: Listing, cluster_id: int | None, live_revision: int) -> None:
         m = self.metrics
