@@ -60,6 +60,11 @@ def test_verify_and_fetch_damaged_object_exit_3(
         "error": r.stderr.strip().removeprefix("etcd-backup: error: "),
         "exit_code": 3,
     }
+    # Marked failed, it is no `latest`; with nothing else stored that is still an integrity
+    # failure naming the snapshot, not "storage unreachable" (1).
+    r = run_cli("fetch", "latest", "--to", str(dest_dir / "snap.db"), env=env)
+    assert r.returncode == 3 and m["id"] in r.stderr and "no verified snapshot" in r.stderr, r.stderr
+    assert list(dest_dir.iterdir()) == []
 
 
 def test_manifest_not_json(stored: tuple[dict, dict[str, str], Path]) -> None:

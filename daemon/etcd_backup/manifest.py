@@ -118,6 +118,24 @@ class Listing:
         """
         clusters = self.clusters()
         if not clusters:
+            failed = [m for m in self.manifests if not m.verified]
+            if failed:
+                # Every snapshot here failed a check: that is an integrity failure (3), not an
+                # unreachable store (1), and the operator needs to know which and why.
+                newest = max(failed, key=lambda m: m.created)
+                v = newest.verification
+                why = next((c.error for c in (v.hash, v.structure, v.drill) if c is not None and c.error), None)
+                raise IntegrityError(
+                    f"no verified snapshot in {where}: all {len(failed)} failed verification, the newest "
+                    f"{newest.id}{f' ({why})' if why else ''}; do not restore from them: take a new snapshot while "
+                    "etcd runs"
+                )
+            if self.problems:
+                first = self.problems[0]
+                raise IntegrityError(
+                    f"no verified snapshot in {where}: {len(self.problems)} manifest(s) there cannot be used "
+                    f"({first.key}: {first.error})"
+                )
             raise EtcdBackupError(f"no verified snapshot in {where}")
         if len(clusters) == 1:
             return next(iter(clusters.values()))[0]

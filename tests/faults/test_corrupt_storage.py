@@ -16,7 +16,7 @@ import pytest
 from faultkit import assert_clean_failure, error_lines, s3_env
 
 from conftest import Bucket, Cluster, run_cli
-from etcd_backup.errors import EtcdBackupError, UsageError
+from etcd_backup.errors import EtcdBackupError, IntegrityError, UsageError
 from etcd_backup.manifest import Listing
 from etcd_backup.model import Manifest, new_snapshot_id, rfc3339, utcnow
 
@@ -198,5 +198,8 @@ def test_latest_rule_refuses_to_guess() -> None:
         listing.latest("store", lambda: None)
     with pytest.raises(EtcdBackupError, match="live cluster bb"):
         listing.latest("store", "bb")
-    with pytest.raises(EtcdBackupError, match="no verified snapshot"):
+    # Only failed ones: an integrity failure (exit 3) that names them, never a storage error (1).
+    with pytest.raises(IntegrityError, match="no verified snapshot in store: all 1 failed verification"):
         _listing(_manifest(1, "aa", ok=False)).latest("store")
+    with pytest.raises(EtcdBackupError, match=r"no verified snapshot in store$"):
+        _listing().latest("store")
