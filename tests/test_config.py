@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import botocore
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -59,6 +60,10 @@ def test_config_path_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
     assert config.load(None).retention.keep_last == 7
 
 
+# A real CA bundle that is on every machine the suite runs on (botocore ships one).
+A_CA_BUNDLE = str(Path(botocore.__file__).parent / "cacert.pem")
+
+
 @pytest.mark.parametrize(
     ("toml", "needle"),
     [
@@ -86,7 +91,8 @@ def test_config_path_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
         ('[storage]\nobject_lock = "governance"\n', "needs an s3:// store"),
         ('[storage]\nobject_lock = "forever"\n', "storage.object_lock"),
         ('[storage]\nca_file = "/no/ca.crt"\n', "/no/ca.crt"),
-        ('[storage]\nca_file = "/etc/hostname"\ninsecure_skip_tls_verify = true\n', "contradict"),
+        ('[storage]\nca_file = "/etc/hostname"\n', "storage.ca_file: /etc/hostname holds no PEM certificate"),
+        (f'[storage]\nca_file = "{A_CA_BUNDLE}"\ninsecure_skip_tls_verify = true\n', "contradict"),
         ('[storage]\ncopy_to = "ftp://x"\n', "storage.copy_to"),
         ('[storage]\nurl = "s3://b/etcd"\ncopy_to = "s3://b/etcd/copy"\n', "copy_to 's3://b/etcd/copy' overlaps"),
         ('[storage]\nurl = "file:///srv/a"\ncopy_to = "file:///srv"\n', "overlaps url"),

@@ -67,6 +67,17 @@ def _existing_file(key: str, value: str | None) -> str | None:
     return value or None
 
 
+def _require_pem(path: str, want: str) -> None:
+    """ValueError unless the file holds a PEM block of `want` ("CERTIFICATE", "PRIVATE KEY")."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 20)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    if b"-----BEGIN " not in head or want.encode() not in head:
+        raise ValueError(f"{path} holds no PEM {want.lower()}")
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -120,14 +131,7 @@ class EtcdConfig(_Section):
         if path is not None:
             # gRPC would only fail at the first call, with lines of its own on stderr, and a
             # member it cannot talk to looks down to doctor.
-            want = "PRIVATE KEY" if info.field_name == "key" else "CERTIFICATE"
-            try:
-                with open(path, "rb") as f:
-                    head = f.read(1 << 20)
-            except OSError as exc:
-                raise ValueError(f"cannot read {path}: {exc.strerror}") from None
-            if b"-----BEGIN " not in head or want.encode() not in head:
-                raise ValueError(f"{path} holds no PEM {want.lower()}")
+            _require_pem(path, "PRIVATE KEY" if info.field_name == "key" else "CERTIFICATE")
         return path
 
     @field_validator("dial_timeout", "stall_timeout")
@@ -251,7 +255,10 @@ class StorageConfig(_Section):
     @field_validator("ca_file")
     @classmethod
     def _ca_file(cls, value: str | None) -> str | None:
-        return _existing_file("", value)
+        path = _existing_file("", value)
+        if path is not None:
+            _require_pem(path, "CERTIFICATE")  # else a handshake error at the first request (exit 1)
+        return path
 
     @model_validator(mode="after")
     def _kms(self) -> StorageConfig:
