@@ -88,12 +88,21 @@ def test_plan_uses_the_newest_base_that_reaches() -> None:
     assert chain.plan_revision(bases, deltas, 310, CLUSTER).base.revision == 300
     with pytest.raises(Unreachable, match=r"revision 210 cannot be restored \(in a gap\).*revision 200.*revision 300"):
         chain.plan_revision(bases, deltas, 210, CLUSTER)
+    # Stored (221..320) but behind the hole, and before the next base: the gap is named.
+    with pytest.raises(Unreachable, match=r"revision 250 cannot be restored \(behind a gap: revisions 201 to 220 "):
+        chain.plan_revision(bases, deltas, 250, CLUSTER)
     with pytest.raises(Unreachable, match=r"revision 50 cannot be restored \(not covered\)"):
         chain.plan_revision(bases, deltas, 50, CLUSTER)
     with pytest.raises(Unreachable, match=r"\(after the newest point stored\): the newest before it is revision 320"):
         chain.plan_revision(bases, deltas, 321, CLUSTER)
     with pytest.raises(Unreachable):
         chain.plan_revision(bases, deltas, 150, "another-cluster")
+    # One chain with a hole and no newer base (a delta lost): inside it, and behind it.
+    holed = [delta(101, 150), delta(171, 200)]
+    with pytest.raises(Unreachable, match=r"revision 160 cannot be restored \(in a gap\)"):
+        chain.plan_revision([base(100)], holed, 160, CLUSTER)
+    with pytest.raises(Unreachable, match=r"revision 180 cannot be restored \(behind a gap: revisions 151 to 170 "):
+        chain.plan_revision([base(100)], holed, 180, CLUSTER)
 
 
 def test_overlapping_deltas_of_two_writers_are_one_cover() -> None:

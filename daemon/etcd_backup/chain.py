@@ -269,7 +269,15 @@ def plan_revision(
         reach, _ = cover(c.base.revision, deltas_of(deltas, c.base.cluster_id), None)
         return Plan(c.base, _needed(reach.used, c.base.revision, revision), revision)
     ranges = list(restorable(chain_list))
-    if ranges and all(hi.revision < revision for _, hi in ranges):
+    # Stored, but behind a hole in its chain (the deltas holding it cannot be replayed): say so,
+    # not "after the newest point", which would send the operator looking for deltas that exist.
+    holes = [(c, g) for c in chain_list for g in c.gaps]
+    behind = next((g for c, g in holes if g.before_revision <= revision <= c.to_revision), None)
+    if any(g.after_revision < revision < g.before_revision for _, g in holes):
+        where = "in a gap"
+    elif behind is not None:
+        where = f"behind a gap: revisions {behind.after_revision + 1} to {behind.before_revision - 1} are in no delta"
+    elif ranges and all(hi.revision < revision for _, hi in ranges):
         where = "after the newest point stored"
     elif any(lo.revision < revision for lo, _ in ranges):
         where = "in a gap"
