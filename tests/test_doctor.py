@@ -108,6 +108,8 @@ def test_storage_failure_is_reported_not_fatal(etcd_single: Cluster, tmp_path: P
     d = doctor_json(config_env(etcd_single, f"file://{not_a_dir}"), expect=0)
     assert d["scenario"] == "healthy" and d["newest_backup"] is None
     assert d["storage_error"] and any("storage" in p for p in d["problems"])
+    # Not "storage holds no verified snapshot": nothing could be read, and the fix comes first.
+    assert "storage cannot be read" in d["explanation"] and "holds no verified" not in d["explanation"]
 
 
 def test_added_member_that_never_started_in_one_member_cluster(etcd_cluster: ClusterFactory, tmp_path: Path) -> None:

@@ -47,8 +47,10 @@ def recommend(
     other_clusters: bool,
     alarms: Sequence[dict[str, str]] | None,
     newest_point: int | None = None,
+    storage_error: str | None = None,
 ) -> Runbook:
-    """`newest_point`: the newest revision deltas after `backup` reach (restores then go there)."""
+    """`newest_point`: the newest revision deltas after `backup` reach (restores then go there);
+    `storage_error`: why storage could not be read (then "no snapshot" only means "none seen")."""
     snapshot = backup.id if backup else SNAPSHOT_PLACEHOLDER
     rebuilds = scenario in (Scenario.SINGLE_MEMBER_DOWN, Scenario.QUORUM_LOST)
     if rebuilds and backup is not None and newest_point is not None and newest_point > backup.revision:
@@ -65,6 +67,14 @@ def recommend(
     if alarms:
         return _alarmed(ctx, members, alarms)
     if backup is None:
+        if storage_error:
+            cmd = ctx.etcd_backup("snapshot")
+            return Runbook(
+                cmd,
+                f"The cluster is healthy, but storage cannot be read ({storage_error}), so no backup of it "
+                "could be checked: fix the storage access, then take a snapshot.",
+                (Step(cmd, StepKind.SNAPSHOT),),
+            )
         if other_clusters:
             cmd = ctx.etcd_backup("snapshot", "--reason", AFTER_RESTORE)
             return Runbook(

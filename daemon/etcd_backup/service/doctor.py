@@ -174,6 +174,7 @@ def diagnose(
         other_clusters=other_clusters,
         alarms=alarms,
         newest_point=point_info.revision if point_info else None,
+        storage_error=storage_error,
     )
     info = _backup_info(backup, members, now()) if backup else None
     found = cluster_problems(s, members, q, alarms, quota_bytes)
