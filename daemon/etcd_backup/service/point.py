@@ -115,7 +115,7 @@ def _from_another_base(
     others = [m for m in listing.manifests if m.verified and m.cluster_id == named.cluster_id and m.id != named.id]
     try:
         other = _plan(store, others, named.cluster_id, target, identities=identities, work_dir=work_dir)
-    except chain.Unreachable:
+    except EtcdBackupError:  # unreachable from them too, or not readable here: the first answer stands
         return exc
     return chain.Unreachable(
         f"from snapshot {named.id}: {exc}; snapshot {other.base.id} reaches it: give --snapshot {other.base.id}, "
