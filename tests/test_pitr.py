@@ -9,7 +9,7 @@ import os
 import subprocess
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -195,12 +195,19 @@ def test_to_revision_and_to_time_undo_a_deleted_prefix(
     for option in (["--to-revision", str(before_delete)], ["--to-time", moment.isoformat().replace("+00:00", "Z")]):
         target = tmp_path / f"r{option[0]}"
         r = restore_single(env, target, *option, name="back")
+        assert "after the newest change stored" not in r.stderr, r.stderr
         out, back = start_restored(r, cluster, start_etcd)
         assert out["revision"] == before_delete, (option, out["revision"])
         assert keyspace(cluster, back.client_url) == expected
         assert revision_of(cluster, back.client_url) == before_delete
         back.kill()
     assert d.alive()
+    # A time after the newest change stored (`--to-time now`, after the daemon died): the newest
+    # point, and a note that nothing later is backed up.
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat().replace("+00:00", "Z")
+    r = run_cli("fetch", "--to-time", later, "--to", str(tmp_path / "now.db"), "--output", "json", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["revision"] == after, r.stderr
+    assert f"is after the newest change stored (revision {after}," in r.stderr, r.stderr
 
 
 def test_keys_with_leases_come_back_with_the_same_lease(

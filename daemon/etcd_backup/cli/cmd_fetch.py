@@ -4,6 +4,7 @@ file, of a stored full snapshot or of a point the deltas after it reach."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..errors import UsageError
@@ -46,6 +47,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             identities=identities,
             work_dir=work,
         )
+        if note := point.after_the_newest(ctx.store, plan, target):
+            print(f"etcd-backup: note: {note}", file=sys.stderr, flush=True)
         verified = point.materialise(ctx.config, ctx.store, plan, identities=identities, work_dir=work)
     elif args.snapshot is None:
         raise UsageError("name a snapshot (ID or latest) or a point (--to-latest, --to-revision, --to-time)")

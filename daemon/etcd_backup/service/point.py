@@ -387,6 +387,25 @@ def parse_target(latest: bool, revision: int | None, when: str | None) -> Target
     return None
 
 
+def after_the_newest(store: SnapshotStore, p: chain.Plan, target: Target) -> str | None:
+    """A note for a --to-time later than the newest change stored (`--to-time now` after the
+    daemon died): the restore is of the newest point, and what etcd did after it is in no backup."""
+    if target.time is None:
+        return None
+    try:
+        refs = delta.list_deltas(store, p.base.cluster_id, after=p.base.revision).refs
+    except EtcdBackupError:
+        return None  # a note, not a reason to fail the restore
+    newest = max(refs, key=lambda r: r.last_revision, default=None)
+    tip, seen = (newest.last_revision, newest.last_time) if newest else (p.base.revision, p.base.created)
+    if p.target < tip or target.time <= seen:
+        return None
+    return (
+        f"{rfc3339(target.time)} is after the newest change stored (revision {tip}, seen {rfc3339(seen)}): this "
+        "restores that point, and whatever etcd did after it is in no backup"
+    )
+
+
 def newer_revisions(store: SnapshotStore, m: Manifest) -> int:
     """How many revisions after full snapshot `m` its deltas hold without a gap (0 when none)."""
     try:

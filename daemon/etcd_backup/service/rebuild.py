@@ -212,6 +212,7 @@ def prepare(
             work_dir=cfg.storage.spool_dir,
         )
         manifest = pointed.base
+        notices += [n for n in [point.after_the_newest(store, pointed, target)] if n]
     elif snapshot is None:
         raise UsageError("name a snapshot (--snapshot ID|latest) or a point (--to-latest, --to-revision, --to-time)")
     else:
