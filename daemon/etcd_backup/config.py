@@ -754,7 +754,8 @@ def _without_secrets(message: str, data: dict[str, Any]) -> str:
         server.get("token_file") if isinstance(server, dict) else None
     )
     if isinstance(token_file, str) and token_file:
-        with contextlib.suppress(OSError, UnicodeDecodeError):
+        # ValueError: a path no file can have (a NUL byte); UnicodeDecodeError is one.
+        with contextlib.suppress(OSError, ValueError):
             values.append(Path(token_file).read_text().strip())  # the bearer token itself
     return crypto.mask(message, values)
 
