@@ -314,6 +314,9 @@ def test_fetch_of_a_revision_is_a_snapshot_etcdutl_accepts(
     )
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["revision"] == middle
+    # In text, what was written is the point (not the base's revision under the point's number).
+    r = run_cli("fetch", "--to-revision", str(middle), "--to", str(tmp_path / "again.db"), env=env)
+    assert r.returncode == 0 and f"point at revision {middle} (snapshot " in r.stdout, r.stdout + r.stderr
 
 
 def test_latest_with_an_older_point_uses_the_snapshot_that_reaches_it(

@@ -50,11 +50,16 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         if note := point.after_the_newest(ctx.store, plan, target):
             print(f"etcd-backup: note: {note}", file=sys.stderr, flush=True)
         verified = point.materialise(ctx.config, ctx.store, plan, identities=identities, work_dir=work)
+        what = (
+            f"point at revision {plan.target} (snapshot {plan.base.id} at revision {plan.base.revision} plus "
+            f"{len(plan.deltas)} deltas)"
+        )
     elif args.snapshot is None:
         raise UsageError("name a snapshot (ID or latest) or a point (--to-latest, --to-revision, --to-time)")
     else:
         manifest = manifests.resolve(ctx.store, args.snapshot, ctx.live_cluster_id)
         verified = fetch_verified(ctx.store, manifest, work, record=True, identities=identities)
+        what = f"snapshot {manifest.id} (revision {manifest.revision})"
     manifest = verified.manifest
     path = place(verified, dest)
     if ctx.json:
@@ -68,7 +73,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             }
         )
     else:
-        print(f"snapshot {manifest.id} (revision {manifest.revision}) verified and written to {path}")
+        print(f"{what} verified and written to {path}")
         from ..etcdtools import tool_kind  # not at import: every command's start-up would pay for it
 
         # etcd 3.4 has no etcdutl: a configured 3.4 etcdctl restores there.
