@@ -83,6 +83,7 @@ def test_prune_refuses_a_locked_snapshot_then_deletes_it(etcd_single: Cluster, a
     assert all(item["until"] for item in first["locked"])
     r = run_cli("prune", env=env)
     assert r.returncode == 0 and f"{old.id}  locked until " in r.stdout, r.stdout + r.stderr
+    assert r.stdout.splitlines()[-1].endswith(", 2 locked (kept until their lock passes)"), r.stdout
     r = run_cli("list", "--output", "json", env=env)
     assert [doc["id"] for doc in json.loads(r.stdout)] == [kept.id, old.id, older.id], "a locked snapshot vanished"
 

@@ -40,6 +40,7 @@ def render(report: PruneReport) -> str:
         f"{len(report.deleted)} snapshot(s) {summary}, {len(report.kept)} kept, "
         f"{sum(c.deltas for c in report.chains)} delta(s) {summary}, {report.kept_deltas} kept, "
         f"{len(report.debris)} debris object(s) {summary}"
+        + (f", {len(report.locked)} locked (kept until their lock passes)" if report.locked else "")
     )
     return "\n".join(lines)
 
