@@ -272,7 +272,9 @@ __all__ = [
     "check_stored",
     "fetch_object",
     "fetch_verified",
+    "open_delta",
     "place",
+    "read_delta_manifest",
     "verify_stored",
 ]
 
@@ -320,7 +322,20 @@ def fetch_delta(
 ) -> StoredDelta:
     """Download a committed delta and prove it: IntegrityError when it is damaged or gone,
     MissingIdentity (before the download) when it is encrypted to keys we do not hold."""
-    m = _delta_manifest(store, ref)
+    return open_delta(store, read_delta_manifest(store, ref), work_dir, identities=identities)
+
+
+def read_delta_manifest(store: SnapshotStore, ref: delta.DeltaRef) -> DeltaManifest:
+    try:
+        return delta.DeltaManifest.from_json(get_bytes(store, ref.key), ref.key)
+    except ObjectNotFound:
+        raise IntegrityError(f"delta {ref.stem}: its manifest {ref.key} is gone") from None
+
+
+def open_delta(
+    store: SnapshotStore, m: DeltaManifest, work_dir: str | None = None, *, identities: Identities | None = None
+) -> StoredDelta:
+    """fetch_delta of a manifest read already."""
     plain = fetch_object(
         store,
         m.object_key,
@@ -335,24 +350,12 @@ def fetch_delta(
     return StoredDelta(m, plain)
 
 
-def check_delta_stored(store: SnapshotStore, ref: delta.DeltaRef, work_dir: str | None = None) -> DeltaManifest | None:
-    """What a host without the identity can prove of an encrypted delta: its manifest (returned),
-    and that the stored object has the size and SHA-256 it records (IntegrityError if not). None
-    for a delta stored unencrypted: fetch_delta reads it whole."""
-    m = _delta_manifest(store, ref)
-    if m.encryption is None:
-        return None
+def check_delta_stored(store: SnapshotStore, m: DeltaManifest, work_dir: str | None = None) -> None:
+    """What a host without the identity can prove of an encrypted delta: the stored object has
+    the size and SHA-256 its manifest records (IntegrityError if not)."""
     _download(
         store, m.object_key, size=m.object_size, sha256=m.object_sha256, what=f"delta {m.id}", work_dir=work_dir
     ).discard()
-    return m
-
-
-def _delta_manifest(store: SnapshotStore, ref: delta.DeltaRef) -> DeltaManifest:
-    try:
-        return delta.DeltaManifest.from_json(get_bytes(store, ref.key), ref.key)
-    except ObjectNotFound:
-        raise IntegrityError(f"delta {ref.stem}: its manifest {ref.key} is gone") from None
 
 
 def fetch_object(

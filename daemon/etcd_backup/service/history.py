@@ -16,7 +16,7 @@ from ..errors import IntegrityError, UsageError
 from ..manifest import LiveCluster
 from ..model import rfc3339
 from ..storage import SnapshotStore
-from ..verify import check_delta_stored, fetch_delta
+from ..verify import check_delta_stored, open_delta, read_delta_manifest
 
 log = structlog.get_logger(__name__)
 
@@ -100,11 +100,13 @@ def verify_chain(
     events = 0  # in the chain's own range, as `to_revision` is (a delta may run past the next base)
     unread = 0
     for d in sorted(mine.deltas, key=lambda d: (d.first_revision, d.last_revision)):
-        if identities is None and (m := check_delta_stored(store, d, work_dir)) is not None:
+        m = read_delta_manifest(store, d)
+        if identities is None and m.encryption is not None:
+            check_delta_stored(store, m, work_dir)
             seen.update(range(m.first_revision, m.last_revision + 1))
             unread += 1
             continue
-        stored = fetch_delta(store, d, work_dir, identities=identities)
+        stored = open_delta(store, m, work_dir, identities=identities)
         try:
             _, records = stored.revisions()
             for r in records:
