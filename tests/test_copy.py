@@ -504,3 +504,25 @@ def test_a_copy_target_that_never_answers_gets_two_attempts(etcd_single: Cluster
     assert r.returncode == 0, r.stderr  # the backup itself succeeded
     assert "retried at the next run" in r.stderr and "(after 2 attempts)" in r.stderr, r.stderr
     assert len(_cli_json(env, "list")) == 1
+
+
+def test_a_copy_bucket_without_object_lock_is_exit_2_naming_copy_to(etcd_single: Cluster, s3_bucket: Bucket) -> None:
+    """object_lock applies to the copy too: a copy bucket that cannot lock stops the command at
+    start, and the line names storage.copy_to (the primary bucket is fine), not only the setting."""
+    from conftest import AWS_ENV
+
+    client = s3_bucket.server.client()
+    client.create_bucket(Bucket=f"{s3_bucket.name}-locked", ObjectLockEnabledForBucket=True)
+    env = {
+        **config_env(
+            etcd_single, f"s3://{s3_bucket.name}-locked/p", storage__object_lock="governance", storage__lock_for="5s"
+        ),
+        **AWS_ENV,
+        "ETCD_BACKUP_STORAGE__ENDPOINT_URL": s3_bucket.server.endpoint,
+        "ETCD_BACKUP_STORAGE__COPY_TO": f"s3://{s3_bucket.name}/second",
+    }
+    r = run_cli("snapshot", env=env)
+    assert r.returncode == 2, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert "storage.copy_to" in line and "no Object Lock enabled" in line and repr(s3_bucket.name) in line, line
+    assert s3_bucket.keys() == [], "nothing stored in the copy"

@@ -155,6 +155,19 @@ def test_delete_and_missing(store: SnapshotStore) -> None:
     store.delete("snapshots/never-existed")  # deleting nothing is not an error
 
 
+def test_a_file_store_below_a_file_is_an_error_not_empty(tmp_path: Path) -> None:
+    """A missing directory is an empty store (a first run creates it); one below a file (a typo
+    such as `token/sub`) never can be: listing it must fail, or `list` says "no snapshots"."""
+    from etcd_backup.storage.local import LocalStore
+
+    (tmp_path / "token").write_text("x")
+    assert LocalStore(tmp_path / "absent" / "sub").list() == []
+    with pytest.raises(StorageError, match=r"token is a file, not a directory$"):
+        LocalStore(tmp_path / "token" / "sub").list()
+    with pytest.raises(StorageError, match=r"token is a file, not a directory$"):
+        LocalStore(tmp_path / "token" / "sub").list("snapshots/")
+
+
 def test_ping(store: SnapshotStore) -> None:
     store.ping()
 

@@ -120,13 +120,15 @@ class Context:
         """A copy bucket that contradicts the configuration (object_lock on, no Object Lock
         there) is exit 2 at start, as the primary's is; a copy target that is down is not an
         error here (the copy is retried at the next run)."""
-        from ..errors import OperationalError
+        from ..errors import ConfigError, OperationalError
 
         if self.copy_store is not None:
             try:
                 self.copy_store.ping()
             except OperationalError:
                 pass
+            except ConfigError as exc:
+                raise ConfigError(f"storage.copy_to = {self.config.storage.copy_to!r}: {exc}") from None
 
     @cached_property
     def snapshot_store(self) -> SnapshotStore:

@@ -51,6 +51,14 @@ class LocalStore:
                 "since it was in use; not creating an empty one: put it back (or create it to start afresh)"
             )
 
+    def _check_no_file_above(self) -> None:
+        """A root below a file (`token/sub`, a typo) can never hold anything: an error, not an empty store."""
+        for parent in self.root.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise StorageError(f"{self.description}: {parent} is a file, not a directory")
+                return
+
     def put(self, key: str, source: BinaryIO, *, spooled: SpooledFile | None = None) -> ObjectInfo:
         self._ensure_root()
         final = self._path(key)
@@ -109,6 +117,7 @@ class LocalStore:
         base = self._path(folder) if folder else self.root
         if not base.exists() and not self.root.is_file():
             self._check_not_gone()
+            self._check_no_file_above()
             return []  # nothing stored yet (a root that is a file fails below)
         out: list[ObjectInfo] = []
         try:
