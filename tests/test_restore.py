@@ -177,6 +177,59 @@ def test_scenario4_one_of_three_lost(
     assert after["scenario"] == "healthy"
 
 
+def test_a_sidecar_whose_own_member_is_lost_finds_the_rest_of_its_cluster(
+    etcd_cluster: ClusterFactory, start_etcd: StartEtcd, tmp_path: Path
+) -> None:
+    """Configured with its own member only (the README's sidecar), that member lost: doctor and
+    replace-member reach the other two through the member list the newest snapshot recorded. Taken
+    for a lost one-member cluster, the steps were `restore single` onto the old URLs: a second,
+    stale cluster beside the real one."""
+    cluster = etcd_cluster(3)
+    expected = write_keys(cluster)
+    lost = cluster.member("m2")
+    env = config_env(cluster, f"file://{tmp_path}/store", etcd__dial_timeout="2s")
+    env["ETCD_BACKUP_ETCD__ENDPOINTS"] = lost.client_url
+    snapshot(env)
+    lost.kill()
+    shutil.rmtree(lost.data_dir)
+
+    diagnosis = cli_json(env, "doctor", expect=1)
+    assert diagnosis["scenario"] == "member-down" and diagnosis["quorum"] is True, diagnosis
+    assert "restore replace-member --failed m2" in diagnosis["recommendation"]
+    assert not any("restore single" in step for step in diagnosis["steps"]), diagnosis["steps"]
+    by_name = {m["name"]: m for m in diagnosis["members"]}
+    assert by_name.keys() == {"m1", "m2", "m3"} and not by_name["m2"]["reachable"] and by_name["m1"]["reachable"]
+
+    out = cli_json(
+        env, "restore", "replace-member", "--failed", "m2", "--name", "m4", "--peer-url", peer_url(),
+        "--data-dir", str(tmp_path / "new-host" / "m4"),
+    )  # fmt: skip
+    assert out["removed"]["id"] == by_name["m2"]["id"]
+    new = start_etcd(cluster.tools.etcd, out["etcd_flags"])
+    wait_healthy(new.client_url, 60, new)
+    wait_started_members(cluster, new.client_url, {"m1", "m3", "m4"})
+    assert cluster.get_all(endpoints=[new.client_url]) == expected
+
+
+def test_doctor_with_every_member_of_three_down_says_quorum_lost_not_one_member(
+    etcd_cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    """Nothing answers and one endpoint is configured: the newest snapshot recorded three members,
+    so this is a lost quorum (rebuild all three), not a one-member cluster."""
+    cluster = etcd_cluster(3)
+    write_keys(cluster)
+    env = config_env(cluster, f"file://{tmp_path}/store", etcd__dial_timeout="2s")
+    env["ETCD_BACKUP_ETCD__ENDPOINTS"] = cluster.member("m1").client_url
+    snap = snapshot(env)
+    for m in cluster.members:
+        m.kill()
+    diagnosis = cli_json(env, "doctor", expect=1)
+    assert diagnosis["scenario"] == "quorum-lost", diagnosis
+    assert f"restore cluster --snapshot {snap['id']}" in diagnosis["recommendation"]
+    for m in cluster.members:
+        assert f"--member {m.name}={m.peer_url}" in diagnosis["recommendation"]
+
+
 def test_scenario4_two_of_three_lost(
     version: str, etcd_cluster: ClusterFactory, start_etcd: StartEtcd, tmp_path: Path
 ) -> None:

@@ -150,10 +150,12 @@ def quorum(members: list[MemberHealth]) -> Quorum:
     return Quorum(len(voting), reachable, next((m for m in members if m.is_leader), None))
 
 
-def classify(members: list[MemberHealth], has_quorum: bool, configured: int) -> Scenario:
+def classify(members: list[MemberHealth], has_quorum: bool, known: int) -> Scenario:
+    """`known`: how many members there are at least, as far as anyone can tell when none answers
+    (the endpoints configured, the members the newest snapshot recorded)."""
     if not members:
         # Nothing answered, so the member list is unknown.
-        return Scenario.SINGLE_MEMBER_DOWN if configured == 1 else Scenario.QUORUM_LOST
+        return Scenario.SINGLE_MEMBER_DOWN if known == 1 else Scenario.QUORUM_LOST
     down = [m for m in members if m.started and not m.reachable]
     unstarted = [m for m in members if not m.started]
     if len(members) == 1 and down:

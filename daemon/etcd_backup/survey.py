@@ -6,6 +6,7 @@ members there are. The answers are raw; `assessment` makes sense of them.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,8 +76,15 @@ def _fetch_alarms(cfg: EtcdConfig, endpoint: str) -> list[Alarm]:
         return m.alarms()
 
 
-def survey(cfg: EtcdConfig, endpoints: list[str] | None = None) -> Survey:
+def survey(
+    cfg: EtcdConfig, endpoints: list[str] | None = None, *, hints: Iterable[str] = (), cluster_id: str | None = None
+) -> Survey:
     """Probe the configured endpoints and, as soon as a member list arrives, every client URL in it.
+
+    `hints` are client URLs known from elsewhere (the members a snapshot of `cluster_id` recorded),
+    for when no configured endpoint answers: a sidecar configured with its own member only must
+    still find the rest of its cluster. A hint counts only if it answers for `cluster_id`; a URL
+    reused by another cluster is left out.
 
     The alarm list is read (it goes through raft) from the first member that knows a leader, in
     the same pool, so it does not wait behind dead hosts either.
@@ -84,6 +92,8 @@ def survey(cfg: EtcdConfig, endpoints: list[str] | None = None) -> Survey:
     configured = [norm_url(e) for e in (endpoints or cfg.endpoints)]
     result = Survey(configured)
     seen: set[str] = set()
+    hinted = {norm_url(h) for h in hints} - set(configured)
+    silent: dict[str, Probe] = {}
     with ThreadPoolExecutor(max_workers=16, thread_name_prefix="survey") as pool:
         pending: dict[Future[Any], tuple[str, str]] = {}
 
@@ -92,7 +102,7 @@ def survey(cfg: EtcdConfig, endpoints: list[str] | None = None) -> Survey:
                 seen.add(url)
                 pending[pool.submit(probe, cfg, url, members=True)] = ("probe", url)
 
-        for ep in configured:
+        for ep in [*configured, *sorted(hinted)]:
             submit_probe(ep)
         alarms_asked = False
         while pending:
@@ -106,6 +116,11 @@ def survey(cfg: EtcdConfig, endpoints: list[str] | None = None) -> Survey:
                         result.alarms = None
                     continue
                 p: Probe = fut.result()
+                if url in hinted and p.status is None:
+                    silent[url] = p  # says nothing, unless the member list names it (below)
+                    continue
+                if url in hinted and hexid(p.status.cluster_id) != cluster_id:  # type: ignore[union-attr]
+                    continue  # a URL another cluster uses now: not one of ours
                 result.probes[url] = p
                 for m in p.members:
                     for client_url in m.client_urls:
@@ -115,6 +130,8 @@ def survey(cfg: EtcdConfig, endpoints: list[str] | None = None) -> Survey:
                     pending[pool.submit(_fetch_alarms, cfg, url)] = ("alarms", url)
     view = result.best_view()
     result.members = list(view.members) if view else None
+    advertised = {norm_url(u) for m in result.members or [] for u in m.client_urls}
+    result.probes.update({url: p for url, p in silent.items() if url in advertised})
     _await_leader(cfg, result)
     return result
 

@@ -185,7 +185,13 @@ def _run_replace(args: argparse.Namespace, ctx: Context) -> int:
     from ..service.replace import replace_member
 
     result = replace_member(
-        ctx.config, failed=args.failed, name=args.name, peer_url=args.peer_url, data_dir=args.data_dir, force=args.force
+        ctx.config,
+        failed=args.failed,
+        name=args.name,
+        peer_url=args.peer_url,
+        data_dir=args.data_dir,
+        force=args.force,
+        open_store=lambda: ctx.store,
     )
     if ctx.json:
         emit_json(result.to_dict())

@@ -156,9 +156,12 @@ def diagnose(
     s = survey(cfg.etcd)
     _refuse_blind(s)
     listing, storage_error = lookup.result(STORAGE_WAIT_SECONDS) if lookup is not None else (None, None)
+    recorded = this_clusters_backup(listing, None, cfg.etcd.endpoints) if listing and s.members is None else None
+    if recorded is not None:
+        s = widened(cfg, s, recorded)
     members = member_health(s)
     q = quorum(members)
-    scenario = classify(members, q.held, len(s.configured))
+    scenario = classify(members, q.held, max(len(s.configured), len(recorded.members) if recorded else 0))
     alarms = alarm_rows(s, members)
     cluster_id = s.cluster_id()
     backup = this_clusters_backup(listing, cluster_id, cfg.etcd.endpoints) if listing else None
@@ -201,6 +204,17 @@ def diagnose(
         quota_bytes=quota_bytes,
         seconds=time.monotonic() - started_at,
     )
+
+
+def widened(cfg: Config, s: Survey, recorded: Manifest) -> Survey:
+    """No configured endpoint gave a member list (a sidecar's own member is down): survey again
+    with the client URLs the newest snapshot recorded for its members, so that the rest of the
+    cluster, if it runs, is found and a lost member is not taken for a lost one-member cluster."""
+    hints = {norm_url(u) for m in recorded.members for u in m.client_urls} - set(s.probes)
+    if not hints:
+        return s
+    wider = survey(cfg.etcd, hints=sorted(hints), cluster_id=recorded.cluster_id)
+    return wider if wider.members is not None else s
 
 
 def _refuse_blind(s: Survey) -> None:

@@ -24,6 +24,7 @@ from ..etcdclient import Member, MemberInfo, hexid
 from ..members import check_name, check_peer_url, data_dir_of, member_flags, norm_url
 from ..model import utcnow
 from ..runbook import start_command
+from ..storage import SnapshotStore
 from .doctor import diagnose
 from .guard import refuse_unsafe
 
@@ -95,10 +96,15 @@ def replace_member(
     force: bool = False,
     timeout: float = MEMBERSHIP_TIMEOUT,
     now: Callable[[], datetime] = utcnow,
+    open_store: Callable[[], SnapshotStore] | None = None,
 ) -> Replacement:
+    """`open_store`: where to find the members the newest snapshot recorded, asked only when no
+    configured endpoint answers (a sidecar configured with the failed member alone)."""
     check_name(name)
     peer_url = check_peer_url(peer_url)
     diag = diagnose(cfg)
+    if not diag.members and open_store is not None:
+        diag = diagnose(cfg, open_store)
     if not diag.members or not diag.quorum:
         counts = f"{diag.reachable_voting} of {diag.voting} voting members answer" if diag.members else "none answers"
         raise UnsafeError(
