@@ -137,18 +137,23 @@ class Listing:
                     f"({first.key}: {first.error})"
                 )
             raise EtcdBackupError(f"no verified snapshot in {where}")
-        if len(clusters) == 1:
+        # Failed snapshots of another cluster make it ambiguous too: they may be the live cluster's.
+        if len(clusters) == 1 and {m.cluster_id for m in self.manifests} <= clusters.keys():
             return next(iter(clusters.values()))[0]
         live = live_cluster() if callable(live_cluster) else live_cluster
         if live is not None and live in clusters:
             return clusters[live][0]
+        if live is None and len(clusters) == 1:
+            return next(iter(clusters.values()))[0]  # etcd does not answer: the one cluster verified
         summary = "; ".join(
             f"cluster {cid}: {len(ms)} snapshot(s), newest {ms[0].id} taken {ms[0].created_at}"
             for cid, ms in clusters.items()
         )
         if live is not None:
+            failed = sum(1 for m in self.manifests if m.cluster_id == live)
+            own = f" (its {failed} snapshot(s) here failed verification)" if failed else ""
             raise UsageError(
-                f"no verified snapshot of the live cluster {live} in {where}, only of "
+                f"no verified snapshot of the live cluster {live}{own} in {where}, only of "
                 f"other clusters ({summary}): name the snapshot by id"
             )
         raise UsageError(

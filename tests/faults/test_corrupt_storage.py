@@ -203,3 +203,14 @@ def test_latest_rule_refuses_to_guess() -> None:
         _listing(_manifest(1, "aa", ok=False)).latest("store")
     with pytest.raises(EtcdBackupError, match=r"no verified snapshot in store$"):
         _listing().latest("store")
+
+
+def test_latest_rule_failed_snapshots_of_the_live_cluster_are_no_licence_for_another() -> None:
+    """The live cluster (a restored one, its own snapshots failing) has no verified snapshot: latest
+    must not quietly be the old cluster's, whose restore would drop every write since. With etcd
+    down nothing says which cluster is live: the one verified cluster is latest, as before."""
+    listing = _listing(_manifest(1, "aa"), _manifest(2, "ff", ok=False), _manifest(3, "ff", ok=False))
+    with pytest.raises(UsageError, match=r"live cluster ff \(its 2 snapshot\(s\) here failed verification\)"):
+        listing.latest("store", "ff")
+    assert listing.latest("store", "aa").revision == 1
+    assert listing.latest("store", lambda: None).revision == 1
