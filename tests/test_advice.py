@@ -197,3 +197,29 @@ def test_a_corrupt_member_is_replaced_never_disarmed() -> None:
     assert [s.kind for s in book.steps][:1] == [StepKind.REPLACE]
     assert "--failed b " in book.command and "Do not disarm" in book.explanation
     assert not any("disarm" in s.command for s in book.steps)
+
+
+def test_a_replacement_waiting_for_its_member_to_start_says_start_it_not_remove_it() -> None:
+    """Between `restore replace-member` and starting the new member: the failed one is gone from the
+    member list, the new one is unstarted. Removing it (scenario 2's advice) would undo the
+    replacement; a member added on top of the recorded ones is still scenario 2."""
+    recorded = tuple(
+        ClusterMember(str(n), name, (f"https://10.0.0.{n}:2380",), (f"https://10.0.0.{n}:2379",))
+        for n, name in ((1, "a"), (2, "b"), (3, "c"))
+    )
+    replacing = [member("a", 1, leader=True), member("c", 3), member("", 4, started=False)]
+    book = recommend(
+        CTX, Scenario.UNSTARTED_MEMBER, replacing, quorum(replacing), backup=manifest(recorded),
+        other_clusters=False, alarms=[],
+    )  # fmt: skip
+    assert [s.kind for s in book.steps] == [StepKind.START, StepKind.CHECK], book.steps
+    start = shlex.split(book.steps[0].command)
+    assert "--initial-cluster=a=https://10.0.0.1:2380,c=https://10.0.0.3:2380,NAME=https://10.0.0.4:2380" in start
+    assert "--initial-cluster-state=existing" in start
+    assert "in place of b" in book.explanation and "member remove" in book.explanation
+
+    grown = [member("a", 1, leader=True), member("b", 2), member("c", 3), member("", 4, started=False)]
+    book = recommend(
+        CTX, Scenario.UNSTARTED_MEMBER, grown, quorum(grown), backup=manifest(recorded), other_clusters=False, alarms=[]
+    )
+    assert [s.kind for s in book.steps] == [StepKind.REMOVE], book.steps

@@ -19,6 +19,7 @@ from .runbook import (
     Runbook,
     Step,
     StepKind,
+    join,
     rebuild,
     replace,
 )
@@ -61,7 +62,7 @@ def recommend(
     if scenario is Scenario.QUORUM_LOST:
         return _quorum_lost(ctx, snapshot, members, backup)
     if scenario is Scenario.UNSTARTED_MEMBER:
-        return _unstarted(ctx, snapshot, members, q)
+        return _unstarted(ctx, snapshot, members, q, backup)
     if scenario is Scenario.MEMBER_DOWN:
         return _member_down(ctx, members)
     if alarms:
@@ -191,15 +192,39 @@ def _member_down(ctx: Context, members: Sequence[MemberHealth]) -> Runbook:
     )
 
 
-def _unstarted(ctx: Context, snapshot: str, members: Sequence[MemberHealth], q: Quorum) -> Runbook:
+def _replacing(members: Sequence[MemberHealth], backup: Manifest | None) -> list[str]:
+    """The members the newest snapshot recorded that an unstarted one took the place of (as
+    `restore replace-member` leaves it until the new member starts): as many members as then,
+    but recorded ones missing. Empty for a member added on top (scenario 2's grow)."""
+    recorded = [m.name for m in backup.members if m.name and not m.learner] if backup else []
+    voting = [m for m in members if not m.learner]
+    names = {m.name for m in voting if m.started}
+    gone = [n for n in recorded if n not in names]
+    return gone if gone and len(voting) == len(recorded) else []
+
+
+def _unstarted(
+    ctx: Context, snapshot: str, members: Sequence[MemberHealth], q: Quorum, backup: Manifest | None
+) -> Runbook:
     unstarted = [m for m in members if not m.started]
     started = [m for m in members if m.started]
     who = ", ".join(f"{m.id} ({', '.join(m.peer_urls)})" for m in unstarted)
+    replaced = _replacing(members, backup) if q.held and len(unstarted) == 1 else []
     if q.held:
         endpoints = [u for m in started if m.reachable for u in m.client_urls[:1]]
-        steps = [Step(ctx.etcdctl(endpoints, "member", "remove", m.id), StepKind.REMOVE) for m in unstarted]
+        removes = [Step(ctx.etcdctl(endpoints, "member", "remove", m.id), StepKind.REMOVE) for m in unstarted]
+        if replaced:
+            new = Host(NAME_PLACEHOLDER, unstarted[0].peer_url or PEER_PLACEHOLDER)
+            after = [host_of(m) for m in started if not m.learner] + [new]
+            return _runbook(
+                join(ctx, new, after),
+                f"Member {who} was added in place of {', '.join(replaced)} (a replacement, as `etcd-backup "
+                "restore replace-member` leaves it) and has not started yet. Start it on its host with the flags "
+                "replace-member printed (as below, NAME being the name you gave it). Only if it cannot start, "
+                f"remove it ({removes[0].command}) and replace again.",
+            )
         return _runbook(
-            steps,
+            removes,
             f"Member {who} was added but never started (scenario 2: it crashed before joining). The cluster is "
             "one failure closer to losing quorum. Remove it, then retry the change (etcd-backup pre-change "
             "first), or start it now with --initial-cluster-state=existing.",

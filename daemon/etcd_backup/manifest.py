@@ -150,8 +150,8 @@ class Listing:
             for cid, ms in clusters.items()
         )
         if live is not None:
-            failed = sum(1 for m in self.manifests if m.cluster_id == live)
-            own = f" (its {failed} snapshot(s) here failed verification)" if failed else ""
+            failing = sum(1 for m in self.manifests if m.cluster_id == live)
+            own = f" (its {failing} snapshot(s) here failed verification)" if failing else ""
             raise UsageError(
                 f"no verified snapshot of the live cluster {live}{own} in {where}, only of "
                 f"other clusters ({summary}): name the snapshot by id"

@@ -199,6 +199,11 @@ def rebuild(ctx: Context, snapshot: str, hosts: Sequence[Host], *, force: bool, 
 
 def replace(ctx: Context, failed: str, new: Host, members_after: Sequence[Host]) -> list[Step]:
     """Remove the failed member and add `new` (replace-member), then start it to join."""
+    return [Step(replace_member_command(ctx, failed, new), StepKind.REPLACE, new.name), *join(ctx, new, members_after)]
+
+
+def join(ctx: Context, new: Host, members_after: Sequence[Host]) -> list[Step]:
+    """Start `new`, already in the member list, so that it joins; then check the whole cluster."""
     flags = member_flags(
         name=new.name,
         data_dir=ctx.data_dir_for(new.name),
@@ -208,7 +213,6 @@ def replace(ctx: Context, failed: str, new: Host, members_after: Sequence[Host])
         token=None,
     )
     return [
-        Step(replace_member_command(ctx, failed, new), StepKind.REPLACE, new.name),
         Step(start_command(flags, new.client_urls), StepKind.START, new.name),
         Step(ctx.etcdctl(_client_urls(members_after), "endpoint", "health", "--cluster"), StepKind.CHECK),
     ]
