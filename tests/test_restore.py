@@ -306,6 +306,10 @@ def test_non_empty_dir_refused_and_force_moves_it_aside(
     assert str(target) in r.stderr and "--force" in r.stderr
     assert (target / "member" / "precious").read_text() == "old data"
     assert [p.name for p in tmp_path.iterdir() if ".bak-" in p.name] == []
+    (a_file := tmp_path / "a-file").write_text("")  # a typo naming a file: say so, not "not empty"
+    r = run_cli(*args[:-1], str(a_file), env=env)
+    assert r.returncode == 4 and f"data dir {a_file} is a file, not a directory" in r.stderr, r.stderr
+    assert a_file.read_text() == ""
 
     out = cli_json(env, *args, "--force")
     moved = Path(out["moved_aside"])

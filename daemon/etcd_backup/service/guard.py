@@ -44,7 +44,8 @@ def refuse_unsafe(cfg: Config, paths: Iterable[Path], force: bool) -> None:
                 )
     for path in occupied:
         if not force:
+            what = "is not empty" if path.is_dir() else "is a file, not a directory"
             raise UnsafeError(
-                f"data dir {path} is not empty: refusing to restore over it; choose an empty directory, "
+                f"data dir {path} {what}: refusing to restore over it; choose an empty directory, "
                 "or pass --force to move it aside (it is never deleted)"
             )
