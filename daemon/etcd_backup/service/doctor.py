@@ -161,7 +161,8 @@ def diagnose(
         s = widened(cfg, s, recorded)
     members = member_health(s)
     q = quorum(members)
-    scenario = classify(members, q.held, max(len(s.configured), len(recorded.members) if recorded else 0))
+    voters = sum(1 for m in recorded.members if not m.learner) if recorded else 0
+    scenario = classify(members, q.held, max(len(s.configured), voters))
     alarms = alarm_rows(s, members)
     cluster_id = s.cluster_id()
     backup = this_clusters_backup(listing, cluster_id, cfg.etcd.endpoints) if listing else None
