@@ -4,6 +4,7 @@ latest point, a revision or a time, leases, damage, gaps, overlapping writers, r
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import subprocess
@@ -839,3 +840,40 @@ def test_a_snapshot_from_before_auth_was_enabled_still_drills(etcd_cluster: Clus
     r = run_cli("verify", before, "--drill", "--output", "json", env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["drill"]["ok"] is True
+
+
+def test_a_store_that_refuses_deltas_is_tried_again_with_backoff_and_loses_nothing(
+    etcd_single: Cluster, start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    """Storing a delta fails (the deltas folder is a file): each try is an error line and a
+    failure counted, so the tries must back off, not spin (they ran thousands a second, each
+    logged); once storage takes them again every revision seen is stored, no gap."""
+    cluster = etcd_single
+    d, env = start_with_deltas(start_daemon, cluster, f"file://{tmp_path}/store")
+    writes(cluster, 5)
+    wait_for(stored_up_to(env, revision_of(cluster, cluster.endpoints[0])), 30, "deltas stored")
+    deltas = tmp_path / "store" / "deltas"
+    deltas.rename(tmp_path / "deltas-aside")
+    deltas.write_text("in the way")
+    writes(cluster, 5, "/while-broken")
+    live = revision_of(cluster, cluster.endpoints[0])
+
+    def failed_tries() -> list[datetime]:
+        return [
+            datetime.fromisoformat(e["timestamp"])
+            for e in d.logs()
+            if e.get("event") == "storing a delta failed; kept for the next try"
+        ]
+
+    d.wait_until(lambda: len(failed_tries()) >= 3, 60, "three failed tries")
+    tries = failed_tries()
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(tries)]
+    assert all(g >= 0.9 for g in gaps), gaps  # 1 s, 2 s, 4 s ... apart
+    assert d.metrics()['etcd_backup_failures_total{stage="delta"}'] <= len(failed_tries()) + 1
+
+    deltas.unlink()
+    (tmp_path / "deltas-aside").rename(deltas)
+    wait_for(stored_up_to(env, live), 60, "the kept revisions stored once storage takes them")
+    r = run_cli("verify", "--chain", "latest", "--output", "json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["gaps"] == []

@@ -166,6 +166,13 @@ def test_a_file_store_below_a_file_is_an_error_not_empty(tmp_path: Path) -> None
         LocalStore(tmp_path / "token" / "sub").list()
     with pytest.raises(StorageError, match=r"token is a file, not a directory$"):
         LocalStore(tmp_path / "token" / "sub").list("snapshots/")
+    # A folder inside the store that is a file: a StorageError too (it was NotADirectoryError,
+    # raised while removing the partial file, which killed the daemon's delta thread).
+    store = LocalStore(tmp_path / "store")
+    put_bytes(store, "snapshots/a.json", b"{}")
+    (tmp_path / "store" / "deltas").write_text("in the way")
+    with pytest.raises(StorageError, match="writing deltas/c/x.json failed"):
+        put_bytes(store, "deltas/c/x.json", b"{}")
 
 
 def test_ping(store: SnapshotStore) -> None:

@@ -37,6 +37,14 @@ from ..storage import SnapshotStore, put_bytes
 log = structlog.get_logger(__name__)
 
 RECONNECT_MAX = 10.0
+RETRY_MAX = 60.0  # the longest wait between tries to store a delta while storage fails
+
+
+def retry_delay(failures: int, interval: float) -> float:
+    """Wait after the `failures`-th failed try in a row: from the interval (at most 5 s) doubling up
+    to a minute or the interval, so a broken store costs a log line now and then, not a hot loop."""
+    base = max(1.0, min(interval, 5.0))
+    return float(min(max(interval, RETRY_MAX), base * 2 ** min(failures - 1, 16)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +124,8 @@ class DeltaWriter:
         self._base_seen = threading.Event()
         self._need_base_above: int | None = None  # after a gap: watch again only from a newer base
         self._stored: Stored | None = None
+        self._failures = 0  # failed tries in a row to store what is buffered
+        self._retry_at = 0.0  # monotonic: no new try before (a final one at stop excepted)
         self._threads: list[threading.Thread] = []
         metrics.delta_lag.set_function(self.lag_seconds)
 
@@ -271,8 +281,11 @@ class DeltaWriter:
                 with self._cond:
                     self._buffer.add(delta.Revision(revision, seen, events))
                 expected = revision + 1
-            if self._buffer.size >= self.max_buffer:
-                self._flush_all()  # in this thread: the watch is not read while storage is slow
+            # In this thread: the watch is not read further until the buffer is stored, so memory
+            # stays bounded while storage is down (etcd holds the changes meanwhile).
+            while self._buffer.size >= self.max_buffer and not self._flush_all():
+                if self.stopping.wait(max(0.1, self._retry_at - time.monotonic())):
+                    return
 
     def _learn_leases(self, member: Member, events: tuple[Event, ...]) -> None:
         for ev in events:
@@ -284,7 +297,7 @@ class DeltaWriter:
                     self._leases[lease] = None  # asked too late (revoked meanwhile): restored with the minimum
 
     def _gap(self, exc: Compacted) -> None:
-        self._flush_all()
+        self._flush_all(final=True)  # what the watch saw before the gap is stored before it is dropped
         self.metrics.delta_gaps.inc()
         self.metrics.failure("delta")
         tip = self._buffer.last or (self._stored.revision if self._stored else None)
@@ -322,6 +335,7 @@ class DeltaWriter:
             with self._cond:
                 first = self._buffer.first_seen
                 wait = self.interval if first is None else max(0.0, first + self.interval - time.time())
+                wait = max(wait, self._retry_at - time.monotonic())
                 self._cond.wait(min(wait, 1.0))
             if self.stopping.is_set():
                 break
@@ -330,22 +344,37 @@ class DeltaWriter:
                 self._flush_all()
         self._close_stream()
 
-    def _flush_all(self, *, final: bool = False) -> None:
+    def _flush_all(self, *, final: bool = False) -> bool:
         """Store everything buffered, cut at chain boundaries; keep what could not be stored
-        (retried at the next flush). At stop, retried briefly: what cannot be stored then is lost."""
+        (tried again after `retry_delay`: until then this returns False at once). At stop, retried
+        briefly: what cannot be stored then is lost. True when nothing is left unstored."""
         attempts = 3 if final else 1
         with self._flush_lock:
+            if not final and time.monotonic() < self._retry_at:
+                return not self._buffer.records
             upto = self._buffer.last  # what arrives meanwhile waits for the next flush (no tiny deltas)
             for attempt in range(attempts):
                 try:
                     while upto is not None and self._buffer.records and self._buffer.records[0].revision <= upto:
                         self._commit_next(upto)
-                    return
-                except EtcdBackupError as exc:
+                    self._failures, self._retry_at = 0, 0.0
+                    return True
+                except Exception as exc:  # noqa: BLE001 - anything else too: the thread must live on
+                    self._failures += 1
+                    delay = retry_delay(self._failures, self.interval)
+                    self._retry_at = time.monotonic() + delay
                     self.metrics.failure("delta")
-                    log.error("storing a delta failed; kept for the next try", error=str(exc), stage="delta")
+                    known = isinstance(exc, EtcdBackupError)
+                    (log.error if known else log.exception)(
+                        "storing a delta failed; kept for the next try",
+                        error=str(exc) if known else f"{type(exc).__name__}: {exc}",
+                        stage="delta",
+                        failures=self._failures,
+                        retry_in=round(delay, 1),
+                    )
                     if final and attempt + 1 < attempts:
                         time.sleep(0.5)
+            return False
 
     def _commit_next(self, limit: int) -> None:
         with self._cond:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import hashlib
 import os
 import secrets
@@ -88,7 +89,8 @@ class LocalStore:
             os.replace(tmp, final)
             _fsync_dir(final.parent)
         except BaseException as exc:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # ENOTDIR when a folder on the way is a file
+                tmp.unlink(missing_ok=True)
             if isinstance(exc, OSError):
                 raise StorageError(f"{self.description}: writing {key} failed: {exc.strerror or exc}") from exc
             raise
