@@ -101,6 +101,13 @@ A_CA_BUNDLE = str(Path(botocore.__file__).parent / "cacert.pem")
         ('[log]\nlevel = "verbose"\n', "log.level"),
         ("[retention\n", "not valid TOML"),
         ("[retention]\nkeep_last = 99999999999999999999999\n", "retention.keep_last"),
+        # A duration needs its unit: `30` meant as days would unpin (or unlock) after 30 seconds.
+        ("[retention]\nkeep_pinned_for = 30\n", "retention.keep_pinned_for: 30 is not a duration"),
+        ('[retention]\nkeep_pinned_for = "30"\n', "retention.keep_pinned_for: '30' has no unit"),
+        ("[schedule]\ninterval = 1.5\n", "schedule.interval"),
+        ('[delta]\ninterval = "30"\n', "delta.interval: '30' has no unit"),
+        ('[verify]\nrestore_drill = "0s"\n', "verify.restore_drill: must be at least 1s"),
+        ('[verify]\nrestore_drill = ""\n', "verify.restore_drill: empty"),
     ],
 )
 def test_bad_config_is_exit_2_with_one_line(tmp_path: Path, toml: str, needle: str) -> None:
@@ -193,10 +200,27 @@ def test_usage_error_is_exit_2() -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("30s", 30), ("5m", 300), ("24h", 86400), ("7d", 604800), ("1h30m", 5400), ("250ms", 0.25), ("45", 45)],
+    [("30s", 30), ("5m", 300), ("24h", 86400), ("7d", 604800), ("1h30m", 5400), ("250ms", 0.25), ("0", 0)],
 )
 def test_durations(text: str, seconds: float) -> None:
     assert config.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("value", ["45", "1.5", 45, 1.5, True])
+def test_a_duration_without_its_unit_is_refused(value: object) -> None:
+    with pytest.raises(ValueError, match="unit"):
+        config.parse_duration(value)
+
+
+def test_a_duration_from_the_environment_needs_its_unit_too(tmp_path: Path) -> None:
+    env = {
+        **clean_env(),
+        "ETCD_BACKUP_RETENTION__KEEP_PINNED_FOR": "30",
+        "ETCD_BACKUP_STORAGE__URL": f"file://{tmp_path}",
+    }
+    r = run_cli("prune", "--dry-run", env=env, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "ETCD_BACKUP_RETENTION__KEEP_PINNED_FOR" in r.stderr and "no unit" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize(("text", "size"), [("16MiB", 16 * 2**20), ("1GiB", 2**30), ("64M", 64 * 10**6), (1024, 1024)])

@@ -48,11 +48,20 @@ def _split_list(value: Any) -> Any:
     return value
 
 
+_OFF = {"off", "never", "false", "0"}
+
+
 def _duration_or_off(value: Any) -> float | None:
-    if value is None or (isinstance(value, str) and value.strip().lower() in {"off", "false", "0", "never", ""}):
+    """A duration, or off ("off", "never", "0", false, "false"). Empty is an error: an unset variable in a
+    template must not switch drills or deltas off unseen."""
+    if (
+        value is None
+        or value is False
+        or (isinstance(value, str) and value.strip().lower() in {"off", "never", "false", "0"})
+    ):
         return None
-    if value is False:
-        return None
+    if isinstance(value, str) and not value.strip():
+        raise ValueError('empty: give a duration like "24h", or "off"')
     return parse_duration(value)
 
 
@@ -387,6 +396,13 @@ class RetentionConfig(_Section):
 
 class VerifyConfig(_Section):
     restore_drill: Annotated[float | None, BeforeValidator(_duration_or_off)] = 86400.0
+
+    @field_validator("restore_drill")
+    @classmethod
+    def _restore_drill(cls, value: float | None) -> float | None:
+        if value is not None and value < 1:
+            raise ValueError('must be at least 1s (or "off")')
+        return value
 
 
 class DeltaConfig(_Section):

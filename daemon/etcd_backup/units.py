@@ -30,17 +30,20 @@ _MAX_DURATION = 10 * 365 * 86400.0
 
 
 def parse_duration(value: Any) -> float:
-    """'30s', '5m', '1h30m', '7d' -> seconds. Bare numbers are seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration like '30s', '5m', '24h' or '7d'")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
+    """'30s', '5m', '1h30m', '7d' -> seconds. The unit is required ("0" alone excepted): a bare
+    `30` meant as days would otherwise be 30 seconds, and a pin or a lock would end that soon."""
+    if isinstance(value, bool | int | float):
+        raise ValueError(
+            f"{value!r} is not a duration: write it as a string with a unit, like '30s', '5m', '24h' or '7d'"
+        )
+    if isinstance(value, str):
         text = value.strip().lower()
         if not text:
             raise ValueError("empty duration")
         if re.fullmatch(r"\d+(\.\d+)?", text):
-            seconds = float(text)
+            if float(text) != 0:
+                raise ValueError(f"{value!r} has no unit: write '{text}s', '{text}m', '{text}h' or '{text}d'")
+            seconds = 0.0
         else:
             pos, seconds = 0, 0.0
             for m in _DURATION_RE.finditer(text):

@@ -171,7 +171,7 @@ def test_a_file_store_below_a_file_is_an_error_not_empty(tmp_path: Path) -> None
     store = LocalStore(tmp_path / "store")
     put_bytes(store, "snapshots/a.json", b"{}")
     (tmp_path / "store" / "deltas").write_text("in the way")
-    with pytest.raises(StorageError, match="writing deltas/c/x.json failed"):
+    with pytest.raises(StorageError, match=r"writing deltas/c/x\.json failed"):
         put_bytes(store, "deltas/c/x.json", b"{}")
 
 

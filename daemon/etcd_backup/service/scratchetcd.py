@@ -95,7 +95,7 @@ def _connect(cfg: Config, client_url: str) -> Member:
     """The snapshot carries etcd's auth state: with auth on, the scratch member wants the same
     user as the live cluster (who could take the snapshot, so is an admin there too); a snapshot
     from before auth was enabled has none, and is asked anonymously."""
-    plain = EtcdConfig(endpoints=[client_url], dial_timeout=10.0)
+    plain = EtcdConfig.model_validate({"endpoints": [client_url], "dial_timeout": "10s"})
     if not cfg.etcd.username:
         return Member(plain, client_url)
     try:
