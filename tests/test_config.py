@@ -212,6 +212,23 @@ def test_a_duration_without_its_unit_is_refused(value: object) -> None:
         config.parse_duration(value)
 
 
+@pytest.mark.parametrize(
+    ("variables", "needle"),
+    [
+        ({"ETCD_BACKUP_ETCD__USERNAME": ""}, "ETCD_BACKUP_ETCD__USERNAME: etcd.username: empty"),
+        ({"ETCD_BACKUP_ETCD__USERNAME": "root"}, "username and password must be set together"),
+    ],
+)
+def test_etcd_credentials_half_given_are_a_configuration_error(
+    tmp_path: Path, variables: dict[str, str], needle: str
+) -> None:
+    """An empty user name (an unset template variable) was an "internal error", exit 1."""
+    env = {**clean_env(), **variables, "ETCD_BACKUP_STORAGE__URL": f"file://{tmp_path}"}
+    r = run_cli("snapshot", env=env, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr and "internal error" not in r.stderr, r.stderr
+
+
 def test_a_duration_from_the_environment_needs_its_unit_too(tmp_path: Path) -> None:
     env = {
         **clean_env(),

@@ -161,6 +161,13 @@ class EtcdConfig(_Section):
             )
         return value
 
+    @field_validator("username")
+    @classmethod
+    def _username(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("empty: give the etcd user name, or leave the key out for no authentication")
+        return value
+
     @model_validator(mode="after")
     def _pairs(self) -> EtcdConfig:
         if bool(self.cert) != bool(self.key):
