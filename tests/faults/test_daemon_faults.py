@@ -412,3 +412,32 @@ def test_corrupted_storage_never_crashes_the_daemon(
     d.wait_until(lambda: event_seen(d, "restore drill recorded", snapshot=fresh), 60, "a passing drill")
     assert d.metrics()["etcd_backup_last_drill_success"] == 1
     assert d.alive()
+
+
+def test_a_snapshot_a_drill_finds_broken_no_longer_makes_the_daemon_ready(
+    etcd_single: Cluster, tmp_path: Path, start_daemon: DaemonFactory
+) -> None:
+    """The only snapshot, taken by the daemon itself, does not restore (a byte flipped in storage):
+    once the drill says so, /readyz must stop calling the backups fresh; it did not, since the
+    snapshot had counted as a success when it was committed."""
+    etcd_single.put("/app/k", "v" * 100)
+    store = tmp_path / "store"
+    env = config_env(
+        etcd_single,
+        f"file://{store}",
+        schedule__interval="1h",
+        verify__restore_drill="2s",
+        delta__interval="off",
+        schedule__on_member_change="false",
+    )
+    d = start_daemon(env)
+    d.wait_until(lambda: event_seen(d, "restore drill recorded"), 60, "the first drill passing")
+    assert d.request("GET", "/readyz")[0] == 200
+    (data,) = (store / "snapshots").glob("*.db")
+    flipped = bytearray(data.read_bytes())
+    flipped[len(flipped) // 2] ^= 0x01
+    data.write_bytes(bytes(flipped))
+    d.wait_until(lambda: event_seen(d, "RESTORE DRILL FAILED"), 60, "the failed drill")
+    d.wait_until(lambda: d.request("GET", "/readyz")[0] == 503, 60, "not ready once the drill failed")
+    _, body = d.get_json("/readyz")
+    assert any("snapshot" in reason for reason in body["reasons"]), body

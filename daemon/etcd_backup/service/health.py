@@ -124,6 +124,7 @@ class HealthWatch:
         self._lock = threading.Lock()
         self.delta_tip = delta_tip
         self._delta_checked_at = 0  # etcd's revision when delta_error was last decided
+        self._ours: Manifest | None = None  # the newest snapshot this process committed
         # Read at each scrape: the gauge says what /readyz answers now (a snapshot makes it ready
         # at once, between two checks).
         metrics.ready.set_function(lambda: 0.0 if self.readiness() else 1.0)
@@ -136,6 +137,8 @@ class HealthWatch:
     def succeeded(self, m: Manifest) -> None:
         """A snapshot of ours completed: ready at once, not at the next check."""
         with self._lock:
+            if self._ours is None or completed_at(m) >= completed_at(self._ours):
+                self._ours = m
             self._health.newest_success = max(self._health.newest_success, completed_at(m))
             # It holds every revision etcd had at that check (the one taken after a delta gap):
             # the deltas are no longer behind, and an idle cluster writes none to show it.
@@ -175,7 +178,16 @@ class HealthWatch:
             self._health.storage_error = storage_error
             self._health.delta_error = delta_error
             self._delta_checked_at = obs.status.revision if obs.status else 0
-            self._health.newest_success = max(self._health.newest_success, newest_success)
+            if listing is not None:
+                # What storage holds now decides, so that a snapshot a drill found broken stops
+                # counting; ours counts too until the listing shows it (it may lag a commit).
+                ours = self._ours
+                counts = (
+                    ours is not None
+                    and ours.cluster_id == live
+                    and not any(m.id == ours.id and not m.verified for m in listing.manifests)
+                )
+                self._health.newest_success = max(newest_success, completed_at(ours) if ours and counts else 0.0)
             self._health.checked_at = time.time()
 
     def _gauges(self, listing: Listing, cluster_id: int | None, live_revision: int) -> None:
