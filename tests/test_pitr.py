@@ -384,6 +384,9 @@ def test_compaction_while_the_daemon_is_stopped_is_a_gap_and_a_new_chain(
         30,
         "a full snapshot taken at once",
     )
+    d2.wait_until(
+        lambda: d2.metrics()['etcd_backup_snapshots_total{reason="delta-gap"}'] == 1, 10, "counted under its reason"
+    )
     live = revision_of(cluster, cluster.endpoints[0])
     wait_for(stored_up_to(env, live), 30, "the new chain reaching the live revision")
     # That snapshot holds every revision etcd has: ready at once on this idle cluster, not only

@@ -33,6 +33,9 @@ STAGES = (
     "copy",
     "files",
 )
+# The `reason` labels of etcd_backup_snapshots_total: the daemon's own reasons, and `manual` for
+# every other (`--reason` text, POST /v1/snapshots).
+SNAPSHOT_REASONS = ("schedule", "member-change", "delta-gap", "manual")
 
 
 class Metrics:
@@ -140,7 +143,7 @@ class Metrics:
         self.info = Info("etcd_backup_build", "Version and mode of this daemon.", registry=r)
         for stage in STAGES:
             self.failures.labels(stage=stage)
-        for reason in ("schedule", "member-change", "manual"):
+        for reason in SNAPSHOT_REASONS:
             self.snapshots.labels(reason=reason)
         self.drills_skipped.labels(reason="no_identity")
         self._last_success = 0.0
@@ -168,7 +171,7 @@ class Metrics:
 
     def snapshot_succeeded(self, *, finished: float, seconds: float, size: int, revision: int, reason: str) -> None:
         self.newest_snapshot(finished=finished, seconds=seconds, size=size, revision=revision)
-        label = reason if reason in {"schedule", "member-change"} else "manual"
+        label = reason if reason in SNAPSHOT_REASONS else "manual"  # free text: one label, not one each
         self.snapshots.labels(reason=label).inc()
 
     def newest_snapshot(self, *, finished: float, seconds: float, size: int, revision: int) -> None:
