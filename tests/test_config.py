@@ -140,6 +140,20 @@ def test_an_environment_value_is_blamed_on_its_variable_not_the_file(tmp_path: P
     assert r.returncode == 0, r.stderr
 
 
+def test_keys_that_contradict_each_other_are_blamed_on_where_each_came_from(tmp_path: Path) -> None:
+    """An error of a whole section names its variables, and the file only when it sets keys there."""
+    f = tmp_path / "c.toml"
+    f.write_text('[storage]\nurl = "s3://b/etcd"\n')
+    r = run_cli(
+        "--config", str(f), "list", env=clean_env(ETCD_BACKUP_STORAGE__COPY_TO="s3://b/etcd/copy"), cwd=tmp_path
+    )
+    assert r.returncode == 2, r.stderr
+    assert f"configuration error in {f} and ETCD_BACKUP_STORAGE__COPY_TO: storage: copy_to" in r.stderr, r.stderr
+    r = run_cli("--config", str(f), "list", env=clean_env(ETCD_BACKUP_ENCRYPTION__RECIPIENTS=""), cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "configuration error in ETCD_BACKUP_ENCRYPTION__RECIPIENTS: encryption:" in r.stderr, r.stderr
+
+
 def test_kubernetes_service_link_variables_are_not_settings(tmp_path: Path) -> None:
     """A Service named etcd-backup puts these into every pod of its namespace."""
     links = {

@@ -672,11 +672,22 @@ def resolve_path(cli_path: str | None) -> Path | None:
     return None
 
 
-def _origin(loc: tuple[Any, ...], overrides: dict[str, dict[str, str]], origin: str) -> str:
-    """Where the value an error names came from: its environment variable, or the file."""
+def _origin(
+    loc: tuple[Any, ...], overrides: dict[str, dict[str, str]], origin: str, in_file: Mapping[str, Any] | None = None
+) -> str:
+    """Where the value an error names came from: its environment variable, or the file. An error
+    of a whole section (keys that contradict each other) names the section's variables, and the
+    file too when it sets keys of that section (`in_file`: what the file holds)."""
     if len(loc) >= 2 and str(loc[1]) in overrides.get(str(loc[0]), {}):
-        return f"{ENV_PREFIX}{str(loc[0]).upper()}__{str(loc[1]).upper()}"
+        return _variable(str(loc[0]), str(loc[1]))
+    if len(loc) == 1 and (keys := overrides.get(str(loc[0]))):
+        variables = ", ".join(_variable(str(loc[0]), k) for k in sorted(keys))
+        return f"{origin} and {variables}" if (in_file or {}).get(str(loc[0])) else variables
     return origin
+
+
+def _variable(section: str, key: str) -> str:
+    return f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
 
 
 def _strict_types(data: dict[str, Any], overrides: dict[str, dict[str, str]], origin: str) -> str | None:
@@ -699,9 +710,10 @@ def _format_error(
     overrides: dict[str, dict[str, str]] | None = None,
     *,
     err: Any = None,
+    in_file: Mapping[str, Any] | None = None,
 ) -> str:
     err = err if err is not None else exc.errors(include_url=False)[0]
-    origin = _origin(tuple(err["loc"]), overrides or {}, origin)
+    origin = _origin(tuple(err["loc"]), overrides or {}, origin, in_file)
     loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "config"
     msg = err["msg"]
     if msg.startswith("Value error, "):
@@ -743,7 +755,7 @@ def load(cli_path: str | None = None) -> Config:
             text = f"configuration error in {ENV_PREFIX}ETCD__KUBEADM_MANIFEST: {named}"
         raise ConfigError(_without_secrets(text, data)) from None
     except ValidationError as exc:
-        raise ConfigError(_without_secrets(_format_error(exc, origin, overrides), data)) from None
+        raise ConfigError(_without_secrets(_format_error(exc, origin, overrides, in_file=data), data)) from None
     except (ValueError, TypeError) as exc:
         raise ConfigError(_without_secrets(f"configuration error in {origin}: {exc}".splitlines()[0], data)) from None
     problem = files_unprotected(cfg)
