@@ -101,6 +101,20 @@ def test_endpoints_before_the_first_check(client: Client) -> None:
     assert client.call("GET", "/v2/anything")[0] == 404
 
 
+def test_head_answers_as_get_without_a_body(client: Client) -> None:
+    """Probes and load balancers that check with HEAD got 501."""
+    for path, expected in (("/healthz", 200), ("/readyz", 503), ("/metrics", 200)):
+        req = urllib.request.Request(f"http://127.0.0.1:{client.port}{path}", method="HEAD")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                status, raw, length = resp.status, resp.read(), resp.headers["Content-Length"]
+        except urllib.error.HTTPError as exc:
+            status, raw, length = exc.code, exc.read(), exc.headers["Content-Length"]
+        assert (status, raw) == (expected, b""), path
+        assert int(length) > 0, path  # the length of the body a GET gets
+    assert client.call("GET", "/healthz") == (200, {"status": "ok"})
+
+
 def test_post_auth_and_failure_answers(client: Client) -> None:
     assert client.call("POST", "/v1/snapshots", b"{}")[0] == 401
     assert client.call("POST", "/v1/snapshots", b"{}", token="nope")[0] == 401

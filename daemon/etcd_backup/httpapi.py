@@ -136,6 +136,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = f"etcd-backup/{__version__}"
     sys_version = ""
+    _head_only = False  # answering HEAD: headers as for GET, no body
 
     def setup(self) -> None:
         super().setup()
@@ -191,6 +192,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.OK, [m.to_dict() for m in manifests])
         else:
             self._error(HTTPStatus.NOT_FOUND, f"no such endpoint: {path}")
+
+    def do_HEAD(self) -> None:
+        """As GET, without the body (probes and load balancers that check with HEAD)."""
+        self._head_only = True
+        try:
+            self.do_GET()
+        finally:
+            self._head_only = False  # the next request on this connection may be a GET
 
     def do_POST(self) -> None:
         self._request_read()
@@ -287,7 +296,8 @@ class _Handler(BaseHTTPRequestHandler):
             for name, value in headers.items():
                 self.send_header(name.replace("_", "-"), value)
             self.end_headers()
-            self.wfile.write(body)
+            if not self._head_only:
+                self.wfile.write(body)
         except OSError:
             pass  # the client went away
 
