@@ -223,3 +223,21 @@ def test_a_replacement_waiting_for_its_member_to_start_says_start_it_not_remove_
         CTX, Scenario.UNSTARTED_MEMBER, grown, quorum(grown), backup=manifest(recorded), other_clusters=False, alarms=[]
     )
     assert [s.kind for s in book.steps] == [StepKind.REMOVE], book.steps
+
+
+def test_a_hinted_member_counts_for_the_recorded_cluster_or_the_one_the_configured_endpoint_is_in() -> None:
+    """Hints come from the newest snapshot's member list. An answer there counts if it is that
+    cluster, or the cluster a `restore cluster` made since on the same URLs (its member list
+    names the configured endpoint); another cluster now on a recorded URL does not."""
+    from etcd_backup.etcdclient import MemberInfo, MemberStatus, Probe
+    from etcd_backup.survey import _ours
+
+    def answer(cluster: int, client_urls: tuple[str, ...]) -> Probe:
+        status = MemberStatus("http://h:2379", 1, cluster, "3.5.1", 0, 0, 1, 1, 1, False, (), 1)
+        return Probe("http://h:2379", status, members=[MemberInfo(1, "m", ("http://h:2380",), client_urls)])
+
+    configured = ["http://10.0.0.1:2379"]
+    assert _ours(answer(0xC1, ("http://10.0.0.2:2379",)), "c1", configured)
+    assert _ours(answer(0xAB, ("http://10.0.0.1:2379", "http://10.0.0.2:2379")), "c1", configured)
+    assert not _ours(answer(0xAB, ("http://10.0.0.9:2379",)), "c1", configured)
+    assert not _ours(Probe("http://h:2379", error="refused"), "c1", configured)

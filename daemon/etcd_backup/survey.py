@@ -83,8 +83,9 @@ def survey(
 
     `hints` are client URLs known from elsewhere (the members a snapshot of `cluster_id` recorded),
     for when no configured endpoint answers: a sidecar configured with its own member only must
-    still find the rest of its cluster. A hint counts only if it answers for `cluster_id`; a URL
-    reused by another cluster is left out.
+    still find the rest of its cluster. A hint counts only if it answers for `cluster_id`, or for a
+    cluster whose member list has a configured endpoint (the one a `restore cluster` made since);
+    a URL another cluster uses is left out.
 
     The alarm list is read (it goes through raft) from the first member that knows a leader, in
     the same pool, so it does not wait behind dead hosts either.
@@ -119,7 +120,7 @@ def survey(
                 if url in hinted and p.status is None:
                     silent[url] = p  # says nothing, unless the member list names it (below)
                     continue
-                if url in hinted and hexid(p.status.cluster_id) != cluster_id:  # type: ignore[union-attr]
+                if url in hinted and not _ours(p, cluster_id, configured):
                     continue  # a URL another cluster uses now: not one of ours
                 result.probes[url] = p
                 for m in p.members:
@@ -134,6 +135,14 @@ def survey(
     result.probes.update({url: p for url, p in silent.items() if url in advertised})
     _await_leader(cfg, result)
     return result
+
+
+def _ours(p: Probe, cluster_id: str | None, configured: list[str]) -> bool:
+    if p.status is None:
+        return False
+    if hexid(p.status.cluster_id) == cluster_id:
+        return True
+    return any(norm_url(u) in configured for m in p.members for u in m.client_urls)
 
 
 def _await_leader(cfg: EtcdConfig, s: Survey) -> None:
