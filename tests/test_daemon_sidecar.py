@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +98,54 @@ def test_only_the_leaders_sidecar_snapshots_and_another_takes_over(
         assert rc == 0 and seconds < 15
     # Taking over needed nothing in the keyspace.
     assert cluster.get_all(endpoints=survivors) == keys_before
+
+
+def test_when_the_leaders_copy_stops_and_its_member_leads_on_a_follower_stands_in(
+    etcd_cluster: ClusterFactory, tmp_path: Path, start_daemon: DaemonFactory
+) -> None:
+    """The copy beside the leader stops (a crash loop, a bad upgrade) while its etcd member goes on
+    leading: nothing else would ever take a snapshot. The copy beside the follower with the lowest
+    member id stands in, alone, and goes on taking them every period."""
+    cluster = etcd_cluster(3)
+    cluster.put("/registry/x", "y")
+    store = tmp_path / "store"
+    daemons: dict[str, DaemonProcess] = {}
+    for member in cluster.members:
+        env = config_env(
+            cluster,
+            f"file://{store}",
+            schedule__mode="sidecar",
+            schedule__interval=f"{PERIOD:.0f}s",
+            verify__restore_drill="off",
+            delta__interval="off",
+            etcd__endpoints=member.client_url,
+            etcd__dial_timeout="1s",
+        )
+        daemons[member.client_url] = start_daemon(env, wait=False)
+    for d in daemons.values():
+        d.wait_serving()
+    ids = member_ids(cluster)
+    leader = leader_of(cluster, cluster.endpoints)
+    first = next(iter(daemons.values()))
+    first.wait_until(lambda: len(manifests_in(store)) >= 2, 30, "snapshots by the leader's copy")
+
+    acting = next(url for url in daemons if ids[url] == leader)
+    rc, _ = daemons[acting].terminate()
+    assert rc == 0
+    stopped_at = time.time()
+    followers = sorted((int(ids[url], 16), url) for url in daemons if url != acting)
+    lowest = followers[0][1]
+
+    def by_followers() -> list[dict[str, Any]]:
+        return [m for m in manifests_in(store) if m["member_id"] != leader]
+
+    daemons[lowest].wait_until(
+        lambda: len(by_followers()) >= 3, 60, "a follower's copy standing in, period after period"
+    )
+    assert leader_of(cluster, cluster.endpoints) == leader  # the member leads on all the while
+    assert {m["member_id"] for m in by_followers()} == {ids[lowest]}
+    assert daemons[lowest].metrics()["etcd_backup_is_leader"] == 1
+    assert daemons[followers[1][1]].metrics()["etcd_backup_is_leader"] == 0
+    # Not at once: the leader's copy had its 1.5 periods (and the slack) first.
+    earliest = min(datetime.fromisoformat(m["created_at"]).timestamp() for m in by_followers())
+    assert earliest - stopped_at >= PERIOD, (earliest, stopped_at)

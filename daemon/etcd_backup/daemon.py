@@ -12,7 +12,7 @@ import structlog
 
 from . import __version__, delta, scratch
 from .config import Config
-from .leadership import Leadership
+from .leadership import Leadership, Standby
 from .manifest import CachedListing
 from .metrics import Metrics
 from .model import Manifest
@@ -59,6 +59,13 @@ class Daemon:
         self.health = HealthWatch(
             cfg, self.listing, self.metrics, self.leadership, period=self.period, delta_tip=self._delta_tip
         )
+        if cfg.schedule.mode == "sidecar" and not cfg.schedule.cron:
+            # Stand in when the copy beside the leader takes no snapshot (see leadership.py).
+            health = self.health
+            slack = cfg.schedule.jitter + 2 * health.every
+            self.leadership.standby = Standby(
+                self.period, lambda: health.newest_success, health.newest_is_ours, time.time(), slack
+            )
         snapshot_lock = threading.Lock()
         self.upkeep = Upkeep(
             cfg,

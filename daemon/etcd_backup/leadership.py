@@ -1,10 +1,22 @@
 """Which copy acts: in sidecar mode only the copy beside the raft leader takes scheduled snapshots,
 prunes and drills. Nothing is written into etcd for this: the raft leader *is* the election, and
 when it changes the copy beside the new leader sees it at its next check (within one period).
+
+The copy beside the leader may itself be gone while its member leads on (stopped, crashing,
+without storage access). The others then stand in, one at a time. Once the cluster's newest
+snapshot is 1.5 periods old (plus the schedule's jitter and two health checks, so that a snapshot
+late by those is no reason), the copy beside the follower with the lowest member id acts; one
+period later the next one too, and so on. The age counts from when this copy first saw the
+current leader, so a new leader's copy gets its own 1.5 periods. One that stood in goes on acting
+while the newest snapshot is its own; a snapshot by the copy beside the leader, back again, ends
+it. Interval schedules only: a cron schedule's gaps differ (weekdays only, say), so no age tells
+that a run was missed.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .config import Config
@@ -23,8 +35,58 @@ class Observation:
     error: str | None = None  # etcd could not be reached
 
 
-def observe(cfg: Config) -> Observation:
-    """Ask etcd once. Sidecar: the local member (first endpoint) only. Single: any healthy member."""
+class Standby:
+    """When a copy beside a follower stands in for the copy beside the leader."""
+
+    def __init__(
+        self,
+        period: float,
+        newest_success: Callable[[], float],
+        newest_is_ours: Callable[[], bool],
+        since: float,
+        slack: float = 0.0,
+    ) -> None:
+        self.period = period
+        self.slack = slack  # added to every threshold: the schedule's jitter, how late the listing may be
+        self.newest_success = newest_success  # unix time the cluster's newest successful snapshot completed (0: none)
+        self.newest_is_ours = newest_is_ours
+        self.since = since  # when this copy started: one just started has seen nothing overdue yet
+        self.standing = False  # acting in place of the copy beside the leader
+        self._leader = 0
+        self._leader_since = since  # when this copy first saw the current leader lead
+
+    def saw_leader(self, leader: int, now: float) -> None:
+        """A new leader's copy gets its own 1.5 periods before anyone stands in for it."""
+        if leader != self._leader:
+            self._leader, self._leader_since = leader, now
+
+    def overdue(self, now: float) -> float | None:
+        """The newest snapshot's age when some follower's copy may stand in now, else None."""
+        age = now - max(self.newest_success(), self._leader_since)
+        return age if self._going_on() or age > 1.5 * self.period + self.slack else None
+
+    def admits(self, rank: int, age: float) -> bool:
+        """Whether the copy beside follower `rank` (0: the lowest member id) stands in."""
+        return self._going_on() or age > (1.5 + rank) * self.period + self.slack
+
+    def _going_on(self) -> bool:
+        # Stood in, and the copy beside the leader has taken none since.
+        return self.standing and self.newest_is_ours()
+
+
+def _follower_rank(member: Member, status: MemberStatus) -> int | None:
+    """This member's place among the started voting followers, by member id."""
+    try:
+        infos = member.members()
+    except EtcdUnavailable:
+        return None
+    followers = sorted(m.id for m in infos if m.started and not m.is_learner and m.id != status.leader)
+    return followers.index(status.member_id) if status.member_id in followers else None
+
+
+def observe(cfg: Config, standby: Standby | None = None) -> Observation:
+    """Ask etcd once. Sidecar: the local member (first endpoint) only. Single: any healthy member.
+    With `standby`, a copy beside a follower acts while the acting copy's snapshots are overdue."""
     if cfg.schedule.mode == "single":
         try:
             member, status = connect_healthy(cfg.etcd)
@@ -37,27 +99,47 @@ def observe(cfg: Config) -> Observation:
     try:
         with Member(cfg.etcd, endpoint) as member:
             status = member.status()
+            if status.leader == 0:
+                return Observation(False, "local member sees no leader", status=status)
+            if standby is not None:
+                standby.saw_leader(status.leader, time.time())
+            if status.is_leader:
+                if standby is not None:
+                    standby.standing = False
+                return Observation(True, f"local member {hexid(status.member_id)} is the raft leader", status=status)
+            age = standby.overdue(time.time()) if standby is not None else None
+            rank = _follower_rank(member, status) if age is not None else None
     except EtcdUnavailable as exc:
         return Observation(False, "local member unreachable", error=str(exc))
-    if status.leader == 0:
-        return Observation(False, "local member sees no leader", status=status)
-    if status.is_leader:
-        return Observation(True, f"local member {hexid(status.member_id)} is the raft leader", status=status)
+    if standby is not None:
+        standby.standing = age is not None and rank is not None and standby.admits(rank, age)
+        if standby.standing:
+            return Observation(
+                True,
+                f"standing in: the cluster's newest snapshot is {age:.0f}s old although the raft leader "
+                f"{hexid(status.leader)} is up (its copy takes none); this is follower {(rank or 0) + 1}",
+                status=status,
+            )
     return Observation(False, f"raft leader is member {hexid(status.leader)}, not this one", status=status)
 
 
 class Leadership:
     """Asks before each job whether this copy acts, and keeps `etcd_backup_is_leader` true to it."""
 
-    def __init__(self, cfg: Config, metrics: Metrics) -> None:
+    def __init__(self, cfg: Config, metrics: Metrics, standby: Standby | None = None) -> None:
         self.cfg = cfg
         self.metrics = metrics
+        self.standby = standby
         metrics.is_leader.set(1 if cfg.schedule.mode == "single" else 0)
 
     def acting(self) -> Observation:
         if self.cfg.schedule.mode == "single":
             return Observation(True, "single mode")
-        return self.seen(observe(self.cfg), stage="leader_check")
+        return self.check("leader_check")
+
+    def check(self, stage: str) -> Observation:
+        """Ask etcd (see `observe`) and record the answer."""
+        return self.seen(observe(self.cfg, self.standby), stage=stage)
 
     def seen(self, obs: Observation, stage: str) -> Observation:
         """Record an observation made elsewhere (the health check) too."""

@@ -16,7 +16,7 @@ import structlog
 from ..config import Config
 from ..errors import EtcdBackupError
 from ..etcdclient import hexid
-from ..leadership import Leadership, observe
+from ..leadership import Leadership
 from ..manifest import CachedListing, Listing
 from ..metrics import Metrics
 from ..model import Check, Manifest, parse_time
@@ -134,6 +134,12 @@ class HealthWatch:
         with self._lock:
             return self._health.newest_success
 
+    def newest_is_ours(self) -> bool:
+        """Whether the newest successful snapshot is the one this process committed last."""
+        with self._lock:
+            ours = self._ours
+            return ours is not None and self._health.newest_success <= completed_at(ours)
+
     def succeeded(self, m: Manifest) -> None:
         """A snapshot of ours completed: ready at once, not at the next check."""
         with self._lock:
@@ -147,7 +153,7 @@ class HealthWatch:
 
     def refresh(self) -> None:
         """Check etcd and storage; update readiness and the gauges that come from storage."""
-        obs = self.leadership.seen(observe(self.cfg), stage="etcd")
+        obs = self.leadership.check("etcd")
         storage_error = None
         listing: Listing | None = None
         try:
