@@ -145,6 +145,7 @@ def test_when_the_leaders_copy_stops_and_its_member_leads_on_a_follower_stands_i
     assert leader_of(cluster, cluster.endpoints) == leader  # the member leads on all the while
     assert {m["member_id"] for m in by_followers()} == {ids[lowest]}
     assert daemons[lowest].metrics()["etcd_backup_is_leader"] == 1
+    assert any(e.get("event", "").endswith("this copy stands in") for e in daemons[lowest].logs())
     assert daemons[followers[1][1]].metrics()["etcd_backup_is_leader"] == 0
     # Not at once: the leader's copy had its 1.5 periods (and the slack) first.
     earliest = min(datetime.fromisoformat(m["created_at"]).timestamp() for m in by_followers())

@@ -19,10 +19,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import structlog
+
 from .config import Config
 from .errors import EtcdUnavailable
 from .etcdclient import Member, MemberStatus, connect_healthy, hexid
 from .metrics import Metrics
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,14 +116,18 @@ def observe(cfg: Config, standby: Standby | None = None) -> Observation:
     except EtcdUnavailable as exc:
         return Observation(False, "local member unreachable", error=str(exc))
     if standby is not None:
+        was = standby.standing
         standby.standing = age is not None and rank is not None and standby.admits(rank, age)
         if standby.standing:
-            return Observation(
-                True,
+            reason = (
                 f"standing in: the cluster's newest snapshot is {age:.0f}s old although the raft leader "
-                f"{hexid(status.leader)} is up (its copy takes none); this is follower {(rank or 0) + 1}",
-                status=status,
+                f"{hexid(status.leader)} is up (its copy takes none); this is follower {(rank or 0) + 1}"
             )
+            if not was:
+                log.warning("the copy beside the raft leader takes no snapshots: this copy stands in", why=reason)
+            return Observation(True, reason, status=status)
+        if was:
+            log.info("no longer standing in: the copy beside the raft leader snapshots again")
     return Observation(False, f"raft leader is member {hexid(status.leader)}, not this one", status=status)
 
 
