@@ -54,10 +54,11 @@ class Standby:
         self.slack = slack  # added to every threshold: the schedule's jitter, how late the listing may be
         self.newest_success = newest_success  # unix time the cluster's newest successful snapshot completed (0: none)
         self.newest_is_ours = newest_is_ours
-        self.since = since  # when this copy started: one just started has seen nothing overdue yet
         self.standing = False  # acting in place of the copy beside the leader
         self._leader = 0
-        self._leader_since = since  # when this copy first saw the current leader lead
+        # When this copy first saw the current leader lead; `since` (its start) until then, so a
+        # copy just started has seen nothing overdue yet.
+        self._leader_since = since
 
     def saw_leader(self, leader: int, now: float) -> None:
         """A new leader's copy gets its own 1.5 periods before anyone stands in for it."""
