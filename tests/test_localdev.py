@@ -49,3 +49,16 @@ def test_quick_start_snapshots_a_throwaway_etcd_and_stops_it(tmp_path: Path) -> 
             proc.wait()
     assert not _port_open(2379), "the throwaway etcd outlived the daemon"
     assert (tmp_path / ".local-etcd" / "data" / "member").is_dir()
+
+
+def test_free_ports_come_from_below_the_ephemeral_range_and_never_twice_in_a_row() -> None:
+    """A port from the ephemeral range can go to an outgoing connection (etcd dialling a peer)
+    between the check and etcd's bind: "address already in use" (seen in CI). Ports handed out
+    before they are bound must not repeat either (a member's peer and client URL on one port)."""
+    from etcd_backup.etcdproc import _ephemeral_low, free_port
+
+    low = _ephemeral_low()
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+    if low - 8192 >= 1024:
+        assert all(low - 8192 <= p < low for p in ports), (low, min(ports), max(ports))

@@ -6,8 +6,10 @@ listening on the default endpoint, and by the test suite.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -78,7 +80,36 @@ def binary_version(path: str) -> tuple[int, int, int]:
     raise ToolError(f"{path}: cannot tell its version from {out.strip()[:80]!r}")
 
 
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_BELOW = 8192  # how many ports under the ephemeral range to choose from
+_handed_out: collections.deque[int] = collections.deque(maxlen=1024)
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def free_port(host: str = LOOPBACK) -> int:
+    """A port nothing listens on now, for a process to bind soon after. Chosen below the kernel's
+    ephemeral range where there is room: a port from inside it can be handed to an outgoing
+    connection (etcd dialling its peers, a client) before the process binds it, and etcd then
+    fails with "address already in use"."""
+    low = _ephemeral_low()
+    if low - _BELOW >= 1024:
+        for _ in range(64):
+            port = random.randrange(low - _BELOW, low)
+            if port in _handed_out:
+                continue  # given out a moment ago and perhaps not bound yet
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+            _handed_out.append(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
