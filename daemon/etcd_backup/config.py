@@ -52,13 +52,9 @@ _OFF = {"off", "never", "false", "0"}
 
 
 def _duration_or_off(value: Any) -> float | None:
-    """A duration, or off ("off", "never", "0", false, "false"). Empty is an error: an unset variable in a
+    """A duration, or off (`_OFF`, or TOML's false). Empty is an error: an unset variable in a
     template must not switch drills or deltas off unseen."""
-    if (
-        value is None
-        or value is False
-        or (isinstance(value, str) and value.strip().lower() in {"off", "never", "false", "0"})
-    ):
+    if value is None or value is False or (isinstance(value, str) and value.strip().lower() in _OFF):
         return None
     if isinstance(value, str) and not value.strip():
         raise ValueError('empty: give a duration like "24h", or "off"')
