@@ -33,6 +33,7 @@ log = structlog.get_logger(__name__)
 MEMBER_POLL_SECONDS = 5.0
 MEMBER_CHANGE_DELAY = 1.0  # seconds between noticing a member-list change and its snapshot
 HTTP_SNAPSHOT_WAIT = 120.0  # how long a POST waits for a running snapshot before answering 409
+STANDBY_MARGIN = 10.0  # seconds more before a sidecar stands in: an election, a slow first snapshot
 
 
 def start_wait(cfg: Config) -> float:
@@ -62,9 +63,15 @@ class Daemon:
         if cfg.schedule.mode == "sidecar" and not cfg.schedule.cron:
             # Stand in when the copy beside the leader takes no snapshot (see leadership.py).
             health = self.health
-            slack = cfg.schedule.jitter + 2 * health.every
+            # The jitter, two health checks (the listing may lag) and an election's seconds.
+            slack = cfg.schedule.jitter + 2 * health.every + STANDBY_MARGIN
             self.leadership.standby = Standby(
-                self.period, lambda: health.newest_success, health.newest_is_ours, time.time(), slack
+                self.period,
+                newest_success=lambda: health.newest_success,
+                newest_is_ours=health.newest_is_ours,
+                since=time.time(),
+                slack=slack,
+                newest_duration=health.newest_duration,
             )
         snapshot_lock = threading.Lock()
         self.upkeep = Upkeep(

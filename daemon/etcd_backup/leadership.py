@@ -4,9 +4,10 @@ when it changes the copy beside the new leader sees it at its next check (within
 
 The copy beside the leader may itself be gone while its member leads on (stopped, crashing,
 without storage access). The others then stand in, one at a time. Once the cluster's newest
-snapshot is 1.5 periods old (plus the schedule's jitter and two health checks, so that a snapshot
-late by those is no reason), the copy beside the follower with the lowest member id acts; one
-period later the next one too, and so on. The age counts from when this copy first saw the
+snapshot is 1.5 periods old (periods as long as the newest snapshot took, when that is longer;
+plus the schedule's jitter, two health checks and 10 s, so that a snapshot late by those is no
+reason), the copy beside the follower with the lowest member id acts; one period later the next
+one too, and so on. The age counts from when this copy first saw the
 current leader, so a new leader's copy gets its own 1.5 periods. One that stood in goes on acting
 while the newest snapshot is its own; a snapshot by the copy beside the leader, back again, ends
 it. Interval schedules only: a cron schedule's gaps differ (weekdays only, say), so no age tells
@@ -45,13 +46,16 @@ class Standby:
     def __init__(
         self,
         period: float,
+        *,
         newest_success: Callable[[], float],
         newest_is_ours: Callable[[], bool],
         since: float,
         slack: float = 0.0,
+        newest_duration: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.period = period
         self.slack = slack  # added to every threshold: the schedule's jitter, how late the listing may be
+        self.newest_duration = newest_duration  # a snapshot longer than the period spaces them wider
         self.newest_success = newest_success  # unix time the cluster's newest successful snapshot completed (0: none)
         self.newest_is_ours = newest_is_ours
         self.standing = False  # acting in place of the copy beside the leader
@@ -68,11 +72,14 @@ class Standby:
     def overdue(self, now: float) -> float | None:
         """The newest snapshot's age when some follower's copy may stand in now, else None."""
         age = now - max(self.newest_success(), self._leader_since)
-        return age if self._going_on() or age > 1.5 * self.period + self.slack else None
+        return age if self._going_on() or age > self._threshold(0) else None
 
     def admits(self, rank: int, age: float) -> bool:
         """Whether the copy beside follower `rank` (0: the lowest member id) stands in."""
-        return self._going_on() or age > (1.5 + rank) * self.period + self.slack
+        return self._going_on() or age > self._threshold(rank)
+
+    def _threshold(self, rank: int) -> float:
+        return (1.5 + rank) * max(self.period, self.newest_duration()) + self.slack
 
     def _going_on(self) -> bool:
         # Stood in, and the copy beside the leader has taken none since.

@@ -125,6 +125,7 @@ class HealthWatch:
         self.delta_tip = delta_tip
         self._delta_checked_at = 0  # etcd's revision when delta_error was last decided
         self._ours: Manifest | None = None  # the newest snapshot this process committed
+        self._newest_seconds = 0.0  # how long the newest successful snapshot took
         # Read at each scrape: the gauge says what /readyz answers now (a snapshot makes it ready
         # at once, between two checks).
         metrics.ready.set_function(lambda: 0.0 if self.readiness() else 1.0)
@@ -133,6 +134,11 @@ class HealthWatch:
     def newest_success(self) -> float:
         with self._lock:
             return self._health.newest_success
+
+    def newest_duration(self) -> float:
+        """Seconds the newest successful snapshot took (a large database: longer than a period)."""
+        with self._lock:
+            return self._newest_seconds
 
     def newest_is_ours(self) -> bool:
         """Whether the newest successful snapshot is the one this process committed last."""
@@ -145,6 +151,8 @@ class HealthWatch:
         with self._lock:
             if self._ours is None or completed_at(m) >= completed_at(self._ours):
                 self._ours = m
+            if completed_at(m) >= self._health.newest_success:
+                self._newest_seconds = m.duration_seconds
             self._health.newest_success = max(self._health.newest_success, completed_at(m))
             # It holds every revision etcd had at that check (the one taken after a delta gap):
             # the deltas are no longer behind, and an idle cluster writes none to show it.
@@ -194,6 +202,8 @@ class HealthWatch:
                     and not any(m.id == ours.id and not m.verified for m in listing.manifests)
                 )
                 self._health.newest_success = max(newest_success, completed_at(ours) if ours and counts else 0.0)
+                latest = ours if ours and counts and completed_at(ours) >= newest_success else newest
+                self._newest_seconds = latest.duration_seconds if latest else 0.0
             self._health.checked_at = time.time()
 
     def _gauges(self, listing: Listing, cluster_id: int | None, live_revision: int) -> None:
