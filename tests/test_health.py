@@ -59,3 +59,33 @@ def test_first_drill_soon_after_start_unless_one_was_recorded() -> None:
     last = (now - timedelta(hours=1)).timestamp()
     assert first_drill(now, 86400, last) == now + timedelta(hours=23)
     assert first_drill(now, 600, last) == now  # overdue: at once
+
+
+def test_standby_thresholds_by_rank_new_leader_and_snapshot_duration() -> None:
+    """Pure rules of a sidecar standing in (leadership.Standby): by rank, one period apart; the age
+    counted from a new leader; a period as long as the newest snapshot took; and, once standing
+    in, going on while the newest snapshot is its own."""
+    from etcd_backup.leadership import Standby
+
+    newest, ours, took = [1000.0], [False], [10.0]
+    s = Standby(
+        100.0,
+        newest_success=lambda: newest[0],
+        newest_is_ours=lambda: ours[0],
+        since=0.0,
+        slack=5.0,
+        newest_duration=lambda: took[0],
+    )
+    s.saw_leader(7, 900.0)
+    assert s.overdue(1000.0 + 155.0) is None  # 1.5 periods + slack not passed yet
+    age = s.overdue(1000.0 + 156.0)
+    assert age == 156.0 and s.admits(0, age) and not s.admits(1, age)
+    assert s.admits(1, 256.0)  # one period later the next follower too
+    s.saw_leader(8, 1100.0)  # a new leader: its copy gets its own 1.5 periods
+    assert s.overdue(1000.0 + 200.0) is None
+    took[0] = 300.0  # snapshots take longer than the period: they come that far apart
+    assert s.overdue(1100.0 + 400.0) is None and s.overdue(1100.0 + 456.0) == 456.0  # from the new leader on
+    s.standing, ours[0], newest[0] = True, True, 1200.0  # it stood in and took the newest
+    assert s.overdue(1201.0) == 1.0 and s.admits(5, 1.0)  # standing in goes on
+    ours[0] = False  # the leader's copy took one: standing in ends unless overdue again
+    assert s.overdue(1201.0) is None
