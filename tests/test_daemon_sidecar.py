@@ -42,13 +42,10 @@ def member_ids(cluster: Cluster) -> dict[str, str]:
     return {s["Endpoint"]: format(s["Status"]["header"]["member_id"], "x") for s in statuses}
 
 
-def test_only_the_leaders_sidecar_snapshots_and_another_takes_over(
-    etcd_cluster: ClusterFactory, tmp_path: Path, start_daemon: DaemonFactory
-) -> None:
-    cluster = etcd_cluster(3)
-    cluster.put("/registry/x", "y")
-    store = tmp_path / "store"
-    keys_before = cluster.get_all()
+def start_sidecars(
+    cluster: Cluster, store: Path, start_daemon: DaemonFactory, **settings: str
+) -> dict[str, DaemonProcess]:
+    """One sidecar copy per member (client URL -> its daemon), each pointed at its member only."""
     daemons: dict[str, DaemonProcess] = {}
     for member in cluster.members:
         env = config_env(
@@ -59,10 +56,22 @@ def test_only_the_leaders_sidecar_snapshots_and_another_takes_over(
             verify__restore_drill="off",
             etcd__endpoints=member.client_url,
             etcd__dial_timeout="1s",
+            **settings,
         )
         daemons[member.client_url] = start_daemon(env, wait=False)
     for d in daemons.values():
         d.wait_serving()
+    return daemons
+
+
+def test_only_the_leaders_sidecar_snapshots_and_another_takes_over(
+    etcd_cluster: ClusterFactory, tmp_path: Path, start_daemon: DaemonFactory
+) -> None:
+    cluster = etcd_cluster(3)
+    cluster.put("/registry/x", "y")
+    store = tmp_path / "store"
+    keys_before = cluster.get_all()
+    daemons = start_sidecars(cluster, store, start_daemon)
     ids = member_ids(cluster)
     leader = leader_of(cluster, cluster.endpoints)
 
@@ -109,21 +118,7 @@ def test_when_the_leaders_copy_stops_and_its_member_leads_on_a_follower_stands_i
     cluster = etcd_cluster(3)
     cluster.put("/registry/x", "y")
     store = tmp_path / "store"
-    daemons: dict[str, DaemonProcess] = {}
-    for member in cluster.members:
-        env = config_env(
-            cluster,
-            f"file://{store}",
-            schedule__mode="sidecar",
-            schedule__interval=f"{PERIOD:.0f}s",
-            verify__restore_drill="off",
-            delta__interval="off",
-            etcd__endpoints=member.client_url,
-            etcd__dial_timeout="1s",
-        )
-        daemons[member.client_url] = start_daemon(env, wait=False)
-    for d in daemons.values():
-        d.wait_serving()
+    daemons = start_sidecars(cluster, store, start_daemon, delta__interval="off")
     ids = member_ids(cluster)
     leader = leader_of(cluster, cluster.endpoints)
     first = next(iter(daemons.values()))

@@ -7,11 +7,10 @@ without storage access). The others then stand in, one at a time. Once the clust
 snapshot is 1.5 periods old (periods as long as the newest snapshot took, when that is longer;
 plus the schedule's jitter, two health checks and 10 s, so that a snapshot late by those is no
 reason), the copy beside the follower with the lowest member id acts; one period later the next
-one too, and so on. The age counts from when this copy first saw the
-current leader, so a new leader's copy gets its own 1.5 periods. One that stood in goes on acting
-while the newest snapshot is its own; a snapshot by the copy beside the leader, back again, ends
-it. Interval schedules only: a cron schedule's gaps differ (weekdays only, say), so no age tells
-that a run was missed.
+one too, and so on. The age counts from when this copy first saw the current leader, so a new
+leader's copy gets its own 1.5 periods. One that stood in goes on acting while the newest snapshot
+is its own; a snapshot by the copy beside the leader, back again, ends it. Interval schedules
+only: a cron schedule's gaps differ (weekdays only, say), so no age tells that a run was missed.
 """
 
 from __future__ import annotations
