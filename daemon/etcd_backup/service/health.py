@@ -125,7 +125,7 @@ class HealthWatch:
         self.delta_tip = delta_tip
         self._delta_checked_at = 0  # etcd's revision when delta_error was last decided
         self._ours: Manifest | None = None  # the newest snapshot this process committed
-        self._newest_seconds = 0.0  # how long the newest successful snapshot took
+        self._newest: Manifest | None = None  # the newest successful one (Health.newest_success is its time)
         # Read at each scrape: the gauge says what /readyz answers now (a snapshot makes it ready
         # at once, between two checks).
         metrics.ready.set_function(lambda: 0.0 if self.readiness() else 1.0)
@@ -138,22 +138,25 @@ class HealthWatch:
     def newest_duration(self) -> float:
         """Seconds the newest successful snapshot took (a large database: longer than a period)."""
         with self._lock:
-            return self._newest_seconds
+            return self._newest.duration_seconds if self._newest else 0.0
 
     def newest_is_ours(self) -> bool:
         """Whether the newest successful snapshot is the one this process committed last."""
         with self._lock:
-            ours = self._ours
-            return ours is not None and self._health.newest_success <= completed_at(ours)
+            return self._newest is not None and self._ours is not None and self._newest.id == self._ours.id
+
+    def _set_newest(self, m: Manifest | None) -> None:
+        """Under the lock."""
+        self._newest = m
+        self._health.newest_success = completed_at(m) if m else 0.0
 
     def succeeded(self, m: Manifest) -> None:
         """A snapshot of ours completed: ready at once, not at the next check."""
         with self._lock:
             if self._ours is None or completed_at(m) >= completed_at(self._ours):
                 self._ours = m
-            if completed_at(m) >= self._health.newest_success:
-                self._newest_seconds = m.duration_seconds
-            self._health.newest_success = max(self._health.newest_success, completed_at(m))
+            if self._newest is None or completed_at(m) >= completed_at(self._newest):
+                self._set_newest(m)
             # It holds every revision etcd had at that check (the one taken after a delta gap):
             # the deltas are no longer behind, and an idle cluster writes none to show it.
             if self._health.delta_error and m.revision >= self._delta_checked_at:
@@ -177,7 +180,7 @@ class HealthWatch:
             except EtcdBackupError as exc:
                 tip, storage_error = None, storage_error or str(exc)
             delta_error = delta_staleness(tip, obs.status.revision, now=time.time(), interval=self.cfg.delta.interval)
-        newest_success = 0.0
+        newest: Manifest | None = None
         if listing is not None:
             self._gauges(
                 listing, obs.status.cluster_id if obs.status else None, obs.status.revision if obs.status else 0
@@ -186,7 +189,6 @@ class HealthWatch:
             # cluster's snapshots back up nothing that runs, and the next one is due at once.
             live = hexid(obs.status.cluster_id) if obs.status else None
             newest = listing.newest_verified(live)
-            newest_success = completed_at(newest) if newest else 0.0
         with self._lock:
             self._health.etcd_error = obs.error
             self._health.storage_error = storage_error
@@ -196,14 +198,13 @@ class HealthWatch:
                 # What storage holds now decides, so that a snapshot a drill found broken stops
                 # counting; ours counts too until the listing shows it (it may lag a commit).
                 ours = self._ours
-                counts = (
+                ours_newest = (
                     ours is not None
                     and ours.cluster_id == live
                     and not any(m.id == ours.id and not m.verified for m in listing.manifests)
+                    and (newest is None or completed_at(ours) >= completed_at(newest))
                 )
-                self._health.newest_success = max(newest_success, completed_at(ours) if ours and counts else 0.0)
-                latest = ours if ours and counts and completed_at(ours) >= newest_success else newest
-                self._newest_seconds = latest.duration_seconds if latest else 0.0
+                self._set_newest(ours if ours_newest else newest)
             self._health.checked_at = time.time()
 
     def _gauges(self, listing: Listing, cluster_id: int | None, live_revision: int) -> None:
