@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,39 @@ def test_standby_thresholds_by_rank_new_leader_and_snapshot_duration() -> None:
     assert s.overdue(1201.0) == 1.0 and s.admits(5, 1.0)  # standing in goes on
     ours[0] = False  # the leader's copy took one: standing in ends unless overdue again
     assert s.overdue(1201.0) is None
+
+
+def test_a_crons_stand_in_period_is_its_widest_gap() -> None:
+    """A weekday cron's weekend is no missed run; a cron that runs once in years gives none."""
+    from etcd_backup.scheduler import widest_gap
+
+    now = datetime(2026, 12, 2, 19, 0, tzinfo=UTC)  # a Wednesday
+    assert widest_gap("*/30 * * * *", now) == 1800.0
+    assert widest_gap("0 2 * * *", now) == 86400.0
+    assert widest_gap("0 2 * * 1-5", now) == 3 * 86400.0  # Friday to Monday
+    assert widest_gap("0 0 1 * *", now) == 31 * 86400.0
+    assert widest_gap("0 0 29 2 *", now) is None  # once by 2028: nothing to wait on
+
+
+def test_a_sidecar_on_a_cron_can_stand_in(tmp_path: Path) -> None:
+    """With `schedule.cron` the copies beside followers stand in too, waiting on the cron's widest
+    gap; with a cron that gives none, none does (no age would show a missed run)."""
+    from etcd_backup.config import Config
+    from etcd_backup.daemon import Daemon
+    from etcd_backup.etcdproc import free_port
+    from etcd_backup.storage import open_store
+
+    def standby(cron: str) -> float | None:
+        cfg = Config(
+            etcd={"endpoints": [f"http://127.0.0.1:{free_port()}"], "dial_timeout": "1s"},
+            storage={"url": f"file://{tmp_path}/store"},
+            schedule={"cron": cron, "mode": "sidecar"},
+        )
+        daemon = Daemon(cfg, open_store(cfg.storage))
+        try:
+            return daemon.leadership.standby.period if daemon.leadership.standby else None
+        finally:
+            daemon.stop(1)
+
+    assert standby("0 2 * * 1-5") == 3 * 86400.0
+    assert standby("0 0 29 2 *") is None

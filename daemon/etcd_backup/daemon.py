@@ -17,7 +17,7 @@ from .manifest import CachedListing
 from .metrics import Metrics
 from .model import Manifest
 from .process import within
-from .scheduler import Scheduler, first_drill
+from .scheduler import Scheduler, first_drill, widest_gap
 from .service.cycle import SnapshotRuns
 from .service.deltawriter import DeltaWriter
 from .service.health import HealthWatch, completed_at
@@ -60,13 +60,15 @@ class Daemon:
         self.health = HealthWatch(
             cfg, self.listing, self.metrics, self.leadership, period=self.period, delta_tip=self._delta_tip
         )
-        if cfg.schedule.mode == "sidecar" and not cfg.schedule.cron:
+        # A cron's stand-in waits on its widest gap: a weekday schedule's weekend is no missed run.
+        standby_period = widest_gap(cfg.schedule.cron, datetime.now(UTC)) if cfg.schedule.cron else float(self.period)
+        if cfg.schedule.mode == "sidecar" and standby_period is not None:
             # Stand in when the copy beside the leader takes no snapshot (see leadership.py).
             health = self.health
             # The jitter, two health checks (the listing may lag) and an election's seconds.
             slack = cfg.schedule.jitter + 2 * health.every + STANDBY_MARGIN
             self.leadership.standby = Standby(
-                self.period,
+                standby_period,
                 newest_success=lambda: health.newest_success,
                 newest_is_ours=health.newest_is_ours,
                 since=time.time(),

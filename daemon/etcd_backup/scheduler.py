@@ -145,6 +145,27 @@ class Scheduler:
             return self._active == 0
 
 
+def widest_gap(cron: str, now: datetime, *, fires: int = 64, horizon: float = 400 * 86400.0) -> float | None:
+    """The longest time between two consecutive runs of `cron` among its next `fires` runs within
+    `horizon` seconds: the period a stand-in waits on (a weekday cron's is the weekend), so no gap
+    of the schedule itself ever looks like a missed run. None when it runs fewer than twice then."""
+    trigger = CronTrigger.from_crontab(cron, timezone="UTC")
+    end = now + timedelta(seconds=horizon)
+    widest: float | None = None
+    previous = trigger.get_next_fire_time(None, now)
+    for _ in range(fires - 1):
+        if previous is None or previous > end:
+            break
+        fire = trigger.get_next_fire_time(previous, previous)
+        if fire is None or fire > end:
+            break
+        if fire > previous:
+            gap = (fire - previous).total_seconds()
+            widest = gap if widest is None else max(widest, gap)
+        previous = fire
+    return widest
+
+
 def first_drill(now: datetime, every: float, last: float) -> datetime:
     """When the first drill runs: one interval after the last recorded one, or soon after start
     when none was ever recorded (not a whole interval later)."""
