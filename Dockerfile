@@ -27,10 +27,11 @@ ENV PATH=/opt/etcd-backup/bin:$PATH \
 # The built-in default storage (file://./etcd-backups) lands here; mount a volume or use s3://.
 WORKDIR /var/lib/etcd-backup
 USER 10001:10001
-# HTTP listens on 127.0.0.1:9479 unless ETCD_BACKUP_SERVER__LISTEN says otherwise; a non-loopback
-# address (e.g. 0.0.0.0:9479 for Prometheus) needs ETCD_BACKUP_SERVER__TOKEN_FILE.
+# HTTP listens on 127.0.0.1:9479 unless server.listen says otherwise; a non-loopback address
+# (e.g. 0.0.0.0:9479 for Prometheus) needs server.token_file.
 EXPOSE 9479
-# No curl in the slim image: Python asks /healthz on the listen port (0.0.0.0 -> loopback).
-HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 CMD ["python", "-c", "import os,urllib.request as u; h,_,p=os.environ.get('ETCD_BACKUP_SERVER__LISTEN','127.0.0.1:9479').rpartition(':'); h={'0.0.0.0':'127.0.0.1','[::]':'[::1]','':'127.0.0.1'}.get(h,h); u.urlopen(f'http://{h}:{p}/healthz',timeout=4)"]
+# No curl in the slim image: the probe asks /healthz where the daemon listens (from
+# ETCD_BACKUP_SERVER__LISTEN or the file ETCD_BACKUP_CONFIG names; 0.0.0.0 -> loopback).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 CMD ["python", "-m", "etcd_backup.probe"]
 ENTRYPOINT ["etcd-backup"]
 CMD ["run"]

@@ -55,7 +55,7 @@ def test_image_recipe() -> None:
     assert ("CMD", '["run"]') in final
     build = " ".join(args for word, args in ins if word == "RUN")
     assert '".[etcd]"' in build  # etcdutl and etcd for drills and restores
-    assert any(word == "HEALTHCHECK" and "/healthz" in args for word, args in final)
+    assert any(word == "HEALTHCHECK" and "etcd_backup.probe" in args for word, args in final)
     ignored = (ROOT / ".dockerignore").read_text()
     assert "!daemon/" in ignored and "!pyproject.toml" in ignored and "!README.md" in ignored
 
@@ -66,6 +66,8 @@ def healthcheck_command() -> list[str]:
 
 
 def test_healthcheck_command_probes_a_live_daemon(tmp_path: Path, start_daemon: DaemonFactory) -> None:
+    """The probe finds the port where the daemon finds it: the environment, or else the file that
+    ETCD_BACKUP_CONFIG names (a port set only there used to be probed at the default)."""
     cmd = healthcheck_command()
     assert cmd[0] == "python"
     env = config_env(
@@ -79,9 +81,16 @@ def test_healthcheck_command_probes_a_live_daemon(tmp_path: Path, start_daemon: 
     probe_env = {**os.environ, "ETCD_BACKUP_SERVER__LISTEN": f"0.0.0.0:{d.port}"}
     ok = subprocess.run([sys.executable, *cmd[1:]], env=probe_env, capture_output=True, timeout=30)
     assert ok.returncode == 0, ok.stderr
+    config = tmp_path / "config.toml"
+    config.write_text(f'[server]\nlisten = "0.0.0.0:{d.port}"\n')
+    from_file = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_BACKUP_")}
+    from_file["ETCD_BACKUP_CONFIG"] = str(config)
+    ok = subprocess.run([sys.executable, *cmd[1:]], env=from_file, capture_output=True, timeout=30)
+    assert ok.returncode == 0, ok.stderr
     d.terminate()
-    down = subprocess.run([sys.executable, *cmd[1:]], env=probe_env, capture_output=True, timeout=30)
-    assert down.returncode != 0
+    for env in (probe_env, from_file):
+        down = subprocess.run([sys.executable, *cmd[1:]], env=env, capture_output=True, timeout=30)
+        assert down.returncode == 1 and f":{d.port}/healthz" in down.stderr.decode(), down.stderr
 
 
 def sidecar_container() -> dict:

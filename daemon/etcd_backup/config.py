@@ -34,12 +34,9 @@ from pydantic import (
 )
 
 from . import crypto, kubeadm
+from .configfile import DEFAULT_LISTEN, ENV_CONFIG, ENV_PREFIX, resolve_path
 from .errors import ConfigError
 from .units import parse_duration, parse_size
-
-ENV_PREFIX = "ETCD_BACKUP_"
-ENV_CONFIG = "ETCD_BACKUP_CONFIG"
-DEFAULT_CONFIG_PATH = Path("/etc/etcd-backup/config.toml")
 
 
 def _split_list(value: Any) -> Any:
@@ -459,7 +456,7 @@ class RestoreConfig(_Section):
 
 
 class ServerConfig(_Section):
-    listen: str = "127.0.0.1:9479"
+    listen: str = DEFAULT_LISTEN
     token_file: str | None = None
 
     @field_validator("listen")
@@ -656,16 +653,6 @@ def _merged(data: dict[str, Any], overrides: dict[str, dict[str, str]], origin: 
             raise ConfigError(f"configuration error in {origin}: {section}: must be a table")
         merged[section] = {**current, **values}
     return merged
-
-
-def resolve_path(cli_path: str | None) -> Path | None:
-    if cli_path:
-        return Path(cli_path)
-    if os.environ.get(ENV_CONFIG):
-        return Path(os.environ[ENV_CONFIG])
-    if DEFAULT_CONFIG_PATH.is_file():
-        return DEFAULT_CONFIG_PATH
-    return None
 
 
 def _origin(
