@@ -9,7 +9,7 @@ import shlex
 
 import pytest
 
-from etcd_backup.advice import recommend
+from etcd_backup.advice import membership_before, recommend
 from etcd_backup.assessment import MemberHealth, MemberState, Scenario, classify, quorum
 from etcd_backup.config import EtcdConfig
 from etcd_backup.model import Check, ClusterMember, Manifest, Verification
@@ -223,6 +223,53 @@ def test_a_replacement_waiting_for_its_member_to_start_says_start_it_not_remove_
         CTX, Scenario.UNSTARTED_MEMBER, grown, quorum(grown), backup=manifest(recorded), other_clusters=False, alarms=[]
     )
     assert [s.kind for s in book.steps] == [StepKind.REMOVE], book.steps
+
+
+def test_a_snapshot_taken_while_the_replacement_waits_still_says_start_it() -> None:
+    """The daemon snapshots when the member list changes: right after replace-member, that snapshot
+    records the new member unstarted and the failed one no more. The replacement is told from the
+    newest snapshot taken before the new member was added."""
+    recorded = tuple(
+        ClusterMember(f"{n:x}" * 4, name, (f"https://10.0.0.{n}:2380",), (f"https://10.0.0.{n}:2379",))
+        for n, name in ((1, "a"), (2, "b"), (3, "c"))
+    )
+    before = manifest(recorded)
+    after_add = manifest((recorded[0], recorded[2], ClusterMember("4444", "", ("https://10.0.0.4:2380",), ())))
+    replacing = [member("a", 1, leader=True), member("c", 3), member("", 4, started=False)]
+    assert membership_before([after_add, before], replacing) is before
+    assert membership_before([after_add], replacing) is None
+
+    def kinds(before_added: Manifest | None) -> list[StepKind]:
+        book = recommend(
+            CTX, Scenario.UNSTARTED_MEMBER, replacing, quorum(replacing), backup=after_add,
+            other_clusters=False, alarms=[], before_added=before_added,
+        )  # fmt: skip
+        return [s.kind for s in book.steps]
+
+    assert kinds(before) == [StepKind.START, StepKind.CHECK]
+    assert kinds(None) == [StepKind.REMOVE]  # nothing older to tell it by: scenario 2's advice
+
+
+def test_quorum_lost_rebuilds_a_member_the_snapshot_recorded_unstarted_under_a_placeholder() -> None:
+    """Nothing answers and the newest snapshot was taken between replace-member and the new
+    member's start: that member is rebuilt too (NAME for its unknown name), never dropped."""
+    recorded = (
+        ClusterMember("1111", "a", ("https://10.0.0.1:2380",), ("https://10.0.0.1:2379",)),
+        ClusterMember("4444", "", ("https://10.0.0.4:2380",), ()),
+        ClusterMember("3333", "c", ("https://10.0.0.3:2380",), ("https://10.0.0.3:2379",)),
+    )
+    book = recommend(
+        CTX, Scenario.QUORUM_LOST, [], quorum([]), backup=manifest(recorded), other_clusters=False, alarms=[]
+    )
+    restores = [shlex.split(s.command) for s in book.steps if s.kind is StepKind.RESTORE]
+    assert len(restores) == 3, book.steps
+    for cmd in restores:
+        assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "--member"] == [
+            "a=https://10.0.0.1:2380", "NAME=https://10.0.0.4:2380", "c=https://10.0.0.3:2380",
+        ]  # fmt: skip
+    assert "4444 (https://10.0.0.4:2380) as NAME" in book.explanation, book.explanation
+    for step in book.steps:
+        assert shlex.split(step.command), step  # placeholders stay shell-safe words
 
 
 def test_a_hinted_member_counts_for_the_recorded_cluster_or_the_one_the_configured_endpoint_is_in() -> None:

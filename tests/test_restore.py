@@ -211,6 +211,65 @@ def test_a_sidecar_whose_own_member_is_lost_finds_the_rest_of_its_cluster(
     assert cluster.get_all(endpoints=[new.client_url]) == expected
 
 
+def test_a_snapshot_between_replace_member_and_the_start_misleads_neither_doctor_nor_a_rebuild(
+    etcd_cluster: ClusterFactory, start_etcd: StartEtcd, tmp_path: Path
+) -> None:
+    """The daemon snapshots when the member list changes, so one is taken right after
+    replace-member: it records the new member unstarted (no name, no client URLs) and the failed
+    one no more. doctor still says start it (the remove it said undid the replacement); the member
+    watch sees the start as a change, for a snapshot that records the name; and with every member
+    down before that, the rebuild keeps the new member (it was dropped: two members of three)."""
+    from etcd_backup.config import Config
+    from etcd_backup.service.memberwatch import MemberWatch
+
+    cluster = etcd_cluster(3)
+    expected = write_keys(cluster)
+    env = config_env(cluster, f"file://{tmp_path}/store", etcd__dial_timeout="2s")
+    snapshot(env)
+    changes: list[int] = []
+    watch = MemberWatch(
+        Config(etcd={"endpoints": [cluster.member("m1").client_url], "dial_timeout": "2s"}),
+        on_change=lambda: changes.append(1),
+    )
+    watch.poll()
+    lost = cluster.member("m2")
+    lost.kill()
+    shutil.rmtree(lost.data_dir)
+    out = cli_json(
+        env, "restore", "replace-member", "--failed", "m2", "--name", "m4", "--peer-url", peer_url(),
+        "--data-dir", str(tmp_path / "new-host" / "m4"),
+    )  # fmt: skip
+    watch.poll()
+    assert len(changes) == 1
+    between = snapshot(env)  # what the daemon's member-change snapshot holds
+    assert [m for m in between["members"] if not m["name"]], between["members"]
+
+    diagnosis = cli_json(env, "doctor", expect=1)
+    assert diagnosis["scenario"] == "unstarted-member", diagnosis
+    assert "member remove" not in diagnosis["recommendation"], diagnosis["recommendation"]
+    assert "in place of m2" in diagnosis["explanation"], diagnosis["explanation"]
+
+    new = start_etcd(cluster.tools.etcd, out["etcd_flags"])
+    wait_healthy(new.client_url, 60, new)
+    wait_started_members(cluster, new.client_url, {"m1", "m3", "m4"})
+    watch.poll()
+    assert len(changes) == 2, "the new member's start is a change of the member list"
+    assert cluster.get_all(endpoints=[new.client_url]) == expected
+
+    for m in [cluster.member("m1"), cluster.member("m3"), new]:
+        m.kill()
+    lost_all = cli_json(env, "doctor", expect=1)
+    assert lost_all["scenario"] == "quorum-lost", lost_all
+    recommendation = lost_all["recommendation"]
+    for name, url in (
+        ("m1", cluster.member("m1").peer_url),
+        ("m3", cluster.member("m3").peer_url),
+        ("NAME", new.peer_url),
+    ):
+        assert f"--member {name}={url}" in recommendation, recommendation
+    assert f"{out['added']['id']} ({new.peer_url}) as NAME" in lost_all["explanation"], lost_all["explanation"]
+
+
 def test_doctor_with_every_member_of_three_down_says_quorum_lost_not_one_member(
     etcd_cluster: ClusterFactory, tmp_path: Path
 ) -> None:

@@ -30,12 +30,29 @@ def host_of(m: MemberHealth) -> Host:
 
 
 def hosts_from_backup(backup: Manifest | None) -> list[Host]:
-    """The voting members as the snapshot recorded them: names and URLs when nothing answers."""
-    if backup is None:
-        return []
-    return [
-        Host(m.name, m.peer_urls[0], m.client_urls) for m in backup.members if m.name and m.peer_urls and not m.learner
-    ]
+    """The voting members as the snapshot recorded them: names and URLs when nothing answers. A
+    member added but not started when it was taken has no name there: a placeholder stands in."""
+    voting = [m for m in backup.members if m.peer_urls and not m.learner] if backup else []
+    unnamed = iter(_placeholders(sum(1 for m in voting if not m.name)))
+    return [Host(m.name or next(unnamed), m.peer_urls[0], m.client_urls) for m in voting]
+
+
+def _placeholders(n: int) -> list[str]:
+    return [NAME_PLACEHOLDER] if n == 1 else [f"{NAME_PLACEHOLDER}{i}" for i in range(1, n + 1)]
+
+
+def _unnamed_in(backup: Manifest | None) -> str:
+    """What the operator must know when the snapshot recorded members that had not started."""
+    unnamed = [m for m in backup.members if not m.name and m.peer_urls and not m.learner] if backup else []
+    if not unnamed or backup is None:
+        return ""
+    names = _placeholders(len(unnamed))
+    who = ", ".join(f"{m.id} ({m.peer_urls[0]}) as {n}" for m, n in zip(unnamed, names, strict=True))
+    return (
+        f" Snapshot {backup.id} was taken while member {who} had been added but not yet started, so its "
+        "name is not recorded: replace the placeholder with the --name it runs with, or, if it never started, "
+        "leave it out of every --member and --initial-cluster."
+    )
 
 
 def recommend(
@@ -49,9 +66,12 @@ def recommend(
     alarms: Sequence[dict[str, str]] | None,
     newest_point: int | None = None,
     storage_error: str | None = None,
+    before_added: Manifest | None = None,
 ) -> Runbook:
     """`newest_point`: the newest revision deltas after `backup` reach (restores then go there);
-    `storage_error`: why storage could not be read (then "no snapshot" only means "none seen")."""
+    `storage_error`: why storage could not be read (then "no snapshot" only means "none seen");
+    `before_added`: the newest snapshot taken before the unstarted members were added
+    (`membership_before`), which tells a replacement from a grow; default `backup`."""
     snapshot = backup.id if backup else SNAPSHOT_PLACEHOLDER
     rebuilds = scenario in (Scenario.SINGLE_MEMBER_DOWN, Scenario.QUORUM_LOST)
     if rebuilds and backup is not None and newest_point is not None and newest_point > backup.revision:
@@ -62,7 +82,7 @@ def recommend(
     if scenario is Scenario.QUORUM_LOST:
         return _quorum_lost(ctx, snapshot, members, backup)
     if scenario is Scenario.UNSTARTED_MEMBER:
-        return _unstarted(ctx, snapshot, members, q, backup)
+        return _unstarted(ctx, snapshot, members, q, backup=backup, before_added=before_added or backup)
     if scenario is Scenario.MEMBER_DOWN:
         return _member_down(ctx, members)
     if alarms:
@@ -174,6 +194,8 @@ def _quorum_lost(ctx: Context, snapshot: str, members: Sequence[MemberHealth], b
     )
     if not members and not backup:
         text += " No member answered, so the member names and peer URLs are placeholders."
+    elif not voting:
+        text += _unnamed_in(backup)
     return _runbook(rebuild(ctx, snapshot, hosts, force=True), text, alive)
 
 
@@ -192,6 +214,14 @@ def _member_down(ctx: Context, members: Sequence[MemberHealth]) -> Runbook:
     )
 
 
+def membership_before(manifests: Sequence[Manifest], members: Sequence[MemberHealth]) -> Manifest | None:
+    """The newest of `manifests` (newest first) taken before the unstarted members were added.
+    A snapshot taken after the add (the daemon's member-change one, a manual one) records the new
+    member unstarted and no longer the member it replaced, so it cannot tell a replacement."""
+    added = {m.id for m in members if not m.started}
+    return next((b for b in manifests if not added & {r.id for r in b.members}), None)
+
+
 def _replacing(members: Sequence[MemberHealth], backup: Manifest | None) -> list[str]:
     """The members the newest snapshot recorded that an unstarted one took the place of (as
     `restore replace-member` leaves it until the new member starts): as many members as then,
@@ -204,12 +234,18 @@ def _replacing(members: Sequence[MemberHealth], backup: Manifest | None) -> list
 
 
 def _unstarted(
-    ctx: Context, snapshot: str, members: Sequence[MemberHealth], q: Quorum, backup: Manifest | None
+    ctx: Context,
+    snapshot: str,
+    members: Sequence[MemberHealth],
+    q: Quorum,
+    *,
+    backup: Manifest | None,
+    before_added: Manifest | None,
 ) -> Runbook:
     unstarted = [m for m in members if not m.started]
     started = [m for m in members if m.started]
     who = ", ".join(f"{m.id} ({', '.join(m.peer_urls)})" for m in unstarted)
-    replaced = _replacing(members, backup) if q.held and len(unstarted) == 1 else []
+    replaced = _replacing(members, before_added) if q.held and len(unstarted) == 1 else []
     if q.held:
         endpoints = [u for m in started if m.reachable for u in m.client_urls[:1]]
         removes = [Step(ctx.etcdctl(endpoints, "member", "remove", m.id), StepKind.REMOVE) for m in unstarted]

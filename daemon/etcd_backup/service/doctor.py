@@ -15,7 +15,7 @@ import structlog
 
 from .. import chain, delta
 from .. import manifest as manifests
-from ..advice import recommend
+from ..advice import membership_before, recommend
 from ..assessment import (
     DEFAULT_QUOTA_BYTES,
     MemberHealth,
@@ -179,6 +179,7 @@ def diagnose(
         alarms=alarms,
         newest_point=point_info.revision if point_info else None,
         storage_error=storage_error,
+        before_added=_before_added(listing, cluster_id, members) if scenario is Scenario.UNSTARTED_MEMBER else None,
     )
     info = _backup_info(backup, members, now()) if backup else None
     found = cluster_problems(s, members, q, alarms, quota_bytes)
@@ -229,6 +230,13 @@ def _refuse_blind(s: Survey) -> None:
         raise OperationalError(
             f"no member accepted our credentials, so doctor cannot tell the cluster's state: {first.error}"
         )
+
+
+def _before_added(listing: Listing | None, cluster_id: str | None, members: list[MemberHealth]) -> Manifest | None:
+    if listing is None or cluster_id is None:
+        return None
+    # Any manifest records the member list, a snapshot that failed verification too.
+    return membership_before([m for m in listing.manifests if m.cluster_id == cluster_id], members)
 
 
 def this_clusters_backup(listing: Listing, cluster_id: str | None, endpoints: list[str]) -> Manifest | None:

@@ -1,5 +1,5 @@
-"""Notice a change of the etcd member list (a member added, removed or promoted), so the daemon
-can snapshot right after it."""
+"""Notice a change of the etcd member list (a member added, started, removed or promoted), so the
+daemon can snapshot right after it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ from ..etcdclient import Member, connect_healthy, hexid
 
 log = structlog.get_logger(__name__)
 
-MemberSet = frozenset[tuple[Any, ...]]
+# id -> what the snapshot's manifest records of the member. The name and client URLs count: a
+# member added but not yet started is listed without them, and a snapshot taken then records it
+# so; the one after it starts records who it is, for doctor's runbooks and restore's flags.
+MemberSet = dict[int, tuple[Any, ...]]
 
 
 class MemberWatch:
@@ -31,9 +34,10 @@ class MemberWatch:
         previous, self._members = self._members, members
         if previous is None or previous == members:
             return
-        added = sorted(hexid(m[0]) for m in members - previous)
-        removed = sorted(hexid(m[0]) for m in previous - members)
-        log.info("etcd member list changed; snapshot soon", added=added, removed=removed)
+        added = sorted(hexid(i) for i in members.keys() - previous.keys())
+        removed = sorted(hexid(i) for i in previous.keys() - members.keys())
+        changed = sorted(hexid(i) for i in members.keys() & previous.keys() if members[i] != previous[i])
+        log.info("etcd member list changed; snapshot soon", added=added, removed=removed, changed=changed)
         self.on_change()
 
     def _member_set(self) -> MemberSet:
@@ -46,4 +50,4 @@ class MemberWatch:
                 infos = member.members()
             finally:
                 member.close()
-        return frozenset((m.id, tuple(sorted(m.peer_urls)), m.is_learner) for m in infos)
+        return {m.id: (m.name, tuple(sorted(m.peer_urls)), tuple(sorted(m.client_urls)), m.is_learner) for m in infos}
