@@ -121,6 +121,8 @@ class DeltaWriter:
         self._leases: dict[int, int | None] = {}
         self._stream: WatchStream | None = None
         self._watching = False
+        self._released = False  # the flusher closed the watch: this copy no longer acts
+        self._break_logged = False  # one warning per outage, not one per reconnect try
         self._base_seen = threading.Event()
         self._need_base_above: int | None = None  # after a gap: watch again only from a newer base
         self._stored: Stored | None = None
@@ -181,8 +183,7 @@ class DeltaWriter:
             except Compacted as exc:
                 self._gap(exc)
             except EtcdBackupError as exc:
-                if not self.stopping.is_set():
-                    log.warning("delta watch broken; stored what it saw", error=str(exc), stage="delta")
+                self._log_break(exc)
                 self._flush_all()
                 if self.stopping.wait(backoff):
                     break
@@ -193,6 +194,17 @@ class DeltaWriter:
                 if self.stopping.wait(RECONNECT_MAX):
                     break
         self._flush_all(final=True)
+
+    def _log_break(self, exc: EtcdBackupError) -> None:
+        if self.stopping.is_set() or self._released:
+            self._released = False  # closed on purpose (stop, hand-over), and logged so
+            return
+        if self._break_logged:
+            log.debug("delta watch still broken", error=str(exc), stage="delta")
+            return
+        self._break_logged = True
+        what = "; storing what it saw" if self._buffer.records else ""
+        log.warning(f"delta watch broken{what}", error=str(exc), stage="delta")
 
     def _start_revision(self, member: Member) -> int | None:
         """Where the watch starts: after what is buffered, else after the newest stored revision
@@ -228,6 +240,7 @@ class DeltaWriter:
             with self._cond:
                 self._stream, self._watching = stream, True
             log.info("delta watch started", revision=start, endpoint=member.endpoint, stage="delta")
+            self._break_logged = self._released = False
             try:
                 self._follow(member, stream, start)
             finally:
@@ -331,6 +344,7 @@ class DeltaWriter:
                 checked = time.monotonic()
                 if self._watching and not self.leadership.acting().acting:
                     log.info("no longer the acting copy: delta watch stops", stage="delta")
+                    self._released = True
                     self._close_stream()
             with self._cond:
                 first = self._buffer.first_seen
