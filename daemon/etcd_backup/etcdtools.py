@@ -51,6 +51,19 @@ def _inspect(path: str) -> RestoreTool:
     return RestoreTool(path, kind, version, "--bump-revision" in help_text)
 
 
+def restore_tool_kind(configured: str | None = None) -> str:
+    """The kind of tool `find_restore_tool` would take, without running it (for a printed hint);
+    "etcdutl" when there is none."""
+    if configured:
+        return tool_kind(configured)
+    for name in ("etcdutl", "etcdctl"):
+        try:
+            return tool_kind(find_binary(name))
+        except ToolError:
+            continue
+    return "etcdutl"
+
+
 def find_restore_tool(configured: str | None = None) -> RestoreTool:
     """tools.etcdutl if set (etcdutl or a 3.4 etcdctl), else etcdutl, else etcdctl from PATH."""
     if configured:

@@ -74,10 +74,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         )
     else:
         print(f"{what} verified and written to {path}")
-        from ..etcdtools import tool_kind  # not at import: every command's start-up would pay for it
+        from ..etcdtools import restore_tool_kind  # not at import: every command's start-up would pay for it
 
-        # etcd 3.4 has no etcdutl: a configured 3.4 etcdctl restores there.
-        configured = ctx.config.tools.etcdutl
-        tool = "ETCDCTL_API=3 etcdctl" if configured and tool_kind(configured) == "etcdctl" else "etcdutl"
+        # etcd 3.4 has no etcdutl: its etcdctl restores there.
+        tool = (
+            "ETCDCTL_API=3 etcdctl" if restore_tool_kind(ctx.config.tools.etcdutl or None) == "etcdctl" else "etcdutl"
+        )
         print(f"restore it with: {tool} snapshot restore {path} --data-dir DATA_DIR ...")
     return 0
