@@ -87,6 +87,9 @@ def recommend(
         return _member_down(ctx, members)
     if alarms:
         return _alarmed(ctx, members, alarms)
+    learners = [m for m in members if m.learner and m.started]
+    if learners:
+        return _promote(ctx, members, learners)
     if backup is None:
         if storage_error:
             cmd = ctx.etcd_backup("snapshot")
@@ -222,6 +225,19 @@ def membership_before(manifests: Sequence[Manifest], members: Sequence[MemberHea
     return next((b for b in manifests if not added & {r.id for r in b.members}), None)
 
 
+def _promote(ctx: Context, members: Sequence[MemberHealth], learners: Sequence[MemberHealth]) -> Runbook:
+    endpoints = [u for m in members if m.reachable and not m.learner for u in m.client_urls[:1]]
+    steps = [Step(ctx.etcdctl(endpoints, "member", "promote", m.id), StepKind.PROMOTE) for m in learners]
+    steps.append(Step(ctx.etcdctl(endpoints, "member", "list", "-w", "table"), StepKind.CHECK))
+    names = ", ".join(m.label for m in learners)
+    return _runbook(
+        steps,
+        f"The cluster is healthy and {names} runs as a learner: a membership change is half done. Promote "
+        "it to a voting member once it has caught up with the leader (etcd refuses while it lags: try "
+        "again in a moment), one at a time; or, to call the change off, remove it (etcdctl member remove).",
+    )
+
+
 def _replacing(members: Sequence[MemberHealth], backup: Manifest | None) -> list[str]:
     """The members the newest snapshot recorded that an unstarted one took the place of (as
     `restore replace-member` leaves it until the new member starts): as many members as then,
@@ -259,11 +275,16 @@ def _unstarted(
                 "replace-member printed (as below, NAME being the name you gave it). Only if it cannot start, "
                 f"remove it ({removes[0].command}) and replace again.",
             )
+        cost = (
+            "A learner does not vote, so quorum is not at risk."
+            if all(m.learner for m in unstarted)
+            else "The cluster is one failure closer to losing quorum."
+        )
         return _runbook(
             removes,
-            f"Member {who} was added but never started (scenario 2: it crashed before joining). The cluster is "
-            "one failure closer to losing quorum. Remove it, then retry the change (etcd-backup pre-change "
-            "first), or start it now with --initial-cluster-state=existing.",
+            f"Member {who} was added but never started (scenario 2: it crashed before joining). {cost} "
+            "Remove it, then retry the change (etcd-backup pre-change first), or start it now with "
+            "--initial-cluster-state=existing.",
         )
     hosts = [host_of(m) for m in started if not m.learner]
     alive = [m.name for m in started if m.reachable]

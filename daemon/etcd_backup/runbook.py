@@ -47,6 +47,7 @@ class StepKind(StrEnum):
     REPLACE = "replace-member"
     START = "start"  # runs etcd in the foreground: start it as a service or in the background
     REMOVE = "remove"
+    PROMOTE = "promote"
     COMPACT = "compact"
     DEFRAG = "defrag"
     DISARM = "disarm"
