@@ -628,9 +628,10 @@ def cluster_id_of(cfg: EtcdConfig) -> str | None:
 
 
 def connect_healthy(
-    cfg: EtcdConfig, *, exclude: set[str] | None = None, allow_alarms: bool = False
+    cfg: EtcdConfig, *, exclude: set[str] | None = None, allow_alarms: bool = False, log_skips: bool = True
 ) -> tuple[Member, MemberStatus]:
     """The first endpoint, in configured order, that answers and can serve a snapshot.
+    `log_skips=False` for a caller that polls and reports an outage itself (the skips go to debug).
 
     A member that raised NOSPACE itself is passed over for one that did not; when every member
     that answers is full (one quota for all: the usual case), the first of them is taken, since
@@ -657,7 +658,7 @@ def connect_healthy(
                 _refuse_own_alarms(member, status)
         except EtcdUnavailable as exc:
             problems.append(str(exc))
-            log.warning("etcd endpoint skipped", endpoint=endpoint, reason=str(exc))
+            (log.warning if log_skips else log.debug)("etcd endpoint skipped", endpoint=endpoint, reason=str(exc))
             if exc.kind is EtcdErrorKind.NO_SPACE and status is not None and full is None:
                 full = (member, status)  # kept open: taken if no member without an alarm answers
             else:

@@ -256,7 +256,7 @@ class DeltaWriter:
         write before answering the client, so its watch has every acknowledged write first."""
         if self.cfg.schedule.mode == "sidecar":
             return Member(self.cfg.etcd, self.cfg.etcd.endpoints[0])
-        member, status = connect_healthy(self.cfg.etcd)
+        member, status = connect_healthy(self.cfg.etcd, log_skips=False)  # a break is logged once (_log_break)
         if status.is_leader:
             return member
         for endpoint in self.cfg.etcd.endpoints:
