@@ -249,3 +249,53 @@ def test_printed_commands_name_the_config_file_by_its_absolute_path(etcd_single:
     assert r.returncode == 0, r.stderr
     command = json.loads(r.stdout)["recommendation"]  # no snapshot yet: take one
     assert f"--config {tmp_path / 'c.toml'} snapshot" in command and "--config c.toml" not in command
+
+
+def test_a_lost_learner_is_replaced_by_a_learner_and_quorum_holds_throughout(
+    etcd_cluster: ClusterFactory, start_etcd: StartEtcd, tmp_path: Path
+) -> None:
+    """One voter and a started learner whose host is lost: doctor's replace-member added a voting
+    member in the learner's place, and the cluster, two voters with one never started, lost quorum
+    until it ran. The replacement is a learner: quorum holds, and it is promoted once caught up."""
+    import shutil
+
+    cluster = etcd_cluster(1)
+    cluster.put("k", "v")
+    env = config_env(cluster, f"file://{tmp_path}/store", etcd__dial_timeout="2s")
+    m1 = cluster.members[0]
+    peer = f"http://127.0.0.1:{free_port()}"
+    add_member_without_starting(cluster, peer, learner=True)
+    flags = [
+        "--name=extra", f"--data-dir={tmp_path / 'extra'}", f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}", f"--initial-cluster={m1.name}={m1.peer_url},extra={peer}",
+        "--initial-cluster-state=existing",
+    ]  # fmt: skip
+    learner = start_etcd(cluster.tools.etcd, flags)
+    deadline = time.monotonic() + 60
+    while doctor_json(env, expect=None)["scenario"] != "healthy":
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    learner.kill()
+    shutil.rmtree(learner.data_dir)
+
+    d = doctor_json(env, expect=1)
+    assert d["scenario"] == "member-down" and d["quorum"] is True, d
+    assert "restore replace-member --failed extra" in d["recommendation"], d["recommendation"]
+    assert "is a learner" in d["explanation"], d["explanation"]
+    r = run_cli(
+        "restore", "replace-member", "--failed", "extra", "--name", "extra", "--peer-url", peer,
+        "--data-dir", str(tmp_path / "new-host"), "--output", "json", env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["added"]["learner"] is True, out
+    waiting = doctor_json(env, expect=1)
+    assert waiting["scenario"] == "unstarted-member" and waiting["quorum"] is True, waiting
+    cluster.put("k2", "v2")  # writes still go through: quorum was never lost
+    assert cluster.get_all() == {"k": "v", "k2": "v2"}
+
+    start_etcd(cluster.tools.etcd, out["etcd_flags"])
+    while (d := doctor_json(env, expect=None))["scenario"] != "healthy":
+        assert time.monotonic() < deadline + 60, d
+        time.sleep(0.3)
+    assert f"member promote {out['added']['id']}" in d["recommendation"], d

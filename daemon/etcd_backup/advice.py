@@ -209,11 +209,18 @@ def _member_down(ctx: Context, members: Sequence[MemberHealth]) -> Runbook:
     for m in down:
         steps += replace(ctx, m.name or m.id, host_of(m), after)
     names = ", ".join(m.label for m in down)
+    learners = [m.label for m in down if m.learner]
+    role = (
+        f" {', '.join(learners)} is a learner: its replacement is added as a learner too (it does not vote), "
+        "to be promoted (etcdctl member promote ID) once it has caught up."
+        if learners
+        else ""
+    )
     return _runbook(
         steps,
         f"Quorum holds, but {names} does not answer. If it will come back with its data dir, restart it. If "
         "it is lost, replace it on its (new) host: remove it and add a fresh member with the same name and peer "
-        "URL (or pass other ones), then start it with an empty data dir as shown. Replace one member at a time.",
+        "URL (or pass other ones), then start it with an empty data dir as shown. Replace one member at a time." + role,
     )
 
 

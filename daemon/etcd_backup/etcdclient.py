@@ -325,11 +325,13 @@ class Member:
         r = self._call("key count", lambda: self.client.kvstub.Range(req, **self._kw(30.0)))
         return int(r.count)
 
-    def add_member(self, peer_urls: list[str]) -> MemberInfo:
+    def add_member(self, peer_urls: list[str], *, learner: bool = False) -> MemberInfo:
         req = self._rpc.MemberAddRequest(peerURLs=peer_urls)
+        if learner:
+            req.MergeFromString(b"\x10\x01")  # isLearner (field 2), newer than these protos: kept as unknown
         r = self._call("member add", lambda: self.client.clusterstub.MemberAdd(req, **self._kw()))
         m = r.member
-        return MemberInfo(m.ID, m.name, tuple(m.peerURLs), tuple(m.clientURLs))
+        return MemberInfo(m.ID, m.name, tuple(m.peerURLs), tuple(m.clientURLs), bool(_newer_field(m, 5, 0)))
 
     def remove_member(self, member_id: int) -> None:
         req = self._rpc.MemberRemoveRequest(ID=member_id)

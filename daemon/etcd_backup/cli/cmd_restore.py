@@ -290,7 +290,12 @@ def render_replacement(r: Replacement, ctx: RunbookContext) -> str:
         "background), plus your own TLS and tuning flags:",
         f"    {r.start_command}",
         "",
-        "start it soon: until it runs, the cluster counts a member that is not there.",
+        (
+            f"{r.name} is a learner, as the member it replaces was: once it runs and has caught up, "
+            f"promote it: {ctx.etcdctl(endpoints, 'member', 'promote', r.added_id)}"
+            if r.learner
+            else "start it soon: until it runs, the cluster counts a member that is not there."
+        ),
         f"check: {ctx.etcdctl(endpoints, 'endpoint', 'health', '--cluster')}",
         f"       {ctx.etcdctl(endpoints, 'member', 'list', '-w', 'table')}",
         f"       {ctx.etcd_backup('doctor')}",

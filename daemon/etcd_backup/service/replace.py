@@ -47,6 +47,7 @@ class Replacement:
     initial_cluster: str
     member_list: tuple[MemberInfo, ...]
     moved_aside: str | None
+    learner: bool  # the failed member was a learner, and so is its replacement (promote it later)
     client_urls: tuple[str, ...]  # the new member's, when it takes the failed one's place on its host
     cluster_client_urls: tuple[str, ...]  # every started member's, for the checks
 
@@ -57,7 +58,7 @@ class Replacement:
     def to_dict(self) -> dict[str, Any]:
         return {
             "removed": {"name": self.removed_name, "id": self.removed_id},
-            "added": {"name": self.name, "id": self.added_id, "peer_url": self.peer_url},
+            "added": {"name": self.name, "id": self.added_id, "peer_url": self.peer_url, "learner": self.learner},
             "name": self.name,
             "data_dir": self.data_dir,
             "etcd_flags": list(self.etcd_flags),
@@ -125,14 +126,17 @@ def replace_member(
         moved = datadir.move_aside(path, now())
     if target is not None:
         _remove(cfg.etcd, endpoints, int(target.id, 16), deadline)
+    # A learner is replaced by a learner: a voting member in its place would count against quorum
+    # (one voter and a lost learner: the unstarted voter's add alone would lose it).
+    learner = target is not None and target.learner
     try:
-        added_id = resumed if resumed is not None else _add(cfg.etcd, endpoints, peer_url, deadline)
+        added_id = resumed if resumed is not None else _add(cfg.etcd, endpoints, peer_url, deadline, learner=learner)
     except EtcdUnavailable as exc:
         if target is None:
             raise
         raise EtcdUnavailable(
             f"member {target.label} was removed, but adding {name} failed ({exc}); add it "
-            f"with: etcdctl member add {name} --peer-urls={peer_url}",
+            f"with: etcdctl member add {name}{' --learner' if learner else ''} --peer-urls={peer_url}",
             exc.kind,
             exc.code,
         ) from None
@@ -158,6 +162,7 @@ def replace_member(
         initial_cluster=initial,
         member_list=tuple(after),
         moved_aside=str(moved) if moved else None,
+        learner=learner,
         client_urls=target.client_urls if same_host and target else (),
         cluster_client_urls=tuple(u for m in after if m.started for u in m.client_urls[:1]),
     )
@@ -234,10 +239,10 @@ def _remove(cfg: EtcdConfig, endpoints: list[str], member_id: int, deadline: flo
     _with_retry(cfg, endpoints, f"member remove {hexid(member_id)}", remove, deadline)
 
 
-def _add(cfg: EtcdConfig, endpoints: list[str], peer_url: str, deadline: float) -> int:
+def _add(cfg: EtcdConfig, endpoints: list[str], peer_url: str, deadline: float, *, learner: bool) -> int:
     def add(m: Member) -> int:
         try:
-            return m.add_member([peer_url]).id
+            return m.add_member([peer_url], learner=learner).id
         except EtcdUnavailable as exc:
             if exc.kind is not EtcdErrorKind.MEMBER_EXISTS:
                 raise
