@@ -175,6 +175,7 @@ class DeltaWriter:
         while not self.stopping.is_set():
             try:
                 if not self.leadership.acting().acting:
+                    self._released = False  # whichever way the closed watch ended, it is over
                     self._flush_all()
                     self.stopping.wait(self.interval)
                     continue
