@@ -537,6 +537,40 @@ def test_doctor_recommends_the_latest_point_and_the_daemon_drills_it(
     assert doc["newest_point"]["revision"] == live
 
 
+def test_a_grow_that_loses_quorum_is_rolled_back_with_the_writes_after_pre_change(
+    etcd_single: Cluster, start_daemon: DaemonFactory, start_etcd: StartEtcd, tmp_path: Path
+) -> None:
+    """Scenario 2 without --learner: pre-change, writes, `member add` of a member that never starts
+    (1 of 2 voters: quorum lost). doctor's rollback said `restore single --snapshot PRE_CHANGE`
+    without --to-latest: followed, it lost every write after the pre-change snapshot, though the
+    deltas held them."""
+    import shlex
+
+    cluster = etcd_single
+    _, env = start_with_deltas(
+        start_daemon, cluster, f"file://{tmp_path}/store", restore__data_dir=str(tmp_path / "data" / "{name}")
+    )
+    assert run_cli("pre-change", "--reason", "grow to 2", env=env).returncode == 0
+    writes(cluster, 10, prefix="/after-pre-change")
+    live = revision_of(cluster, cluster.endpoints[0])
+    expected = keyspace(cluster, cluster.endpoints[0])
+    wait_for(stored_up_to(env, live), 30, "deltas stored")
+    cluster.etcdctl("member", "add", "m2", f"--peer-urls=http://127.0.0.1:{free_port()}")
+    quick = {**env, "ETCD_BACKUP_ETCD__DIAL_TIMEOUT": "1s"}
+    doc = json.loads(run_cli("doctor", "--output", "json", env=quick).stdout)
+    assert doc["scenario"] == "unstarted-member" and doc["quorum"] is False, doc
+    restore = next(s for s in doc["steps"] if " restore single " in f" {s} ")
+    assert "--to-latest" in restore and str(tmp_path / "data" / "m1") in restore, doc["steps"]
+
+    cluster.members[0].kill()  # the steps begin after stopping the members doctor names
+    argv = shlex.split(restore)
+    r = run_cli(*argv[1:], "--output", "json", env=quick)
+    assert r.returncode == 0, r.stderr
+    back = start_etcd(cluster.tools.etcd, json.loads(r.stdout)["etcd_flags"])
+    wait_healthy(back.client_url, 60, back)
+    assert keyspace(cluster, back.client_url) == expected
+
+
 def test_encrypted_deltas_open_with_age_and_restore_only_with_the_identity(
     etcd_single: Cluster, start_daemon: DaemonFactory, start_etcd: StartEtcd, tmp_path: Path, age_tool: AgeTool
 ) -> None:

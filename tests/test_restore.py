@@ -156,6 +156,8 @@ def test_scenario4_one_of_three_lost(
         str(new_dir),
     )
     flags = out["etcd_flags"]
+    # On another peer port: another member's place, whose client URLs only its operator knows.
+    assert out["client_urls"] == [] and "CLIENT_URL" in out["start_command"], out
     # A joining member takes no cluster token (etcd ignores it); a wrong one would mislead.
     assert flag_names(flags) == DEFINING_FLAGS - {"initial-cluster-token"}
     assert flag_value(flags, "initial-cluster-state") == "existing"
@@ -216,9 +218,9 @@ def test_a_snapshot_between_replace_member_and_the_start_misleads_neither_doctor
 ) -> None:
     """The daemon snapshots when the member list changes, so one is taken right after
     replace-member: it records the new member unstarted (no name, no client URLs) and the failed
-    one no more. doctor still says start it (the remove it said undid the replacement); the member
-    watch sees the start as a change, for a snapshot that records the name; and with every member
-    down before that, the rebuild keeps the new member (it was dropped: two members of three)."""
+    one no more. doctor still says start it (the remove it said undid the replacement), and the
+    member watch sees the start as a change, for a snapshot that records the name. With every
+    member down before such a snapshot, the rebuild leaves the unnamed member out and says so."""
     from etcd_backup.config import Config
     from etcd_backup.service.memberwatch import MemberWatch
 
@@ -236,9 +238,10 @@ def test_a_snapshot_between_replace_member_and_the_start_misleads_neither_doctor
     lost.kill()
     shutil.rmtree(lost.data_dir)
     out = cli_json(
-        env, "restore", "replace-member", "--failed", "m2", "--name", "m4", "--peer-url", peer_url(),
-        "--data-dir", str(tmp_path / "new-host" / "m4"),
+        env, "restore", "replace-member", "--failed", "m2", "--name", "m2", "--peer-url", lost.peer_url,
+        "--data-dir", str(tmp_path / "new-host" / "m2"),
     )  # fmt: skip
+    assert out["client_urls"] == [lost.client_url]  # in the failed member's very place: its client URLs
     watch.poll()
     assert len(changes) == 1
     between = snapshot(env)  # what the daemon's member-change snapshot holds
@@ -248,10 +251,12 @@ def test_a_snapshot_between_replace_member_and_the_start_misleads_neither_doctor
     assert diagnosis["scenario"] == "unstarted-member", diagnosis
     assert "member remove" not in diagnosis["recommendation"], diagnosis["recommendation"]
     assert "in place of m2" in diagnosis["explanation"], diagnosis["explanation"]
+    start = next(p["command"] for p in diagnosis["plan"] if p["kind"] == "start")
+    assert f"--advertise-client-urls={lost.client_url}" in start, start  # as replace-member printed it
 
     new = start_etcd(cluster.tools.etcd, out["etcd_flags"])
     wait_healthy(new.client_url, 60, new)
-    wait_started_members(cluster, new.client_url, {"m1", "m3", "m4"})
+    wait_started_members(cluster, new.client_url, {"m1", "m2", "m3"})
     watch.poll()
     assert len(changes) == 2, "the new member's start is a change of the member list"
     assert cluster.get_all(endpoints=[new.client_url]) == expected
@@ -261,13 +266,10 @@ def test_a_snapshot_between_replace_member_and_the_start_misleads_neither_doctor
     lost_all = cli_json(env, "doctor", expect=1)
     assert lost_all["scenario"] == "quorum-lost", lost_all
     recommendation = lost_all["recommendation"]
-    for name, url in (
-        ("m1", cluster.member("m1").peer_url),
-        ("m3", cluster.member("m3").peer_url),
-        ("NAME", new.peer_url),
-    ):
-        assert f"--member {name}={url}" in recommendation, recommendation
-    assert f"{out['added']['id']} ({new.peer_url}) as NAME" in lost_all["explanation"], lost_all["explanation"]
+    for name in ("m1", "m3"):
+        assert f"--member {name}={cluster.member(name).peer_url}" in recommendation, recommendation
+    assert not any(new.peer_url in step for step in lost_all["steps"]), lost_all["steps"]
+    assert f"{out['added']['id']} ({new.peer_url}) as added but not started" in lost_all["explanation"]
 
 
 def test_doctor_with_every_member_of_three_down_says_quorum_lost_not_one_member(

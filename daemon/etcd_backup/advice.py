@@ -8,6 +8,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from .assessment import MemberHealth, Quorum, Scenario
+from .members import norm_url
 from .model import Manifest
 from .runbook import (
     AFTER_RESTORE,
@@ -30,15 +31,15 @@ def host_of(m: MemberHealth) -> Host:
 
 
 def hosts_from_backup(backup: Manifest | None) -> list[Host]:
-    """The voting members as the snapshot recorded them: names and URLs when nothing answers. A
-    member added but not started when it was taken has no name there: a placeholder stands in."""
-    voting = [m for m in backup.members if m.peer_urls and not m.learner] if backup else []
-    unnamed = iter(_placeholders(sum(1 for m in voting if not m.name)))
-    return [Host(m.name or next(unnamed), m.peer_urls[0], m.client_urls) for m in voting]
-
-
-def _placeholders(n: int) -> list[str]:
-    return [NAME_PLACEHOLDER] if n == 1 else [f"{NAME_PLACEHOLDER}{i}" for i in range(1, n + 1)]
+    """The voting members as the snapshot recorded them: names and URLs when nothing answers. One
+    added but not started when it was taken (no name there) is left out, as the member list's
+    unstarted members are: it holds no data, and a rebuild with it would count a member that
+    may never run (`_unnamed_in` says so)."""
+    if backup is None:
+        return []
+    return [
+        Host(m.name, m.peer_urls[0], m.client_urls) for m in backup.members if m.name and m.peer_urls and not m.learner
+    ]
 
 
 def _unnamed_in(backup: Manifest | None) -> str:
@@ -46,12 +47,11 @@ def _unnamed_in(backup: Manifest | None) -> str:
     unnamed = [m for m in backup.members if not m.name and m.peer_urls and not m.learner] if backup else []
     if not unnamed or backup is None:
         return ""
-    names = _placeholders(len(unnamed))
-    who = ", ".join(f"{m.id} ({m.peer_urls[0]}) as {n}" for m, n in zip(unnamed, names, strict=True))
+    who = ", ".join(f"{m.id} ({m.peer_urls[0]})" for m in unnamed)
     return (
-        f" Snapshot {backup.id} was taken while member {who} had been added but not yet started, so its "
-        "name is not recorded: replace the placeholder with the --name it runs with, or, if it never started, "
-        "leave it out of every --member and --initial-cluster."
+        f" Snapshot {backup.id} recorded member {who} as added but not started: it is left out of the "
+        "rebuild. If it has run since (a replacement, say), add it again once the rebuilt cluster is "
+        "healthy: etcdctl member add NAME --peer-urls=URL, then start it with an empty data dir."
     )
 
 
@@ -73,7 +73,10 @@ def recommend(
     `before_added`: the newest snapshot taken before the unstarted members were added
     (`membership_before`), which tells a replacement from a grow; default `backup`."""
     snapshot = backup.id if backup else SNAPSHOT_PLACEHOLDER
-    rebuilds = scenario in (Scenario.SINGLE_MEMBER_DOWN, Scenario.QUORUM_LOST)
+    # An unstarted member without quorum is rolled back by a rebuild too (scenario 2).
+    rebuilds = scenario in (Scenario.SINGLE_MEMBER_DOWN, Scenario.QUORUM_LOST) or (
+        scenario is Scenario.UNSTARTED_MEMBER and not q.held
+    )
     if rebuilds and backup is not None and newest_point is not None and newest_point > backup.revision:
         # Deltas reach past the snapshot: restore what they hold too.
         ctx = dataclasses.replace(ctx, point=("--to-latest",), point_revision=newest_point)
@@ -273,7 +276,11 @@ def _unstarted(
         endpoints = [u for m in started if m.reachable for u in m.client_urls[:1]]
         removes = [Step(ctx.etcdctl(endpoints, "member", "remove", m.id), StepKind.REMOVE) for m in unstarted]
         if replaced:
-            new = Host(NAME_PLACEHOLDER, unstarted[0].peer_url or PEER_PLACEHOLDER)
+            peer = unstarted[0].peer_url or PEER_PLACEHOLDER
+            # In the replaced member's very place (its peer URL): its client URLs, as replace-member prints.
+            took = [r for r in before_added.members if r.name in replaced] if before_added else []
+            same = next((r for r in took if norm_url(peer) in {norm_url(u) for u in r.peer_urls}), None)
+            new = Host(NAME_PLACEHOLDER, peer, same.client_urls if same else ())
             after = [host_of(m) for m in started if not m.learner] + [new]
             return _runbook(
                 join(ctx, new, after),
@@ -289,9 +296,9 @@ def _unstarted(
         )
         return _runbook(
             removes,
-            f"Member {who} was added but never started (scenario 2: it crashed before joining). {cost} "
-            "Remove it, then retry the change (etcd-backup pre-change first), or start it now with "
-            "--initial-cluster-state=existing.",
+            f"Member {who} was added but has not started. If you are adding it right now, start it "
+            "(--initial-cluster-state=existing) and this clears. If it crashed before joining (scenario 2), "
+            f"remove it, then retry the change (etcd-backup pre-change first). {cost}",
         )
     hosts = [host_of(m) for m in started if not m.learner]
     alive = [m.name for m in started if m.reachable]
@@ -300,6 +307,7 @@ def _unstarted(
         f"Member {who} was added but never started, and without it there is no quorum, so it cannot be "
         "removed (scenario 2). Either start the added member now with --initial-cluster-state=existing, or "
         "roll back: stop etcd on " + ", ".join(alive or ["every member"]) + " and rebuild the original members "
-        "from the snapshot taken before the change (pre-change), as the steps show.",
+        "from the newest backup as the steps show (the snapshot, plus the deltas after it where they say "
+        "--to-latest): that undoes the membership change, not the writes stored before it.",
         alive,
     )

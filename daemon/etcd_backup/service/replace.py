@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlparse
 
 import structlog
 
@@ -48,7 +47,7 @@ class Replacement:
     member_list: tuple[MemberInfo, ...]
     moved_aside: str | None
     learner: bool  # the failed member was a learner, and so is its replacement (promote it later)
-    client_urls: tuple[str, ...]  # the new member's, when it takes the failed one's place on its host
+    client_urls: tuple[str, ...]  # the new member's, when it takes the failed one's place (its peer URL)
     cluster_client_urls: tuple[str, ...]  # every started member's, for the checks
 
     @property
@@ -148,9 +147,9 @@ def replace_member(
         name=name, data_dir=path, peer_url=peer_url, initial_cluster=initial, state="existing", token=None
     )
     log.info("member replaced", removed=failed, added=name, added_id=hexid(added_id))
-    same_host = target is not None and any(
-        urlparse(u).hostname == urlparse(peer_url).hostname for u in target.peer_urls
-    )
+    # The failed member's client URLs only for a member that takes its very place (its peer URL):
+    # on another port or host the new member's client URLs are its operator's, unknown here.
+    same_place = target is not None and norm_url(peer_url) in {norm_url(u) for u in target.peer_urls}
     return Replacement(
         removed_name=target.label if target else failed,
         removed_id=target.id if target else None,
@@ -163,7 +162,7 @@ def replace_member(
         member_list=tuple(after),
         moved_aside=str(moved) if moved else None,
         learner=learner,
-        client_urls=target.client_urls if same_host and target else (),
+        client_urls=target.client_urls if same_place and target else (),
         cluster_client_urls=tuple(u for m in after if m.started for u in m.client_urls[:1]),
     )
 
