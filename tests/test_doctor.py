@@ -38,6 +38,27 @@ def add_member_without_starting(cluster: Cluster, peer_url: str, timeout: float 
         time.sleep(0.3)
 
 
+def start_a_learner(
+    cluster: Cluster, start_etcd: StartEtcd, env: dict[str, str], tmp_path: Path
+) -> tuple[str, str, EtcdProcess, dict]:
+    """Add a learner "extra" to the one-member `cluster` and start it; returns its id, peer URL,
+    process and the first doctor answer once it has published its name (healthy)."""
+    m1 = cluster.members[0]
+    peer = f"http://127.0.0.1:{free_port()}"
+    member_id = add_member_without_starting(cluster, peer, learner=True)
+    flags = [
+        "--name=extra", f"--data-dir={tmp_path / 'extra'}", f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}", f"--initial-cluster={m1.name}={m1.peer_url},extra={peer}",
+        "--initial-cluster-state=existing",
+    ]  # fmt: skip
+    learner = start_etcd(cluster.tools.etcd, flags)
+    deadline = time.monotonic() + 60
+    while (d := doctor_json(env, expect=None))["scenario"] != "healthy":
+        assert time.monotonic() < deadline, d
+        time.sleep(0.3)
+    return member_id, peer, learner, d
+
+
 def follower(cluster: Cluster, exclude: str) -> EtcdProcess:
     status = json.loads(cluster.etcdctl("endpoint", "status", "-w", "json"))
     leader = status[0]["Status"]["leader"]
@@ -158,19 +179,8 @@ def test_a_started_learner_is_healthy_and_the_step_promotes_it(
     cluster = etcd_cluster(1)
     cluster.put("k", "v")
     env = config_env(cluster, f"file://{tmp_path}/store", etcd__dial_timeout="2s")
-    m1 = cluster.members[0]
-    peer = f"http://127.0.0.1:{free_port()}"
-    member_id = add_member_without_starting(cluster, peer, learner=True)
-    flags = [
-        "--name=extra", f"--data-dir={tmp_path / 'extra'}", f"--listen-peer-urls={peer}",
-        f"--initial-advertise-peer-urls={peer}", f"--initial-cluster={m1.name}={m1.peer_url},extra={peer}",
-        "--initial-cluster-state=existing",
-    ]  # fmt: skip
-    learner = start_etcd(cluster.tools.etcd, flags)
+    member_id, _, learner, d = start_a_learner(cluster, start_etcd, env, tmp_path)
     deadline = time.monotonic() + 60
-    while (d := doctor_json(env, expect=None))["scenario"] != "healthy":  # until the learner published its name
-        assert time.monotonic() < deadline, d
-        time.sleep(0.3)
     assert learner.alive()
     assert f"member promote {member_id}" in d["recommendation"], d
     assert [p["kind"] for p in d["plan"]] == ["promote", "check"], d["plan"]
@@ -262,19 +272,8 @@ def test_a_lost_learner_is_replaced_by_a_learner_and_quorum_holds_throughout(
     cluster = etcd_cluster(1)
     cluster.put("k", "v")
     env = config_env(cluster, f"file://{tmp_path}/store", etcd__dial_timeout="2s")
-    m1 = cluster.members[0]
-    peer = f"http://127.0.0.1:{free_port()}"
-    add_member_without_starting(cluster, peer, learner=True)
-    flags = [
-        "--name=extra", f"--data-dir={tmp_path / 'extra'}", f"--listen-peer-urls={peer}",
-        f"--initial-advertise-peer-urls={peer}", f"--initial-cluster={m1.name}={m1.peer_url},extra={peer}",
-        "--initial-cluster-state=existing",
-    ]  # fmt: skip
-    learner = start_etcd(cluster.tools.etcd, flags)
+    _, peer, learner, _ = start_a_learner(cluster, start_etcd, env, tmp_path)
     deadline = time.monotonic() + 60
-    while doctor_json(env, expect=None)["scenario"] != "healthy":
-        assert time.monotonic() < deadline
-        time.sleep(0.3)
     learner.kill()
     shutil.rmtree(learner.data_dir)
 
