@@ -249,6 +249,58 @@ def test_unreachable_etcd_is_live_but_not_ready(tmp_path: Path, start_daemon: Da
     assert rc == 0 and took < 15
 
 
+def test_an_outage_is_logged_when_it_starts_and_ends_not_at_every_health_check(
+    etcd_single: Cluster, tmp_path: Path, start_daemon: DaemonFactory
+) -> None:
+    """One endpoint down, then both, then both back: a warning for each thing that stops answering
+    and a line when it answers again, however many health checks (one a second here) ran between."""
+    upstream = urlparse(etcd_single.endpoints[0])
+    first, second = (FaultProxy((upstream.hostname or "127.0.0.1", upstream.port or 2379)) for _ in range(2))
+    env = config_env(
+        etcd_single,
+        f"file://{tmp_path}/store",
+        etcd__endpoints=f"{first.url},{second.url}",
+        etcd__dial_timeout="1s",
+        schedule__interval="2s",
+        verify__restore_drill="off",
+        log__level="debug",
+    )
+
+    def health(d: DaemonProcess, event: str) -> list[dict[str, Any]]:
+        # The periodic check ("refresh") and the one at start (no job); snapshot runs warn apart.
+        return [e for e in d.logs() if e.get("event") == event and e.get("job") in ("refresh", None)]
+
+    def checks_skipping(d: DaemonProcess, n: int) -> bool:
+        skips = [e for e in health(d, "etcd endpoint skipped") if e["level"] == "debug" and e.get("job")]
+        return len(skips) >= n
+
+    try:
+        d = start_daemon(env)
+        first.go_away()
+        d.wait_until(lambda: checks_skipping(d, 3), 30, "three health checks passing over the first endpoint")
+        skipped = [e for e in health(d, "etcd endpoint skipped") if e["level"] == "warning"]
+        assert [e["endpoint"] for e in skipped] == [first.url]
+        assert health(d, "etcd unreachable") == []
+        second.go_away()
+        d.wait_until(lambda: d.metrics()['etcd_backup_failures_total{stage="etcd"}'] >= 3, 30, "three failed checks")
+        assert [e["level"] for e in health(d, "etcd unreachable")] == ["warning"]
+        assert "no healthy etcd endpoint" in health(d, "etcd unreachable")[0]["reason"]
+        skipped = [e for e in health(d, "etcd endpoint skipped") if e["level"] == "warning"]
+        assert [e["endpoint"] for e in skipped] == [first.url, second.url]
+        first.come_back()
+        second.come_back()
+        d.wait_until(lambda: health(d, "etcd reachable again"), 30, "etcd answering again")
+        d.wait_until(lambda: d.get_json("/readyz")[0] == 200, 30, "ready again")
+        assert [e["level"] for e in health(d, "etcd reachable again")] == ["info"]
+        # The first answers again and is taken; the second, not needed, is asked on its own.
+        d.wait_until(lambda: len(health(d, "etcd endpoint answers again")) == 2, 30, "both endpoints answering")
+        assert sorted(e["endpoint"] for e in health(d, "etcd endpoint answers again")) == [first.url, second.url]
+        assert len(health(d, "etcd unreachable")) == 1
+    finally:
+        first.close()
+        second.close()
+
+
 def test_non_loopback_listen_needs_a_token(tmp_path: Path) -> None:
     env = config_env(None, f"file://{tmp_path}/store", server__listen=f"0.0.0.0:{free_port()}")
     r = run_cli("run", env=env, timeout=30)

@@ -630,10 +630,16 @@ def cluster_id_of(cfg: EtcdConfig) -> str | None:
 
 
 def connect_healthy(
-    cfg: EtcdConfig, *, exclude: set[str] | None = None, allow_alarms: bool = False, log_skips: bool = True
+    cfg: EtcdConfig,
+    *,
+    exclude: set[str] | None = None,
+    allow_alarms: bool = False,
+    log_skips: bool = True,
+    tried: dict[str, str | None] | None = None,
 ) -> tuple[Member, MemberStatus]:
     """The first endpoint, in configured order, that answers and can serve a snapshot.
-    `log_skips=False` for a caller that polls and reports an outage itself (the skips go to debug).
+    `log_skips=False` for a caller that polls and reports an outage itself (the skips go to debug);
+    `tried` is filled with each endpoint asked: why it was passed over, or None for the one taken.
 
     A member that raised NOSPACE itself is passed over for one that did not; when every member
     that answers is full (one quota for all: the usual case), the first of them is taken, since
@@ -648,6 +654,8 @@ def connect_healthy(
             member = Member(cfg, endpoint)
         except EtcdUnavailable as exc:
             problems.append(str(exc))
+            if tried is not None:
+                tried[endpoint] = str(exc)
             continue
         status: MemberStatus | None = None
         try:
@@ -660,6 +668,8 @@ def connect_healthy(
                 _refuse_own_alarms(member, status)
         except EtcdUnavailable as exc:
             problems.append(str(exc))
+            if tried is not None:
+                tried[endpoint] = str(exc)
             (log.warning if log_skips else log.debug)("etcd endpoint skipped", endpoint=endpoint, reason=str(exc))
             if exc.kind is EtcdErrorKind.NO_SPACE and status is not None and full is None:
                 full = (member, status)  # kept open: taken if no member without an alarm answers
@@ -668,6 +678,8 @@ def connect_healthy(
             continue
         if full is not None:
             full[0].close()
+        if tried is not None:
+            tried[endpoint] = None
         return member, status
     if full is not None:
         log.warning("every member that answers is full (NOSPACE): taking one all the same", endpoint=full[0].endpoint)

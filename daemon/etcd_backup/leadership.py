@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -37,6 +37,8 @@ class Observation:
     reason: str
     status: MemberStatus | None = None
     error: str | None = None  # etcd could not be reached
+    # Single mode: each endpoint asked, and why it was passed over (None: the one that answered).
+    endpoints: dict[str, str | None] = field(default_factory=dict)
 
 
 class Standby:
@@ -99,13 +101,15 @@ def observe(cfg: Config, standby: Standby | None = None) -> Observation:
     """Ask etcd once. Sidecar: the local member (first endpoint) only. Single: any healthy member.
     With `standby`, a copy beside a follower acts while the acting copy's snapshots are overdue."""
     if cfg.schedule.mode == "single":
+        tried: dict[str, str | None] = {}
         try:
-            member, status = connect_healthy(cfg.etcd)
+            # Skips are not logged here: the health check logs an outage's start and end (`Outages`).
+            member, status = connect_healthy(cfg.etcd, log_skips=False, tried=tried)
         except EtcdUnavailable as exc:
             # A single copy still "acts": the snapshot run itself retries and fails over.
-            return Observation(True, "single mode", error=str(exc))
+            return Observation(True, "single mode", error=str(exc), endpoints=tried)
         member.close()
-        return Observation(True, "single mode", status=status)
+        return Observation(True, "single mode", status=status, endpoints=tried)
     endpoint = cfg.etcd.endpoints[0]
     try:
         with Member(cfg.etcd, endpoint) as member:

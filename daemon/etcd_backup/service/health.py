@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import structlog
 
 from ..config import Config
-from ..errors import EtcdBackupError
-from ..etcdclient import hexid
+from ..errors import EtcdBackupError, EtcdUnavailable
+from ..etcdclient import connect_healthy, hexid
 from ..leadership import Leadership
 from ..manifest import CachedListing, Listing
 from ..metrics import Metrics
@@ -60,6 +60,32 @@ def readiness(health: Health, *, now: float, period: float, stale_after: float) 
             f"(more than two schedule periods, {2 * period:.0f}s)"
         )
     return reasons
+
+
+class Outages:
+    """A warning when something stops answering and a line when it answers again, not a warning
+    at every check in between: an outage's log shows when it began and ended, not a copy per
+    check. Keys are what is watched ("etcd", "storage", an endpoint); `events` names the two lines."""
+
+    def __init__(self) -> None:
+        self._since: dict[str, float] = {}  # key -> when it stopped answering
+
+    def update(self, key: str, error: str | None, *, now: float, events: tuple[str, str], **fields: str) -> None:
+        since = self._since.get(key)
+        if error is not None and since is None:
+            self._since[key] = now
+            log.warning(events[0], reason=error, **fields)
+        elif error is None and since is not None:
+            del self._since[key]
+            log.info(events[1], **fields, down_seconds=round(now - since))
+
+    def down(self) -> set[str]:
+        return set(self._since)
+
+
+_ETCD = ("etcd unreachable", "etcd reachable again")
+_ENDPOINT = ("etcd endpoint skipped", "etcd endpoint answers again")
+_STORAGE = ("storage unreachable", "storage reachable again")
 
 
 # Where the chain of a cluster ends: (newest revision stored, unix time it was stored).
@@ -124,6 +150,8 @@ class HealthWatch:
         self._lock = threading.Lock()
         self.delta_tip = delta_tip
         self._delta_checked_at = 0  # etcd's revision when delta_error was last decided
+        self._outages = Outages()  # etcd as a whole, storage
+        self._endpoints_down = Outages()  # single mode: each endpoint
         self._ours: Manifest | None = None  # the newest snapshot this process committed
         self._newest: Manifest | None = None  # the newest successful one (Health.newest_success is its time)
         # Read at each scrape: the gauge says what /readyz answers now (a snapshot makes it ready
@@ -180,6 +208,11 @@ class HealthWatch:
             except EtcdBackupError as exc:
                 tip, storage_error = None, storage_error or str(exc)
             delta_error = delta_staleness(tip, obs.status.revision, now=time.time(), interval=self.cfg.delta.interval)
+        now = time.time()
+        self._outages.update("etcd", obs.error, now=now, events=_ETCD)
+        self._outages.update("storage", storage_error, now=now, events=_STORAGE)
+        if obs.endpoints:
+            self._endpoint_outages(obs.endpoints, now)
         newest: Manifest | None = None
         if listing is not None:
             self._gauges(
@@ -206,6 +239,20 @@ class HealthWatch:
                 )
                 self._set_newest(ours if ours_newest else newest)
             self._health.checked_at = time.time()
+
+    def _endpoint_outages(self, tried: dict[str, str | None], now: float) -> None:
+        """Each endpoint's outage. One that was down and not asked this time (an earlier one
+        answered again) is asked on its own, or its recovery would never be logged."""
+        tried = dict(tried)
+        for endpoint in sorted(self._endpoints_down.down() - tried.keys()):
+            others = set(self.cfg.etcd.endpoints) - {endpoint}
+            try:
+                member, _ = connect_healthy(self.cfg.etcd, exclude=others, log_skips=False, tried=tried)
+                member.close()
+            except EtcdUnavailable:
+                pass  # why is in `tried`
+        for endpoint, reason in tried.items():
+            self._endpoints_down.update(endpoint, reason, now=now, events=_ENDPOINT, endpoint=endpoint)
 
     def _gauges(self, listing: Listing, cluster_id: int | None, live_revision: int) -> None:
         m = self.metrics
