@@ -294,7 +294,9 @@ def test_an_outage_is_logged_when_it_starts_and_ends_not_at_every_health_check(
         assert [e["level"] for e in health(d, "etcd reachable again")] == ["info"]
         # The first answers again and is taken; the second, not needed, is asked on its own.
         d.wait_until(lambda: len(health(d, "etcd endpoint answers again")) == 2, 30, "both endpoints answering")
-        assert sorted(e["endpoint"] for e in health(d, "etcd endpoint answers again")) == [first.url, second.url]
+        assert sorted(e["endpoint"] for e in health(d, "etcd endpoint answers again")) == sorted(
+            [first.url, second.url]
+        )
         assert len(health(d, "etcd unreachable")) == 1
     finally:
         first.close()
