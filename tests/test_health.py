@@ -6,10 +6,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from etcd_backup.scheduler import first_drill
 from etcd_backup.service.cycle import backoff
-from etcd_backup.service.health import Health, readiness
+from etcd_backup.service.health import Health, Outages, readiness
 
 NOW = 1_800_000_000.0
 
@@ -39,6 +40,25 @@ def test_ready_when_everything_answers_and_the_backup_is_fresh() -> None:
 def test_each_reason_not_to_be_ready(changes: dict[str, object], reason: str) -> None:
     reasons = readiness(healthy(**changes), now=NOW, period=1800, stale_after=90)
     assert len(reasons) == 1 and reasons[0].startswith(reason), reasons
+
+
+def test_an_outage_is_one_warning_and_one_line_when_it_ends() -> None:
+    outages = Outages()
+    events = ("x unreachable", "x reachable again")
+    with capture_logs() as logs:
+        outages.update("x", None, now=NOW, events=events)
+        for i in range(5):
+            outages.update("x", f"refused {i}", now=NOW + 10 + i, events=events)
+        assert outages.down() == {"x"}
+        outages.update("x", None, now=NOW + 70, events=events)
+        outages.update("x", None, now=NOW + 80, events=events)
+        outages.update("x", "again", now=NOW + 90, events=events)
+    assert [(e["event"], e["log_level"]) for e in logs] == [
+        ("x unreachable", "warning"),
+        ("x reachable again", "info"),
+        ("x unreachable", "warning"),
+    ]
+    assert logs[0]["reason"] == "refused 0" and logs[1]["down_seconds"] == 60
 
 
 def test_two_periods_is_the_freshness_edge() -> None:

@@ -69,18 +69,25 @@ class Outages:
 
     def __init__(self) -> None:
         self._since: dict[str, float] = {}  # key -> when it stopped answering
+        self._lock = threading.Lock()  # the start-up check may still run beside the first periodic one
 
     def update(self, key: str, error: str | None, *, now: float, events: tuple[str, str], **fields: str) -> None:
-        since = self._since.get(key)
-        if error is not None and since is None:
-            self._since[key] = now
+        with self._lock:
+            since = self._since.get(key)
+            if error is not None and since is None:
+                self._since[key] = now
+            elif error is None and since is not None:
+                del self._since[key]
+            else:
+                return
+        if since is None:
             log.warning(events[0], reason=error, **fields)
-        elif error is None and since is not None:
-            del self._since[key]
+        else:
             log.info(events[1], **fields, down_seconds=round(now - since))
 
     def down(self) -> set[str]:
-        return set(self._since)
+        with self._lock:
+            return set(self._since)
 
 
 _ETCD = ("etcd unreachable", "etcd reachable again")
