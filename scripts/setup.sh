@@ -13,8 +13,19 @@ fi
 if [ ! -x "$ROOT/.venv/bin/python" ]; then
     "$PYTHON" -m venv "$ROOT/.venv"
 fi
-"$ROOT/.venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-"$ROOT/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[$EXTRAS]"
+# uv (from PyPI) installs in a third of pip's time (47 s of a clean clone's 87 s of setup): it
+# downloads and unpacks in parallel. It does not read pip's configuration, so where it cannot
+# install (a mirror only pip knows of), pip does, as before.
+PIP=("$ROOT/.venv/bin/python" -m pip install --quiet --disable-pip-version-check)
+if "${PIP[@]}" uv >/dev/null 2>&1 \
+    && "$ROOT/.venv/bin/uv" pip install --quiet --python "$ROOT/.venv/bin/python" --compile-bytecode \
+        -e "$ROOT[$EXTRAS]"; then
+    :
+else
+    echo "setup: uv could not install; installing with pip" >&2
+    "${PIP[@]}" --upgrade pip
+    "${PIP[@]}" -e "$ROOT[$EXTRAS]"
+fi
 # Bytecode for the editable install's own modules: with PYTHONDONTWRITEBYTECODE set (as it is on
 # many CI hosts) every etcd-backup process would compile them from source, about 0.3 CPU-s a start.
 "$ROOT/.venv/bin/python" -m compileall -q "$ROOT/daemon/etcd_backup" >/dev/null

@@ -43,8 +43,14 @@ fi
 # import-linter in a venv of its own: it brings `rich`, which structlog imports whenever it is
 # installed, and every etcd-backup process the suite starts paid about 0.15 CPU-s for it.
 if [ ! -x .venv/importlint/bin/lint-imports ]; then
-    .venv/bin/python -m venv .venv/importlint
-    .venv/importlint/bin/python -m pip install --quiet --disable-pip-version-check "import-linter>=2.1"
+    if [ -x .venv/bin/uv ] && .venv/bin/uv venv --quiet .venv/importlint \
+        && .venv/bin/uv pip install --quiet --python .venv/importlint/bin/python "import-linter>=2.1"; then
+        :
+    else
+        rm -rf .venv/importlint
+        .venv/bin/python -m venv .venv/importlint
+        .venv/importlint/bin/python -m pip install --quiet --disable-pip-version-check "import-linter>=2.1"
+    fi
 fi
 PYTHONPATH=daemon .venv/importlint/bin/lint-imports --no-cache
 exec .venv/bin/pytest "$@"
