@@ -122,6 +122,32 @@ def test_scenario3_single_member_data_dir_lost(
     assert after["scenario"] == "healthy"
 
 
+def test_a_rebuild_beside_its_running_cluster_says_to_stop_it_and_what_is_not_restored(
+    etcd_cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    cluster = etcd_cluster(1)
+    write_keys(cluster)
+    env = config_env(cluster, f"file://{tmp_path}/store", etcd__dial_timeout="1s")
+    snap = snapshot(env)
+    for i in range(5):
+        cluster.put(f"/registry/after/{i}", "written after the snapshot")
+
+    def rebuild(into: str) -> list[str]:
+        args = ["--snapshot", "latest", "--name", "m1", "--peer-url", peer_url(), "--data-dir", str(tmp_path / into)]
+        r = run_cli("restore", "single", *args, env=env)
+        assert r.returncode == 0, r.stderr
+        return [line for line in r.stderr.splitlines() if "still runs" in line]
+
+    (note,) = rebuild("beside")
+    assert note.startswith("etcd-backup: note: cluster ") and "still runs (m1 answers, with quorum)" in note
+    assert "stop every member of it before starting the rebuilt ones" in note
+    assert f"rebuild brings back revision {snap['revision']}: the 5 revisions between are not restored" in note
+    assert "replace-member" not in note  # a one-member cluster has no member to replace one with
+
+    cluster.members[0].kill()
+    assert rebuild("after-the-outage") == []  # the outage a rebuild is for: nothing to say
+
+
 def test_scenario4_one_of_three_lost(
     version: str, etcd_cluster: ClusterFactory, start_etcd: StartEtcd, tmp_path: Path
 ) -> None:
@@ -313,12 +339,16 @@ def test_scenario4_two_of_three_lost(
     assert r.returncode == 4, r.stderr
     assert "restore cluster" in r.stderr and "quorum" in r.stderr
 
-    survivor = cluster.member("m3")
-    survivor.stop()  # the operator stops what is left; its data dir stays where it was
     peers = {name: peer_url() for name in ("m1", "m2", "m3")}
     base = ["restore", "cluster", "--snapshot", snap["id"], "--data-dir", str(cluster.base / "{name}")]
     for name, url in peers.items():
         base += ["--member", f"{name}={url}"]
+    early = run_cli(*base, "--only", "m1", "--data-dir", str(tmp_path / "too-early" / "{name}"), env=env)
+    assert early.returncode == 0, early.stderr
+    assert "still runs (m3 answers, without quorum): stop every member of it before" in early.stderr
+
+    survivor = cluster.member("m3")
+    survivor.stop()  # the operator stops what is left; its data dir stays where it was
     outputs = [cli_json(env, *base, "--only", name) for name in ("m1", "m2")]
     refused = run_cli(*base, "--only", "m3", env=env)
     assert refused.returncode == 4 and "not empty" in refused.stderr

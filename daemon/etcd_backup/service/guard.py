@@ -1,7 +1,8 @@
 """The one rule every restore obeys before it touches a data dir: never one that is not empty
 without --force, and never one in use by a running etcd or belonging to a member that still
 answers, --force or not (moving a live member's data dir aside would let it keep writing into
-the renamed copy and come back from the snapshot at its next restart).
+the renamed copy and come back from the snapshot at its next restart). And what a rebuild must
+say when the cluster it rebuilds still runs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from .. import datadir
 from ..config import Config
 from ..errors import UnsafeError
 from ..etcdclient import hexid
+from ..model import Manifest
 from ..survey import survey
 
 
@@ -49,3 +51,40 @@ def refuse_unsafe(cfg: Config, paths: Iterable[Path], force: bool) -> None:
                 f"data dir {path} {what}: refusing to restore over it; choose an empty directory, "
                 "or pass --force to move it aside (it is never deleted)"
             )
+
+
+def still_running(cfg: Config, manifest: Manifest, revision: int) -> str | None:
+    """A notice when members of the cluster being rebuilt still answer (a rebuild restoring
+    `revision` of `manifest`'s cluster): they must all be stopped before the rebuilt ones start,
+    what they hold past `revision` is not restored, and with quorum intact a lost member is
+    replaced instead. None when nothing answers (the outage the rebuild is for).
+
+    Never a refusal: going back in time on purpose (a deleted namespace, with --to-time) means
+    rebuilding a cluster that runs."""
+    hints = [u for m in manifest.members for u in m.client_urls]
+    found = survey(cfg.etcd, hints=hints, cluster_id=manifest.cluster_id)
+    answering = found.by_member()
+    if not answering:
+        return None
+    names = {m.id: m.name for m in found.members or []}
+    who = ", ".join(sorted(names.get(i) or hexid(i) for i in answering))
+    statuses = [p.status for p in answering.values() if p.status is not None]
+    same = [st for st in statuses if hexid(st.cluster_id) == manifest.cluster_id]
+    cid = hexid(statuses[0].cluster_id) if statuses else "?"
+    quorum = found.majority_reachable()
+    text = (
+        f"cluster {cid} still runs ({who} answer{'s' if len(answering) == 1 else ''}, "
+        f"{'with' if quorum else 'without'} quorum): stop every member of it before starting the rebuilt ones"
+    )
+    newest = max((st.revision for st in same), default=0)
+    if newest > revision:
+        text += (
+            f"; it is at revision {newest}, the rebuild brings back revision {revision}: "
+            f"the {newest - revision} revisions between are not restored"
+        )
+    if quorum and len(found.members or []) > 1:
+        text += (
+            "; with quorum intact, a lost member is replaced (`restore replace-member`, which `etcd-backup doctor` "
+            "prints) and keeps every write"
+        )
+    return text

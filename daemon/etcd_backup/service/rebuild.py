@@ -31,7 +31,7 @@ from ..runbook import CLIENT_PLACEHOLDER, Context, Host, restore_cluster_command
 from ..storage import SnapshotStore
 from ..verify import fetch_verified
 from . import point
-from .guard import refuse_unsafe
+from .guard import refuse_unsafe, still_running
 from .point import Target as PointTarget
 
 log = structlog.get_logger(__name__)
@@ -225,6 +225,9 @@ def prepare(
             )
     targets = tuple(Target(spec, path, _client_urls(manifest, spec)) for spec, path in planned)
     refuse_unsafe(cfg, [t.path for t in targets], force)
+    running = still_running(cfg, manifest, manifest.revision if pointed is None else pointed.target)
+    if running:
+        notices.insert(0, running)
     derived = cluster_token(manifest.id if pointed is None else f"{manifest.id}-r{pointed.target}")
     return RebuildPlan(
         ctx=Context(cfg.etcd, cfg.restore.data_dir, config_path),
