@@ -166,6 +166,15 @@ def test_scenario4_one_of_three_lost(
     assert "restore replace-member --failed m2" in diagnosis["recommendation"]
     by_name = {m["name"]: m for m in diagnosis["members"]}
     assert by_name["m2"]["reachable"] is False and by_name["m1"]["reachable"] is True
+    # The wrong command for this outage still works, but says what it costs and what fits.
+    members = [arg for m in cluster.members for arg in ("--member", f"{m.name}={peer_url()}")]
+    rebuilt = tmp_path / "wrong-command" / "{name}"
+    wrong = run_cli(
+        "restore", "cluster", "--snapshot", "latest", *members, "--only", "m2", "--data-dir", str(rebuilt), env=env
+    )
+    assert wrong.returncode == 0, wrong.stderr
+    assert "still runs (m1, m3 answer, with quorum): stop every member" in wrong.stderr
+    assert "with quorum intact, a lost member is replaced (`restore replace-member`" in wrong.stderr
 
     new_dir = tmp_path / "new-host" / "m4"
     out = cli_json(
