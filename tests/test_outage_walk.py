@@ -223,6 +223,47 @@ def _tree(path: Path) -> list[tuple[str, int]]:
     return sorted((str(p.relative_to(path)), p.stat().st_size if p.is_file() else -1) for p in path.rglob("*"))
 
 
+def test_scenario4b_the_survivor_is_saved_first_and_the_rebuild_loses_no_write(
+    etcd_cluster: ClusterFactory, shell_factory: list[Shell], tmp_path: Path
+) -> None:
+    """Writes after the last backup, then quorum lost: nothing can be written since, so the
+    member that still answers holds them all. Doctor says to save it first; run again, its steps
+    restore that snapshot, and the rebuilt cluster holds every write."""
+    cluster = etcd_cluster(3)
+    expected = write_keys(cluster)
+    env = config_env(cluster, f"file://{tmp_path}/store", etcd__dial_timeout="2s", restore__data_dir=data_dirs(cluster))
+    old = snapshot(env)
+    for i in range(5):
+        cluster.put(f"/registry/late/{i}", "written after the last backup")
+        expected[f"/registry/late/{i}"] = "written after the last backup"
+    for name in ("m1", "m2"):
+        cluster.member(name).kill()
+        shutil.rmtree(cluster.member(name).data_dir)
+
+    d = doctor(env)
+    salvage = "etcd-backup snapshot --reason before-restore --from-survivor"
+    past = f"5 revisions past what the steps below restore ({old['revision']})"
+    assert d["explanation"].startswith(f"Member m3 still holds revision {old['revision'] + 5}, {past}"), d
+    assert f"`{salvage}`" in d["explanation"]
+    assert run_cli("snapshot", env=env).returncode == 1  # without the flag: no leader, no snapshot
+
+    shell = Shell(env, tmp_path)
+    shell_factory.append(shell)
+    saved = json.loads(shell.run(f"{salvage} --output json").stdout)
+    assert saved["revision"] == old["revision"] + 5 and saved["endpoint"] == cluster.member("m3").client_url
+    assert saved["reason"] == "before-restore" and saved["verification"]["structure"]["ok"] is True
+
+    d = doctor(env)
+    assert "still holds" not in d["explanation"]
+    restores = [s for s in d["plan"] if s["kind"] == "restore"]
+    assert restores and all(f"--snapshot {saved['id']}" in s["command"] for s in restores)
+    cluster.member("m3").stop()  # what doctor said to stop
+    steps = [s for s in d["plan"] if s["kind"] != "snapshot"]
+    walk(shell, {**d, "plan": steps, "steps": [s["command"] for s in steps]})
+    for m in cluster.members:
+        assert cluster.get_all(endpoints=[m.client_url]) == expected
+
+
 def test_restore_never_touches_a_live_members_data_dir(etcd_cluster: ClusterFactory, tmp_path: Path) -> None:
     cluster = etcd_cluster(3)
     expected = write_keys(cluster, 5)

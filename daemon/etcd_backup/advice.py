@@ -202,7 +202,28 @@ def _quorum_lost(ctx: Context, snapshot: str, members: Sequence[MemberHealth], b
         text += " No member answered, so the member names and peer URLs are placeholders."
     elif not voting:
         text += _unnamed_in(backup)
-    return _runbook(rebuild(ctx, snapshot, hosts, force=True), text, alive)
+    return _runbook(rebuild(ctx, snapshot, hosts, force=True), _salvage(ctx, voting, backup) + text, alive)
+
+
+def _salvage(ctx: Context, voting: Sequence[MemberHealth], backup: Manifest | None) -> str:
+    """Without quorum nothing is written, so a member that still answers holds every write the
+    cluster made: when it is ahead of what the steps restore, it is saved first, and doctor, run
+    again, restores that snapshot (the newest of this cluster)."""
+    held = [(m.revision, m.name) for m in voting if m.reachable and m.revision is not None]
+    restores = ctx.point_revision if ctx.point_revision is not None else (backup.revision if backup else 0)
+    if not held or max(held)[0] <= restores:
+        return ""
+    revision, name = max(held)
+    what = (
+        f"{revision - restores} revisions past what the steps below restore ({restores})"
+        if backup
+        else "and storage holds no snapshot of this cluster"
+    )
+    cmd = ctx.etcd_backup("snapshot", "--reason", "before-restore", "--from-survivor")
+    return (
+        f"Member {name} still holds revision {revision}, {what}: before stopping it, save its data with "
+        f"`{cmd}`, then run `etcd-backup doctor` again: its steps then restore that snapshot. "
+    )
 
 
 def _member_down(ctx: Context, members: Sequence[MemberHealth]) -> Runbook:

@@ -15,6 +15,12 @@ def add_parser(sub: Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("snapshot", help="take one snapshot now, verify and upload it")
     p.add_argument("--reason", default="manual", type=reason_text, help="recorded in the manifest (default: manual)")
     p.add_argument("--pin", action="store_true", help="keep it for retention.keep_pinned_for")
+    p.add_argument(
+        "--from-survivor",
+        action="store_true",
+        help="when quorum is lost, take it from the member that still answers with the newest data (no leader "
+        "needed): what `doctor` says to save before a rebuild",
+    )
     add_output(p)
     return p
 
@@ -42,7 +48,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     from ..service.backup import take_snapshot
 
     ctx.check_copy_store()
-    manifest = take_snapshot(ctx.config, ctx.snapshot_store, reason=args.reason, pinned=args.pin)
+    manifest = take_snapshot(
+        ctx.config, ctx.snapshot_store, reason=args.reason, pinned=args.pin, from_survivor=args.from_survivor
+    )
     copied = ctx.copy_committed()  # after the commit; never fails the command
     if ctx.json:
         emit_json(manifest.to_dict())

@@ -27,6 +27,7 @@ from ..etcdclient import Member, MemberStatus, connect_healthy, hexid
 from ..model import TRAILER, Check, ClusterMember, Manifest, Verification, new_snapshot_id, rfc3339, utcnow
 from ..spool import Spool
 from ..storage import SnapshotStore
+from ..survey import survey
 from . import cpfiles
 
 log = structlog.get_logger(__name__)
@@ -118,9 +119,13 @@ def take_snapshot(
     cancel: threading.Event | None = None,
     now: Callable[[], datetime] = utcnow,
     strict_files: bool = True,
+    from_survivor: bool = False,
 ) -> Manifest:
     """Snapshot a healthy member, verify, upload, commit the manifest; fail over to the next
     healthy member if the one streaming dies mid-way.
+
+    `from_survivor`: when quorum is lost, snapshot the answering member that holds the newest
+    data instead (see `_survivor`): what a rebuild should restore, not an older backup.
 
     With [files] paths, they are archived first and stored beside the data object (see
     cpfiles.py); `strict_files` (one-shot commands) makes a missing path a configuration error,
@@ -132,7 +137,7 @@ def take_snapshot(
     failed: list[str] = []
     try:
         while True:
-            member = _connect(cfg, failed)
+            member = _connect(cfg, failed, from_survivor)
             try:
                 return snapshot_member(
                     cfg, store, member, reason=reason, pinned=pinned, cancel=cancel, now=now, files=files
@@ -152,11 +157,16 @@ def take_snapshot(
 FAILOVER_WAIT = 15.0  # seconds for the remaining members to elect a leader after one died mid-stream
 
 
-def _connect(cfg: Config, failed: list[str]) -> tuple[Member, MemberStatus]:
+def _connect(cfg: Config, failed: list[str], from_survivor: bool = False) -> tuple[Member, MemberStatus]:
     """A healthy member not tried yet. After a failure, wait (bounded) for one: if the member that
     died was the leader, the others answer "no leader" until they have elected a new one."""
-    if not failed:
-        return connect_healthy(cfg.etcd)
+    if not failed or from_survivor:
+        try:
+            return connect_healthy(cfg.etcd, exclude=set(failed))
+        except EtcdUnavailable as exc:
+            if not from_survivor:
+                raise
+            return _survivor(cfg, exc, exclude=set(failed))
     deadline = time.monotonic() + FAILOVER_WAIT
     while True:
         try:
@@ -165,6 +175,33 @@ def _connect(cfg: Config, failed: list[str]) -> tuple[Member, MemberStatus]:
             if time.monotonic() + 0.5 >= deadline:
                 raise
             time.sleep(0.5)
+
+
+def _survivor(cfg: Config, why: EtcdUnavailable, exclude: set[str]) -> tuple[Member, MemberStatus]:
+    """With quorum lost, the voting member that answers with the newest data (highest revision,
+    then raft index). Nothing can be written without quorum, so that member holds every write
+    the cluster made, up to what it had applied. It streams its snapshot without a leader, as
+    `etcdctl snapshot save` does. Refused while any member has a leader: then quorum is not what
+    is wrong (`why` says what is)."""
+    found = survey(cfg.etcd)
+    answered = [p for p in found.answered() if p.status is not None and p.endpoint not in exclude]
+    voting = [p for p in answered if p.status is not None and not p.status.is_learner]
+    if not voting or any(p.status is not None and p.status.leader for p in answered):
+        raise why  # nothing to take it from, or quorum holds and something else is wrong
+    best = max(voting, key=lambda p: (p.status.revision, p.status.raft_index))  # type: ignore[union-attr]
+    member = Member(cfg.etcd, best.endpoint)
+    try:
+        status = member.status()
+    except BaseException:
+        member.close()
+        raise
+    log.warning(
+        "quorum lost: taking the snapshot from the member with the newest data",
+        endpoint=best.endpoint,
+        revision=status.revision,
+        answering=len(voting),
+    )
+    return member, status
 
 
 def snapshot_member(
