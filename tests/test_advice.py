@@ -5,6 +5,7 @@ These fail in milliseconds where the real-cluster walks (test_outage_walk.py) ta
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 
 import pytest
@@ -289,3 +290,50 @@ def test_a_hinted_member_counts_for_the_recorded_cluster_or_the_one_the_configur
     assert _ours(answer(0xAB, ("http://10.0.0.1:2379", "http://10.0.0.2:2379")), "c1", configured)
     assert not _ours(answer(0xAB, ("http://10.0.0.9:2379",)), "c1", configured)
     assert not _ours(Probe("http://h:2379", error="refused"), "c1", configured)
+
+
+def test_without_quorum_a_member_ahead_of_what_the_steps_restore_is_saved_first() -> None:
+    def ahead(m: MemberHealth, revision: int) -> MemberHealth:
+        return dataclasses.replace(m, revision=revision, has_leader=False)
+
+    lost = [ahead(member("a", 1), 15), member("b", 2, reachable=False), member("c", 3, reachable=False)]
+    book = recommend(CTX, Scenario.QUORUM_LOST, lost, quorum(lost), backup=manifest(), other_clusters=False, alarms=[])
+    salvage = "etcd-backup snapshot --reason before-restore --from-survivor"
+    assert book.explanation.startswith(
+        f"Member a still holds revision 15, 5 revisions past what the steps below restore (10): before stopping it, "
+        f"save its data with `{salvage}`, then run `etcd-backup doctor` again"
+    )
+    assert book.command.startswith("etcd-backup restore cluster --snapshot 20260101T000000000Z-abcdef")  # unchanged
+
+    # Deltas that reach the survivor's revision: the steps restore it all already.
+    book = recommend(
+        CTX,
+        Scenario.QUORUM_LOST,
+        lost,
+        quorum(lost),
+        backup=manifest(),
+        other_clusters=False,
+        alarms=[],
+        newest_point=15,
+    )
+    assert "--from-survivor" not in book.explanation and "--to-latest" in book.command
+    # A survivor at the backup's revision: nothing to save.
+    level = [ahead(member("a", 1), 10), *lost[1:]]
+    book = recommend(
+        CTX, Scenario.QUORUM_LOST, level, quorum(level), backup=manifest(), other_clusters=False, alarms=[]
+    )
+    assert "--from-survivor" not in book.explanation
+    # No backup at all: the survivor is the only copy.
+    book = recommend(CTX, Scenario.QUORUM_LOST, lost, quorum(lost), backup=None, other_clusters=False, alarms=[])
+    assert book.explanation.startswith(
+        "Member a still holds revision 15, and storage holds no snapshot of this cluster"
+    )
+    # Scenario 2 without quorum rolls back by a rebuild too: the same advice first.
+    grown = [ahead(member("a", 1), 12), member("", 2, started=False)]
+    book = recommend(
+        CTX, Scenario.UNSTARTED_MEMBER, grown, quorum(grown), backup=manifest(), other_clusters=False, alarms=[]
+    )
+    assert (
+        book.explanation.startswith("Member a still holds revision 12, 2 revisions past")
+        and salvage in book.explanation
+    )

@@ -325,7 +325,8 @@ def _unstarted(
     alive = [m.name for m in started if m.reachable]
     return _runbook(
         rebuild(ctx, snapshot, hosts, force=True),
-        f"Member {who} was added but never started, and without it there is no quorum, so it cannot be "
+        _salvage(ctx, [m for m in started if not m.learner], backup)
+        + f"Member {who} was added but never started, and without it there is no quorum, so it cannot be "
         "removed (scenario 2). Either start the added member now with --initial-cluster-state=existing, or "
         "roll back: stop etcd on " + ", ".join(alive or ["every member"]) + " and rebuild the original members "
         "from the newest backup as the steps show (the snapshot, plus the deltas after it where they say "
