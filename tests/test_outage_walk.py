@@ -245,7 +245,8 @@ def test_scenario4b_the_survivor_is_saved_first_and_the_rebuild_loses_no_write(
     past = f"5 revisions past what the steps below restore ({old['revision']})"
     assert d["explanation"].startswith(f"Member m3 still holds revision {old['revision'] + 5}, {past}"), d
     assert f"`{salvage}`" in d["explanation"]
-    assert run_cli("snapshot", env=env).returncode == 1  # without the flag: no leader, no snapshot
+    plain = run_cli("snapshot", env=env)  # without the flag: no leader, no snapshot, and what to do
+    assert plain.returncode == 1 and "`etcd-backup snapshot --from-survivor` saves the newest data" in plain.stderr
 
     shell = Shell(env, tmp_path)
     shell_factory.append(shell)

@@ -647,6 +647,7 @@ def connect_healthy(
     then. A CORRUPT member never is."""
     problems: list[str] = []
     full: tuple[Member, MemberStatus] | None = None  # the first passed over only for its own NOSPACE
+    leaderless = False  # a member answered but knows no leader: the failure is then NO_LEADER
     for endpoint in cfg.endpoints:
         if exclude and endpoint in exclude:
             continue
@@ -668,6 +669,7 @@ def connect_healthy(
                 _refuse_own_alarms(member, status)
         except EtcdUnavailable as exc:
             problems.append(str(exc))
+            leaderless = leaderless or exc.kind is EtcdErrorKind.NO_LEADER
             if tried is not None:
                 tried[endpoint] = str(exc)
             (log.warning if log_skips else log.debug)("etcd endpoint skipped", endpoint=endpoint, reason=str(exc))
@@ -685,7 +687,8 @@ def connect_healthy(
         log.warning("every member that answers is full (NOSPACE): taking one all the same", endpoint=full[0].endpoint)
         return full
     detail = "; ".join(problems) if problems else "no endpoints configured"
-    raise EtcdUnavailable(f"no healthy etcd endpoint ({detail})", EtcdErrorKind.UNAVAILABLE)
+    kind = EtcdErrorKind.NO_LEADER if leaderless else EtcdErrorKind.UNAVAILABLE
+    raise EtcdUnavailable(f"no healthy etcd endpoint ({detail})", kind)
 
 
 _ALARM_HINTS = {

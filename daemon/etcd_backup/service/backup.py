@@ -22,7 +22,7 @@ import structlog
 from .. import __version__, bbolt, codec, scratch
 from .. import manifest as manifests
 from ..config import Config
-from ..errors import Cancelled, EtcdBackupError, EtcdUnavailable, IntegrityError
+from ..errors import Cancelled, EtcdBackupError, EtcdErrorKind, EtcdUnavailable, IntegrityError
 from ..etcdclient import Member, MemberStatus, connect_healthy, hexid
 from ..model import TRAILER, Check, ClusterMember, Manifest, Verification, new_snapshot_id, rfc3339, utcnow
 from ..spool import Spool
@@ -164,9 +164,15 @@ def _connect(cfg: Config, failed: list[str], from_survivor: bool = False) -> tup
         try:
             return connect_healthy(cfg.etcd, exclude=set(failed))
         except EtcdUnavailable as exc:
-            if not from_survivor:
-                raise
-            return _survivor(cfg, exc, exclude=set(failed))
+            if from_survivor:
+                return _survivor(cfg, exc, exclude=set(failed))
+            if exc.kind is EtcdErrorKind.NO_LEADER and not failed:
+                raise EtcdUnavailable(
+                    f"{exc}; if quorum is lost, `etcd-backup snapshot --from-survivor` saves the newest data a member "
+                    "still holds (`etcd-backup doctor` says when to)",
+                    exc.kind,
+                ) from None
+            raise
     deadline = time.monotonic() + FAILOVER_WAIT
     while True:
         try:
