@@ -166,7 +166,7 @@ def _connect(cfg: Config, failed: list[str], from_survivor: bool = False) -> tup
         except EtcdUnavailable as exc:
             if from_survivor:
                 return _survivor(cfg, exc, exclude=set(failed))
-            if exc.kind is EtcdErrorKind.NO_LEADER and not failed:
+            if exc.kind is EtcdErrorKind.NO_LEADER:
                 raise EtcdUnavailable(
                     f"{exc}; if quorum is lost, `etcd-backup snapshot --from-survivor` saves the newest data a member "
                     "still holds (`etcd-backup doctor` says when to)",

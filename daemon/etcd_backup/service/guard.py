@@ -70,7 +70,7 @@ def still_running(cfg: Config, manifest: Manifest, revision: int) -> str | None:
     who = ", ".join(sorted(names.get(i) or hexid(i) for i in answering))
     statuses = [p.status for p in answering.values() if p.status is not None]
     same = [st for st in statuses if hexid(st.cluster_id) == manifest.cluster_id]
-    cid = hexid(statuses[0].cluster_id) if statuses else "?"
+    cid = found.cluster_id() or manifest.cluster_id
     quorum = found.majority_reachable()
     text = (
         f"cluster {cid} still runs ({who} answer{'s' if len(answering) == 1 else ''}, "
