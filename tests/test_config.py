@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import AgeTool, TLSFiles, clean_env, run_cli
-from etcd_backup import config
+from etcd_backup import config, units
 from etcd_backup.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(120)
@@ -218,6 +218,10 @@ def test_usage_error_is_exit_2() -> None:
 )
 def test_durations(text: str, seconds: float) -> None:
     assert config.parse_duration(text) == seconds
+
+
+def test_counts_read_as_english() -> None:
+    assert [units.counted(n, "delta") for n in (0, 1, 2)] == ["0 deltas", "1 delta", "2 deltas"]
 
 
 @pytest.mark.parametrize("value", ["45", "1.5", 45, 1.5, True])

@@ -337,7 +337,7 @@ def locate_time(
     bases = [c.base for c in chain_list if c.base.created <= when]
     if not bases:
         oldest = min((c.base for c in chain_list), key=lambda m: m.created, default=None)
-        hint = f"; the oldest restorable point is {oldest.revision} ({oldest.created_at})" if oldest else ""
+        hint = f"; the oldest restorable point is revision {oldest.revision} ({oldest.created_at})" if oldest else ""
         raise Unreachable(f"nothing was backed up at or before {rfc3339(when)}{_of(cluster_id)}{hint}")
     floor = max(m.revision for m in bases)
     mine = [d for d in deltas if cluster_id is None or d.cluster_id == cluster_id]

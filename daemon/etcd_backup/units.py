@@ -76,3 +76,8 @@ def parse_size(value: Any) -> int:
     if size < 0 or size > 5 * 1024**4:
         raise ValueError(f"{value!r} is out of range")
     return size
+
+
+def counted(n: int, noun: str) -> str:
+    """`1 delta`, `2 deltas`: for the lines an operator reads (nouns whose plural adds an s)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from ..errors import Unhealthy, UsageError
-from ..units import parse_size
+from ..units import counted, parse_size
 from .common import Context, Subparsers, add_output, emit_json, human_size, table
 
 if TYPE_CHECKING:
@@ -144,8 +144,8 @@ def render(d: Diagnosis) -> str:
     ):
         pt = d.newest_point
         lines.append(
-            f"point:    revision {pt.revision} at {pt.time} ({_age(pt.age_seconds)} old): snapshot plus {pt.deltas} "
-            "deltas, restored with --to-latest"
+            f"point:    revision {pt.revision} at {pt.time} ({_age(pt.age_seconds)} old): snapshot plus "
+            f"{counted(pt.deltas, 'delta')}, restored with --to-latest"
         )
     if d.problems:
         lines += ["", "problems:", *(f"  - {p}" for p in d.problems)]
@@ -166,7 +166,7 @@ def _backup(d: Diagnosis) -> str:
         if d.storage_error:
             return f"unknown ({d.storage_error})"
         return "no verified snapshot of this cluster in storage"
-    gap = f", {b.revision_gap} revisions behind live" if b.revision_gap is not None else ""
+    gap = f", {counted(b.revision_gap, 'revision')} behind live" if b.revision_gap is not None else ""
     return f"{b.id} ({_age(b.age_seconds)} old, revision {b.revision}{gap}{', pinned' if b.pinned else ''})"
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UsageError
+from ..units import counted
 from .common import Context, Subparsers, add_output, add_point, add_store, emit_json, point_target
 
 
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         verified = point.materialise(ctx.config, ctx.store, plan, identities=identities, work_dir=work)
         what = (
             f"point at revision {plan.target} (snapshot {plan.base.id} at revision {plan.base.revision} plus "
-            f"{len(plan.deltas)} deltas)"
+            f"{counted(len(plan.deltas), 'delta')})"
         )
     elif args.snapshot is None:
         raise UsageError("name a snapshot (ID or latest) or a point (--to-latest, --to-revision, --to-time)")

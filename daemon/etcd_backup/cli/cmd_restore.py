@@ -7,6 +7,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
+from ..units import counted
 from .common import Context, Subparsers, add_output, add_point, add_store, emit_json, point_target
 
 if TYPE_CHECKING:
@@ -241,7 +242,7 @@ def render_restore(r: ClusterRestore) -> str:
     p = r.plan.point
     what = (
         f"point at revision {m.revision} ({m.keys} keys: snapshot {m.id} at revision {p.base.revision} plus "
-        f"{len(p.deltas)} deltas, {p.revisions} revisions replayed)"
+        f"{counted(len(p.deltas), 'delta')}, {counted(p.revisions, 'revision')} replayed)"
         if p is not None
         else f"snapshot {m.id} verified (revision {m.revision}, {m.keys} keys)"
     )

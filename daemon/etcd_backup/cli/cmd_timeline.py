@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..units import counted
 from .common import Context, Subparsers, add_output, add_store, emit_json, table
 
 
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     print(table(rows, headers))
     n = doc["newest"]
     if n:
-        what = f"snapshot {n['snapshot']}" + (f" + {n['deltas']} delta(s)" if n["deltas"] else ", no delta after it")
+        after = f" + {counted(n['deltas'], 'delta')}" if n["deltas"] else ", no delta after it"
+        what = f"snapshot {n['snapshot']}{after}"
         print(f"\nnewest restorable point: revision {n['revision']} at {n['time']} ({what})")
     return 0

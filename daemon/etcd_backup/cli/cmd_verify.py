@@ -8,6 +8,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from ..errors import IntegrityError, UsageError
+from ..units import counted
 from .common import Context, Subparsers, add_output, add_store, emit_json
 
 if TYPE_CHECKING:
@@ -123,8 +124,9 @@ def _drill_point(args: argparse.Namespace, ctx: Context) -> int:
         emit_json({"id": outcome.manifest.id, "ok": outcome.check.ok, "drill": outcome.check.to_dict()})
     else:
         d = outcome.check.detail
+        deltas = counted(int(d.get("deltas") or 0), "delta")
         print(
-            f"point at revision {d.get('revision')} (snapshot {outcome.manifest.id} + {d.get('deltas')} deltas): "
+            f"point at revision {d.get('revision')} (snapshot {outcome.manifest.id} + {deltas}): "
             f"drill {'ok' if outcome.check.ok else 'FAILED'} {outcome.check.error or ''}".rstrip()
         )
     require_passed(outcome, "do not rely on this point for a restore")

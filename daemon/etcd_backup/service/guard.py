@@ -78,10 +78,9 @@ def still_running(cfg: Config, manifest: Manifest, revision: int) -> str | None:
     )
     newest = max((st.revision for st in same), default=0)
     if newest > revision:
-        text += (
-            f"; it is at revision {newest}, the rebuild brings back revision {revision}: "
-            f"the {newest - revision} revisions between are not restored"
-        )
+        lost = newest - revision
+        between = "the revision between is" if lost == 1 else f"the {lost} revisions between are"
+        text += f"; it is at revision {newest}, the rebuild brings back revision {revision}: {between} not restored"
     if quorum and len(found.members or []) > 1:
         text += (
             "; with quorum intact, a lost member is replaced (`restore replace-member`, which `etcd-backup doctor` "
