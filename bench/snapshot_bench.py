@@ -222,6 +222,7 @@ def ours(
     concurrency: int,
     checksum: str,
     extra_env: dict[str, str] | None = None,
+    python: str = sys.executable,
 ) -> Measured:
     # As installed: with compiled bytecode (a PYTHONDONTWRITEBYTECODE of the shell would have
     # every run compile etcd-backup's modules anew, about 0.1 CPU-s that no installation pays).
@@ -242,7 +243,7 @@ def ours(
         env.update({"ETCD_BACKUP_STORAGE__URL": f"s3://{bucket}/ours", "ETCD_BACKUP_STORAGE__ENDPOINT_URL": moto})
     else:
         env["ETCD_BACKUP_STORAGE__URL"] = f"file://{work}/ours-store"
-    return run_measured([sys.executable, "-m", "etcd_backup", "snapshot", "--output", "json"], env, capture=True)
+    return run_measured([python, "-m", "etcd_backup", "snapshot", "--output", "json"], env, capture=True)
 
 
 def clear_store(work: Path, s3_url: str | None) -> None:
@@ -272,11 +273,22 @@ def main() -> None:
         metavar="NAME=VALUE",
         help="also time etcd-backup with this environment variable set (an A/B of one setting, e.g. GRPC_EXPERIMENTS=)",
     )
+    ap.add_argument(
+        "--python-b",
+        metavar="PYTHON",
+        help="also time etcd-backup run by this interpreter (one of another venv with etcd-backup installed)",
+    )
     args = ap.parse_args()
     # The second variant of each run, timed beside the plain one: age encryption (the private key
-    # is not even kept), or plain etcd-backup under one more environment variable (--env-b).
+    # is not even kept), plain etcd-backup under one more environment variable (--env-b), or
+    # plain etcd-backup run by another interpreter (--python-b).
     second: tuple[str, dict[str, str]] | None = None
-    if args.encrypt:
+    python_b = sys.executable
+    if sum(map(bool, (args.encrypt, args.env_b, args.python_b))) > 1:
+        raise SystemExit("--encrypt, --env-b and --python-b each name the second variant: give one")
+    if args.python_b:
+        second, python_b = ("py-b", {}), args.python_b
+    elif args.encrypt:
         second = ("age", {"ETCD_BACKUP_ENCRYPTION__RECIPIENTS": crypto.generate()[1]})
     elif args.env_b:
         name, sep, value = args.env_b.partition("=")
@@ -332,6 +344,7 @@ def main() -> None:
                         concurrency=args.concurrency,
                         checksum=args.checksum,
                         extra_env=variant[1] if variant else None,
+                        python=python_b if variant else sys.executable,
                     )
                     spent = [proc_cpu(pid) - b for pid, b in zip(others, before, strict=True)]
                     gib = json.loads(manifest)["db_size"] / 2**30  # CPU per GiB of what was snapshotted
