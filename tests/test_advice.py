@@ -117,6 +117,18 @@ def test_quorum_lost_rebuilds_every_member_on_its_host_with_force() -> None:
     assert book.command == book.steps[0].command
 
 
+def test_quorum_lost_first_asks_whether_the_missing_members_are_only_unreachable_from_here() -> None:
+    # A partition, or this host's own network, looks the same as lost members: the majority may
+    # still have a leader behind it, and rebuilding it would roll back every write since the snapshot.
+    for members in ([member("a", 1), member("b", 2, reachable=False), member("c", 3, reachable=False)], []):
+        book = recommend(
+            CTX, Scenario.QUORUM_LOST, members, quorum(members), backup=manifest(), other_clusters=False, alarms=[]
+        )
+        first, _, rest = book.explanation.partition("rebuild nothing.")
+        assert "only unreachable from here" in first and "endpoint status" in first
+        assert "rebuild every member" in rest  # the check comes before the rebuild
+
+
 def test_single_member_down_is_filled_from_the_snapshot() -> None:
     recorded = (ClusterMember("1", "etcd-0", ("http://10.0.0.1:2380",), ("http://10.0.0.1:2379",)),)
     (restore, start, check, snap) = commands(Scenario.SINGLE_MEMBER_DOWN, [], manifest(recorded))

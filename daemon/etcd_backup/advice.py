@@ -24,6 +24,7 @@ from .runbook import (
     rebuild,
     replace,
 )
+from .units import counted
 
 
 def host_of(m: MemberHealth) -> Host:
@@ -191,7 +192,10 @@ def _quorum_lost(ctx: Context, snapshot: str, members: Sequence[MemberHealth], b
     text = (
         "Quorum is lost: a majority of the voting members does not answer"
         + (f" (still answering: {', '.join(alive)})" if alive else "")
-        + ". If the missing members can be started again with their data dirs, do that first: quorum returns "
+        + ". First make sure it is not only this host's view: on a missing member's own host, `etcdctl "
+        "endpoint status -w table` against that member shows whether it runs and has a leader; if it does, "
+        "the cluster is up, only unreachable from here (a network partition, a firewall): rebuild nothing. "
+        "If the missing members can be started again with their data dirs, do that first: quorum returns "
         "by itself and nothing is lost. If two or more are lost for good, rebuild every member from one "
         "snapshot as a new cluster (scenario 4): "
         + (f"stop etcd on {', '.join(alive)} first, then " if alive else "")
@@ -215,7 +219,7 @@ def _salvage(ctx: Context, voting: Sequence[MemberHealth], backup: Manifest | No
         return ""
     revision, name = max(held)
     what = (
-        f"{revision - restores} revisions past what the steps below restore ({restores})"
+        f"{counted(revision - restores, 'revision')} past what the steps below restore ({restores})"
         if backup
         else "and storage holds no snapshot of this cluster"
     )
