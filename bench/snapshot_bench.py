@@ -282,19 +282,19 @@ def main() -> None:
     # The second variant of each run, timed beside the plain one: age encryption (the private key
     # is not even kept), plain etcd-backup under one more environment variable (--env-b), or
     # plain etcd-backup run by another interpreter (--python-b).
-    second: tuple[str, dict[str, str]] | None = None
-    python_b = sys.executable
+    # (tag, extra environment, interpreter)
+    second: tuple[str, dict[str, str], str] | None = None
     if sum(map(bool, (args.encrypt, args.env_b, args.python_b))) > 1:
         raise SystemExit("--encrypt, --env-b and --python-b each name the second variant: give one")
     if args.python_b:
-        second, python_b = ("py-b", {}), args.python_b
+        second = ("py-b", {}, args.python_b)
     elif args.encrypt:
-        second = ("age", {"ETCD_BACKUP_ENCRYPTION__RECIPIENTS": crypto.generate()[1]})
+        second = ("age", {"ETCD_BACKUP_ENCRYPTION__RECIPIENTS": crypto.generate()[1]}, sys.executable)
     elif args.env_b:
         name, sep, value = args.env_b.partition("=")
         if not sep or not name:
             raise SystemExit("--env-b takes NAME=VALUE")
-        second = ("env", {name: value})
+        second = ("env", {name: value}, sys.executable)
 
     work = Path(tempfile.mkdtemp(prefix="etcd-backup-bench-", dir=args.workdir))
     etcd = start_bench_etcd(work)
@@ -344,7 +344,7 @@ def main() -> None:
                         concurrency=args.concurrency,
                         checksum=args.checksum,
                         extra_env=variant[1] if variant else None,
-                        python=python_b if variant else sys.executable,
+                        python=variant[2] if variant else sys.executable,
                     )
                     spent = [proc_cpu(pid) - b for pid, b in zip(others, before, strict=True)]
                     gib = json.loads(manifest)["db_size"] / 2**30  # CPU per GiB of what was snapshotted
